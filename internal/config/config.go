@@ -1,0 +1,135 @@
+// Package config loads the YAML configuration files of podedge's binaries:
+// strictly (an unknown key is an error), with errors of one line that name
+// the file, the line and the key.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"go.yaml.in/yaml/v3"
+)
+
+// Load decodes the YAML file at path into dst, which holds the defaults.
+// Keys absent from the file keep them; unknown keys are an error.
+func Load(path string, dst any) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return Decode(path, raw, dst)
+}
+
+// Decode is Load for bytes already read; name is used in errors.
+func Decode(name string, raw []byte, dst any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(dst); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %s", name, oneLine(err))
+	}
+	return nil
+}
+
+var (
+	unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	cannotDecode = regexp.MustCompile(`cannot unmarshal !!\w+ ` + "`" + `([^` + "`" + `]*)` + "`" + ` into (\S+)`)
+)
+
+// oneLine turns yaml.v3's multi-line errors into one line an operator can
+// act on: "line 3: unknown key "listne"".
+func oneLine(err error) string {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
+	msg = strings.TrimPrefix(msg, "yaml: ")
+	msg = unknownField.ReplaceAllString(msg, `unknown key "$1"`)
+	msg = cannotDecode.ReplaceAllString(msg, `invalid value "$1" (want $2)`)
+	lines := strings.Split(msg, "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, "; ")
+}
+
+// Consul is the consul section every binary shares.
+type Consul struct {
+	// Address of the local Consul agent's HTTP API.
+	Address string `yaml:"address"`
+	// Prefix of podedge's keys in KV.
+	Prefix string `yaml:"prefix"`
+	// Token is an ACL token, if ACLs are on. CONSUL_HTTP_TOKEN works too.
+	Token string `yaml:"token"`
+	// Consistent makes reads go to the Consul leader instead of any server.
+	Consistent bool `yaml:"consistent"`
+}
+
+// DefaultConsul is the local agent and the "podedge/" prefix.
+func DefaultConsul() Consul {
+	return Consul{Address: "127.0.0.1:8500", Prefix: "podedge/"}
+}
+
+// Validate names the first bad key, under the section name "consul".
+func (c Consul) Validate() error {
+	if c.Address == "" {
+		return errors.New("consul.address: must not be empty")
+	}
+	if strings.HasPrefix(c.Prefix, "/") || c.Prefix == "" {
+		return fmt.Errorf("consul.prefix: %q must be a relative key prefix such as podedge/", c.Prefix)
+	}
+	return nil
+}
+
+// Client returns a Consul API client for the agent. Blocking queries must
+// not be cut short, so the client has no overall timeout.
+func (c Consul) Client() (*api.Client, error) {
+	cfg := api.DefaultConfig()
+	cfg.Address = c.Address
+	if c.Token != "" {
+		cfg.Token = c.Token
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul.address %q: %w", c.Address, err)
+	}
+	return client, nil
+}
+
+// Log is the log section every binary shares.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or text.
+	Format string `yaml:"format"`
+}
+
+// DefaultLog logs JSON at info.
+func DefaultLog() Log { return Log{Level: "info", Format: "json"} }
+
+// Logger builds the process logger writing to w.
+func (l Log) Logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.Level)); err != nil {
+		return nil, fmt.Errorf("log.level: %q is not debug, info, warn or error", l.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.Format {
+	case "", "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log.format: %q is not json or text", l.Format)
+}
+
+// Exit prints err as one line prefixed with the program's name and exits
+// with status 2, as a bad flag or config value must.
+func Exit(prog string, err error) {
+	fmt.Fprintf(os.Stderr, "%s: %s\n", prog, strings.ReplaceAll(err.Error(), "\n", "; "))
+	os.Exit(2)
+}

@@ -1,0 +1,264 @@
+// Package consultest starts a real Consul agent (`consul agent -dev`) on free
+// loopback ports for integration tests, and stops it when the test ends.
+//
+// The binary is $PODEDGE_CONSUL, else `consul` on PATH (`make consul` builds
+// one and `make test` puts it there). Without one the test fails; it is
+// skipped only under `go test -short`.
+package consultest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Agent is a running Consul dev agent.
+type Agent struct {
+	// HTTPAddr is the agent's HTTP API, "127.0.0.1:port".
+	HTTPAddr string
+	// Client talks to the agent.
+	Client *api.Client
+
+	t    testing.TB
+	bin  string
+	args []string
+	node string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+// Binary returns the Consul binary to run, or an error saying how to get one.
+func Binary() (string, error) {
+	if p := os.Getenv("PODEDGE_CONSUL"); p != "" {
+		return p, nil
+	}
+	p, err := exec.LookPath("consul")
+	if err != nil {
+		return "", fmt.Errorf("no consul binary: run `make consul` and put it on PATH (make test does), or set PODEDGE_CONSUL")
+	}
+	return p, nil
+}
+
+// Start runs a dev agent on free loopback ports and waits until it has a
+// leader and its node is registered. It is stopped by t.Cleanup.
+func Start(t testing.TB) *Agent {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		if testing.Short() {
+			t.Skip(err.Error())
+		}
+		t.Fatal(err)
+	}
+	ports := FreePorts(t, 4)
+	a := &Agent{
+		HTTPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		t:        t,
+		bin:      bin,
+		node:     fmt.Sprintf("test-%d", ports[0]),
+		args: []string{
+			"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1",
+			"-log-level=warn",
+			"-http-port=" + strconv.Itoa(ports[0]),
+			"-serf-lan-port=" + strconv.Itoa(ports[1]),
+			"-serf-wan-port=" + strconv.Itoa(ports[2]),
+			"-server-port=" + strconv.Itoa(ports[3]),
+			"-dns-port=-1", "-grpc-port=-1",
+			"-hcl=ports { grpc_tls = -1 }",
+			"-hcl=disable_update_check = true",
+		},
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = a.HTTPAddr
+	a.Client, err = api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.args = append(a.args, "-node="+a.node)
+	t.Cleanup(a.Stop)
+	a.start()
+	return a
+}
+
+func (a *Agent) start() {
+	a.t.Helper()
+	a.mu.Lock()
+	a.out = &syncBuffer{}
+	cmd := exec.Command(a.bin, a.args...)
+	cmd.Stdout, cmd.Stderr = a.out, a.out
+	// The agent dies with the test binary, even when the test panics.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		a.mu.Unlock()
+		a.t.Fatalf("start consul: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	a.cmd, a.done = cmd, done
+	a.mu.Unlock()
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		leader, err := a.Client.Status().Leader()
+		if err == nil && leader != "" {
+			// Services registered through the agent need its node in the
+			// catalog first.
+			if n, _, err := a.Client.Catalog().Node(a.node, nil); err == nil && n != nil {
+				return
+			}
+		}
+		select {
+		case <-done:
+			a.t.Fatalf("consul exited before it was ready:\n%s", a.out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("consul had no leader after 60s:\n%s", a.out.String())
+		}
+	}
+}
+
+// Stop kills the agent and waits for it to exit. It is safe to call twice.
+func (a *Agent) Stop() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.cmd = nil
+	a.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+	if a.t.Failed() {
+		a.t.Logf("consul output:\n%s", a.out.String())
+	}
+}
+
+// Restart starts a stopped agent again on the same ports. A dev agent keeps
+// nothing: the new one starts empty, with its indexes from zero.
+func (a *Agent) Restart() {
+	a.t.Helper()
+	a.Stop()
+	a.start()
+}
+
+// FreePorts returns n distinct TCP ports that were free on 127.0.0.1 (and
+// the same UDP ports, checked too) a moment ago.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		ls = append(ls, l)
+		p := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue // taken for UDP; keep the TCP one open so it is not picked again
+		}
+		u.Close()
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+// WaitFor polls cond every 20ms until it is true or timeout passes, then
+// fails the test with what. It is the tests' way to synchronise on Consul's
+// eventual effects without sleeping.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		case <-tick.C:
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Register registers svc through the agent with one TTL check, "ttl-<ID>",
+// starting in status (api.HealthPassing, ...). SetStatus changes it later.
+func (a *Agent) Register(t testing.TB, svc *api.AgentServiceRegistration, status string) {
+	t.Helper()
+	svc.Check = &api.AgentServiceCheck{CheckID: "ttl-" + svc.ID, TTL: "1h", Status: status}
+	if err := a.Client.Agent().ServiceRegister(svc); err != nil {
+		t.Fatalf("register %s: %v", svc.ID, err)
+	}
+}
+
+// SetStatus sets the TTL check of the service registered as id.
+func (a *Agent) SetStatus(t testing.TB, id, status string) {
+	t.Helper()
+	if err := a.Client.Agent().UpdateTTL("ttl-"+id, "set by test", status); err != nil {
+		t.Fatalf("set %s %s: %v", id, status, err)
+	}
+}
+
+// App registers an instance of the "app" service in pod at addr:port.
+func (a *Agent) App(t testing.TB, id, pod, addr string, port int, status string) {
+	t.Helper()
+	a.Register(t, &api.AgentServiceRegistration{
+		ID: id, Name: "app", Address: addr, Port: port,
+		Meta: map[string]string{"pod": pod},
+	}, status)
+}
+
+// Edge registers an instance of the "edge" service in pod, listening on
+// addr:port and handed out by DNS as publicIP.
+func (a *Agent) Edge(t testing.TB, id, pod, addr string, port int, publicIP, status string) {
+	t.Helper()
+	a.Register(t, &api.AgentServiceRegistration{
+		ID: id, Name: "edge", Address: addr, Port: port,
+		Meta: map[string]string{"pod": pod, "public_ip": publicIP},
+	}, status)
+}
+
+// Put writes a KV value.
+func (a *Agent) Put(t testing.TB, key, value string) {
+	t.Helper()
+	if _, err := a.Client.KV().Put(&api.KVPair{Key: key, Value: []byte(value)}, nil); err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}

@@ -1,0 +1,175 @@
+package router
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Service metadata keys of the service conventions.
+const (
+	MetaPod        = "pod"
+	MetaPublicIP   = "public_ip"
+	MetaPublicIPv6 = "public_ipv6"
+)
+
+// passing reports whether every check of a service instance, its node's
+// included, passes. Warning is not passing; an instance without checks is.
+func passing(checks api.HealthChecks) bool {
+	for _, c := range checks {
+		if c.Status != api.HealthPassing {
+			return false
+		}
+	}
+	return true
+}
+
+// endpointFromEntry turns one health entry into an Endpoint. The address is
+// the service address, or the node's when the service has none.
+func endpointFromEntry(e *api.ServiceEntry) (Endpoint, error) {
+	if e == nil || e.Service == nil {
+		return Endpoint{}, fmt.Errorf("health entry without a service")
+	}
+	svc := e.Service
+	host := svc.Address
+	if host == "" && e.Node != nil {
+		host = e.Node.Address
+	}
+	node := ""
+	if e.Node != nil {
+		node = e.Node.Node
+	}
+	id := svc.ID
+	if id == "" {
+		id = svc.Service
+	}
+	pod := svc.Meta[MetaPod]
+	switch {
+	case host == "":
+		return Endpoint{}, fmt.Errorf("service %q on node %q has no address", id, node)
+	case svc.Port <= 0 || svc.Port > 65535:
+		return Endpoint{}, fmt.Errorf("service %q on node %q has invalid port %d", id, node, svc.Port)
+	case !ValidLabel(pod):
+		return Endpoint{}, fmt.Errorf("service %q on node %q: Meta.%s %q is not a pod name", id, node, MetaPod, pod)
+	}
+	weight := svc.Weights.Passing
+	if weight <= 0 {
+		weight = 1
+	}
+	return Endpoint{
+		ID:      id,
+		Node:    node,
+		Pod:     pod,
+		Addr:    net.JoinHostPort(host, strconv.Itoa(svc.Port)),
+		Weight:  weight,
+		Passing: passing(e.Checks),
+		Meta:    svc.Meta,
+	}, nil
+}
+
+// appsFromHealth turns the health of the app service into endpoints sorted
+// by node and ID. Instances it cannot route to are skipped and reported.
+func appsFromHealth(entries []*api.ServiceEntry) ([]Endpoint, []error) {
+	var out []Endpoint
+	var errs []error
+	for _, e := range entries {
+		ep, err := endpointFromEntry(e)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("app: %w", err))
+			continue
+		}
+		out = append(out, ep)
+	}
+	slices.SortFunc(out, compareEndpoints)
+	return out, errs
+}
+
+// edgesFromHealth turns the health of the edge service into edges sorted by
+// node and ID. An edge needs Meta.public_ip (IPv4) for DNS to hand it out;
+// Meta.public_ipv6 is optional.
+func edgesFromHealth(entries []*api.ServiceEntry) ([]EdgeEndpoint, []error) {
+	var out []EdgeEndpoint
+	var errs []error
+	for _, e := range entries {
+		ep, err := endpointFromEntry(e)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("edge: %w", err))
+			continue
+		}
+		ip, err := netip.ParseAddr(ep.Meta[MetaPublicIP])
+		if err != nil || !ip.Is4() {
+			errs = append(errs, fmt.Errorf("edge: service %q on node %q: Meta.%s %q is not an IPv4 address", ep.ID, ep.Node, MetaPublicIP, ep.Meta[MetaPublicIP]))
+			continue
+		}
+		edge := EdgeEndpoint{Endpoint: ep, PublicIP: ip}
+		if v6 := ep.Meta[MetaPublicIPv6]; v6 != "" {
+			ip6, err := netip.ParseAddr(v6)
+			if err != nil || !ip6.Is6() || ip6.Is4In6() {
+				errs = append(errs, fmt.Errorf("edge: service %q on node %q: Meta.%s %q is not an IPv6 address; ignored", ep.ID, ep.Node, MetaPublicIPv6, v6))
+			} else {
+				edge.PublicIPv6 = ip6
+			}
+		}
+		out = append(out, edge)
+	}
+	slices.SortFunc(out, func(a, b EdgeEndpoint) int { return compareEndpoints(a.Endpoint, b.Endpoint) })
+	return out, errs
+}
+
+func compareEndpoints(a, b Endpoint) int {
+	return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.ID, b.ID))
+}
+
+// kvDecoder decodes the values under one KV folder (pods/ or tenants/),
+// remembering each key's last decoded value by ModifyIndex, so that with
+// 100,000 tenants a change re-decodes one value, not all of them.
+type kvDecoder[T any] struct {
+	folder string // "podedge/tenants/"
+	decode func(name string, raw []byte) (T, error)
+	cache  map[string]kvCached[T]
+}
+
+type kvCached[T any] struct {
+	modifyIndex uint64
+	value       T
+	err         error
+}
+
+// decodeAll returns the valid values sorted by key, and the problems it
+// found for the first time (so a bad value is logged once, not at every
+// change of another key).
+func (d *kvDecoder[T]) decodeAll(pairs api.KVPairs) ([]T, []error) {
+	next := make(map[string]kvCached[T], len(pairs))
+	out := make([]T, 0, len(pairs))
+	var fresh []error
+	for _, kv := range pairs {
+		name, ok := strings.CutPrefix(kv.Key, d.folder)
+		if !ok || name == "" {
+			continue // the folder itself
+		}
+		c, known := d.cache[kv.Key]
+		if !known || c.modifyIndex != kv.ModifyIndex {
+			c = kvCached[T]{modifyIndex: kv.ModifyIndex}
+			if strings.Contains(name, "/") {
+				c.err = fmt.Errorf("key %q: nested keys are not allowed under %q", kv.Key, d.folder)
+			} else if c.value, c.err = d.decode(name, kv.Value); c.err != nil {
+				c.err = fmt.Errorf("key %q: %w", kv.Key, c.err)
+			}
+			if c.err != nil {
+				fresh = append(fresh, c.err)
+			}
+		}
+		next[kv.Key] = c
+		if c.err == nil {
+			out = append(out, c.value)
+		}
+	}
+	d.cache = next
+	return out, fresh
+}

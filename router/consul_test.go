@@ -1,0 +1,173 @@
+package router
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+func entry(id, addr string, port int, meta map[string]string, statuses ...string) *api.ServiceEntry {
+	e := &api.ServiceEntry{
+		Node:    &api.Node{Node: "node-" + id, Address: "192.0.2.100"},
+		Service: &api.AgentService{ID: id, Service: "svc", Address: addr, Port: port, Meta: meta},
+	}
+	for i, s := range statuses {
+		e.Checks = append(e.Checks, &api.HealthCheck{CheckID: id + "-" + string(rune('a'+i)), Status: s})
+	}
+	return e
+}
+
+func TestAppsFromHealth(t *testing.T) {
+	pod1 := map[string]string{"pod": "pod-1"}
+	weighted := entry("w", "10.0.0.9", 80, pod1, api.HealthPassing)
+	weighted.Service.Weights = api.AgentWeights{Passing: 5, Warning: 1}
+	cases := []struct {
+		name    string
+		entry   *api.ServiceEntry
+		addr    string
+		weight  int
+		passing bool
+		err     string
+	}{
+		{name: "all checks passing", entry: entry("a", "10.0.0.1", 80, pod1, api.HealthPassing, api.HealthPassing), addr: "10.0.0.1:80", weight: 1, passing: true},
+		{name: "no checks counts as passing", entry: entry("b", "10.0.0.2", 80, pod1), addr: "10.0.0.2:80", weight: 1, passing: true},
+		{name: "warning is not passing", entry: entry("c", "10.0.0.3", 80, pod1, api.HealthPassing, api.HealthWarning), addr: "10.0.0.3:80", weight: 1},
+		{name: "node check critical", entry: entry("d", "10.0.0.4", 80, pod1, api.HealthCritical, api.HealthPassing), addr: "10.0.0.4:80", weight: 1},
+		{name: "maintenance is critical", entry: entry("e", "10.0.0.5", 80, pod1, api.HealthMaint), addr: "10.0.0.5:80", weight: 1},
+		{name: "node address when the service has none", entry: entry("f", "", 8080, pod1, api.HealthPassing), addr: "192.0.2.100:8080", weight: 1, passing: true},
+		{name: "ipv6 address", entry: entry("g", "2001:db8::1", 80, pod1), addr: "[2001:db8::1]:80", weight: 1, passing: true},
+		{name: "weights passing honoured", entry: weighted, addr: "10.0.0.9:80", weight: 5, passing: true},
+		{name: "missing pod", entry: entry("h", "10.0.0.6", 80, nil), err: "Meta.pod"},
+		{name: "bad pod", entry: entry("i", "10.0.0.7", 80, map[string]string{"pod": "Pod_1"}), err: "Meta.pod"},
+		{name: "bad port", entry: entry("j", "10.0.0.8", 0, pod1), err: "invalid port"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, errs := appsFromHealth([]*api.ServiceEntry{c.entry})
+			if c.err != "" {
+				if len(got) != 0 || len(errs) != 1 || !strings.Contains(errs[0].Error(), c.err) {
+					t.Fatalf("got %v, errs %v; want an error about %s", got, errs, c.err)
+				}
+				return
+			}
+			if len(errs) != 0 || len(got) != 1 {
+				t.Fatalf("got %v, errs %v", got, errs)
+			}
+			if g := got[0]; g.Addr != c.addr || g.Weight != c.weight || g.Passing != c.passing || g.Pod != "pod-1" {
+				t.Fatalf("got %+v, want addr %s weight %d passing %v", g, c.addr, c.weight, c.passing)
+			}
+		})
+	}
+}
+
+func TestEdgesFromHealth(t *testing.T) {
+	ok := entry("e1", "10.0.0.1", 8080, map[string]string{"pod": "pod-1", "public_ip": "198.51.100.1", "public_ipv6": "2001:db8::1"}, api.HealthPassing)
+	noIP := entry("e2", "10.0.0.2", 8080, map[string]string{"pod": "pod-1"}, api.HealthPassing)
+	v6AsV4 := entry("e3", "10.0.0.3", 8080, map[string]string{"pod": "pod-1", "public_ip": "2001:db8::3"}, api.HealthPassing)
+	badV6 := entry("e4", "10.0.0.4", 8080, map[string]string{"pod": "pod-1", "public_ip": "198.51.100.4", "public_ipv6": "nope"}, api.HealthCritical)
+	got, errs := edgesFromHealth([]*api.ServiceEntry{badV6, noIP, ok, v6AsV4})
+	if len(got) != 2 || got[0].ID != "e1" || got[1].ID != "e4" {
+		t.Fatalf("edges = %+v", got)
+	}
+	if got[0].PublicIP.String() != "198.51.100.1" || got[0].PublicIPv6.String() != "2001:db8::1" || !got[0].Passing {
+		t.Fatalf("edge e1 = %+v", got[0])
+	}
+	if got[1].PublicIPv6.IsValid() || got[1].Passing {
+		t.Fatalf("edge e4 = %+v", got[1])
+	}
+	if len(errs) != 3 {
+		t.Fatalf("errs = %v, want three problems named", errs)
+	}
+}
+
+func TestKVDecoderSkipsMalformed(t *testing.T) {
+	d := &kvDecoder[Tenant]{folder: "podedge/tenants/", decode: decodeTenant}
+	pairs := api.KVPairs{
+		{Key: "podedge/tenants/", ModifyIndex: 1},
+		{Key: "podedge/tenants/acme", ModifyIndex: 2, Value: []byte(`{"name":"acme","pod":"pod-1","domains":["WWW.Acme.COM."]}`)},
+		{Key: "podedge/tenants/broken", ModifyIndex: 3, Value: []byte(`{"name":`)},
+		{Key: "podedge/tenants/Upper", ModifyIndex: 4, Value: []byte(`{"pod":"pod-1"}`)},
+		{Key: "podedge/tenants/other", ModifyIndex: 5, Value: []byte(`{"name":"acme","pod":"pod-1"}`)},
+		{Key: "podedge/tenants/nopod", ModifyIndex: 6, Value: []byte(`{"name":"nopod"}`)},
+		{Key: "podedge/tenants/baddomain", ModifyIndex: 7, Value: []byte(`{"pod":"pod-1","domains":["bad_domain.com"]}`)},
+		{Key: "podedge/tenants/a/b", ModifyIndex: 8, Value: []byte(`{}`)},
+	}
+	got, errs := d.decodeAll(pairs)
+	if len(got) != 1 || got[0].Name != "acme" || got[0].Domains[0] != "www.acme.com" {
+		t.Fatalf("decoded %+v", got)
+	}
+	if len(errs) != 6 {
+		t.Fatalf("problems %v, want 6", errs)
+	}
+	// The same values again: nothing new to report, same result.
+	got, errs = d.decodeAll(pairs)
+	if len(got) != 1 || len(errs) != 0 {
+		t.Fatalf("second pass: %v %v", got, errs)
+	}
+	// A fixed value is picked up by its new ModifyIndex.
+	pairs[2] = &api.KVPair{Key: "podedge/tenants/broken", ModifyIndex: 9, Value: []byte(`{"pod":"pod-2"}`)}
+	got, _ = d.decodeAll(pairs)
+	if len(got) != 2 {
+		t.Fatalf("fixed value not decoded: %+v", got)
+	}
+}
+
+func TestDecodePod(t *testing.T) {
+	if p, err := decodePod("pod-1", []byte(`{"name":"pod-1","region":"eu","lat":53.3,"lon":-6.2,"capacity":100}`)); err != nil || p.Capacity != 100 {
+		t.Fatalf("%+v %v", p, err)
+	}
+	for _, raw := range []string{`{"lat":91}`, `{"lon":-181}`, `{"capacity":-1}`, `[]`, `{"name":"pod-2"}`} {
+		if _, err := decodePod("pod-1", []byte(raw)); err == nil {
+			t.Errorf("accepted %s", raw)
+		}
+	}
+}
+
+func TestNextIndex(t *testing.T) {
+	for _, c := range []struct{ prev, got, want uint64 }{
+		{0, 10, 10}, {10, 12, 12}, {10, 10, 10}, {10, 5, 0}, {10, 0, 0},
+	} {
+		if got := nextIndex(c.prev, c.got); got != c.want {
+			t.Errorf("nextIndex(%d, %d) = %d, want %d", c.prev, c.got, got, c.want)
+		}
+	}
+}
+
+func TestRetryBackoff(t *testing.T) {
+	base, maxWait := 100*time.Millisecond, time.Second
+	prev := time.Duration(0)
+	for f := 1; f <= 10; f++ {
+		d := retryBackoff(base, maxWait, f)
+		ceil := min(base<<(f-1), maxWait)
+		if d > ceil || d < ceil*3/4 {
+			t.Fatalf("failure %d: backoff %s outside [%s, %s]", f, d, ceil*3/4, ceil)
+		}
+		if f > 1 && ceil > prev && d < prev*3/4 {
+			t.Fatalf("backoff shrank: %s after %s", d, prev)
+		}
+		prev = d
+	}
+}
+
+func TestCheckLabelAndDomain(t *testing.T) {
+	for _, ok := range []string{"a", "pod-1", "0abc", strings.Repeat("a", 63)} {
+		if CheckLabel(ok) != nil {
+			t.Errorf("rejected %q", ok)
+		}
+	}
+	for _, bad := range []string{"", "-a", "a-", "A", "a_b", "a.b", strings.Repeat("a", 64), "é"} {
+		if CheckLabel(bad) == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+	if d, err := NormalizeDomain(" Shop.Example.COM. "); err != nil || d != "shop.example.com" {
+		t.Fatalf("%q %v", d, err)
+	}
+	for _, bad := range []string{"", "localhost", "a..b", "-a.com", "a_b.com", strings.Repeat("a.", 130) + "com"} {
+		if _, err := NormalizeDomain(bad); err == nil {
+			t.Errorf("accepted domain %q", bad)
+		}
+	}
+}

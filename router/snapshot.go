@@ -1,0 +1,115 @@
+package router
+
+import (
+	"time"
+)
+
+// Snapshot is the platform as data at one moment: pods, tenants, the hosts
+// that name them and the endpoints that serve them. A published Snapshot is
+// immutable: nothing reachable from it may be modified, by anyone.
+type Snapshot struct {
+	// Zone is the DNS zone, lower case with a trailing dot.
+	Zone string
+	// Index is the highest Consul index among the data it was built from.
+	Index uint64
+	// Built is when the snapshot was built.
+	Built time.Time
+	// Synced is false only for the empty snapshot a Router starts with.
+	Synced bool
+
+	pods       map[string]*PodState
+	podList    []*PodState // sorted by name
+	tenants    map[string]*Tenant
+	tenantList []*Tenant // sorted by name
+	hosts      map[string]Route
+	zoneSuffix string // "." + zone without its trailing dot
+}
+
+// PodState is a pod with what serves it.
+type PodState struct {
+	Name string
+	// Pod is the registry value; Registered is false when the pod has
+	// services in Consul but no value under <prefix>pods/.
+	Pod        Pod
+	Registered bool
+	// Tenants is how many tenants the pod holds.
+	Tenants int
+	// Edges holds every instance of the edge service in the pod, passing or
+	// not, sorted by node and ID; PassingEdges the passing ones.
+	Edges        []EdgeEndpoint
+	PassingEdges []EdgeEndpoint
+	// Apps balances over the passing app servers; EdgePool over the passing
+	// edges, for requests that arrive at another pod's edge. Either may be
+	// empty, never nil.
+	Apps     *Pool
+	EdgePool *Pool
+}
+
+// Route is what a Host names: a tenant and the pod it lives in.
+type Route struct {
+	Tenant *Tenant
+	Pod    *PodState
+}
+
+// emptySnapshot is what a Router serves before its first sync.
+func emptySnapshot(zone string) *Snapshot {
+	return &Snapshot{
+		Zone:       zone,
+		pods:       map[string]*PodState{},
+		tenants:    map[string]*Tenant{},
+		hosts:      map[string]Route{},
+		zoneSuffix: "." + zone[:len(zone)-1],
+	}
+}
+
+// Lookup turns a Host header value into its route. Case, a port and a
+// trailing dot are ignored. It does not allocate.
+func (s *Snapshot) Lookup(host []byte) (Route, bool) {
+	h, upper, ok := trimHost(host)
+	if !ok {
+		return Route{}, false
+	}
+	if upper >= 0 {
+		var buf [maxHostLen]byte
+		h = lowerInto(&buf, h, upper)
+		r, ok := s.hosts[string(h)]
+		return r, ok
+	}
+	r, ok := s.hosts[string(h)]
+	return r, ok
+}
+
+// LookupString is Lookup for a string (a TLS server name, a DNS name).
+func (s *Snapshot) LookupString(host string) (Route, bool) {
+	h, upper, ok := trimHost(host)
+	if !ok {
+		return Route{}, false
+	}
+	if upper >= 0 {
+		var buf [maxHostLen]byte
+		r, ok := s.hosts[string(lowerInto(&buf, h, upper))]
+		return r, ok
+	}
+	r, ok := s.hosts[h]
+	return r, ok
+}
+
+// Pod returns the named pod, or nil.
+func (s *Snapshot) Pod(name string) *PodState { return s.pods[name] }
+
+// Pods returns every pod known from KV or services, sorted by name. The
+// slice must not be modified.
+func (s *Snapshot) Pods() []*PodState { return s.podList }
+
+// Tenant returns the named tenant, or nil.
+func (s *Snapshot) Tenant(name string) *Tenant { return s.tenants[name] }
+
+// Tenants returns every tenant sorted by name. The slice must not be modified.
+func (s *Snapshot) Tenants() []*Tenant { return s.tenantList }
+
+// Hostname is the tenant's own name in the zone, without a trailing dot
+// ("acme.example.test").
+func (s *Snapshot) Hostname(tenant string) string { return tenant + s.zoneSuffix }
+
+// Age is how long ago the snapshot was built.
+func (s *Snapshot) Age(now time.Time) time.Duration { return now.Sub(s.Built) }

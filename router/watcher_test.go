@@ -1,0 +1,175 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/consultest"
+)
+
+// runWatcher starts a router watching agent and waits for its first sync.
+func runWatcher(t *testing.T, agent *consultest.Agent) *Router {
+	t.Helper()
+	r, err := New(Config{Logger: slog.New(slog.DiscardHandler), RetryBase: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Run(ctx, agent.Client) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	select {
+	case <-r.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no first snapshot within 10s")
+	}
+	return r
+}
+
+func seed(t *testing.T, a *consultest.Agent) {
+	a.Put(t, "podedge/pods/pod-1", `{"name":"pod-1","region":"eu","lat":53.35,"lon":-6.26,"capacity":100}`)
+	a.Put(t, "podedge/tenants/acme", `{"name":"acme","pod":"pod-1","domains":["acme.com"]}`)
+	a.App(t, "app-1", "pod-1", "127.0.0.1", 9001, api.HealthPassing)
+	a.App(t, "app-2", "pod-1", "127.0.0.1", 9002, api.HealthPassing)
+	a.Edge(t, "edge-1", "pod-1", "127.0.0.1", 8080, "192.0.2.11", api.HealthPassing)
+}
+
+func apps(s *Snapshot, pod string) string {
+	p := s.Pod(pod)
+	if p == nil {
+		return "[]"
+	}
+	var addrs []string
+	for _, m := range p.Apps.Members() {
+		addrs = append(addrs, m.Addr)
+	}
+	return fmt.Sprint(addrs)
+}
+
+func TestWatcherFollowsConsul(t *testing.T) {
+	agent := consultest.Start(t)
+	seed(t, agent)
+	r := runWatcher(t, agent)
+	consultest.WaitFor(t, time.Second, "seeded data in the snapshot", func() bool {
+		s := r.Snapshot()
+		_, ok := s.LookupString("acme.com")
+		return ok && apps(s, "pod-1") == "[127.0.0.1:9001 127.0.0.1:9002]" && len(s.Pod("pod-1").PassingEdges) == 1
+	})
+	if st := r.Status(); !st.Synced || !st.Healthy {
+		t.Fatalf("status %+v", st)
+	}
+
+	t.Run("kv change within 1s", func(t *testing.T) {
+		agent.Put(t, "podedge/tenants/globex", `{"name":"globex","pod":"pod-1"}`)
+		consultest.WaitFor(t, time.Second, "new tenant", func() bool {
+			_, ok := r.Snapshot().LookupString("globex.example.test")
+			return ok
+		})
+	})
+	t.Run("health change within 1s", func(t *testing.T) {
+		agent.SetStatus(t, "app-2", api.HealthCritical)
+		consultest.WaitFor(t, time.Second, "critical app server out of the pool", func() bool {
+			return apps(r.Snapshot(), "pod-1") == "[127.0.0.1:9001]"
+		})
+		agent.SetStatus(t, "app-2", api.HealthWarning)
+		agent.SetStatus(t, "app-1", api.HealthPassing)
+		consultest.WaitFor(t, time.Second, "warning app server still out", func() bool {
+			return apps(r.Snapshot(), "pod-1") == "[127.0.0.1:9001]"
+		})
+		agent.SetStatus(t, "app-2", api.HealthPassing)
+		consultest.WaitFor(t, time.Second, "recovered app server back", func() bool {
+			return apps(r.Snapshot(), "pod-1") == "[127.0.0.1:9001 127.0.0.1:9002]"
+		})
+	})
+	t.Run("maintenance mode", func(t *testing.T) {
+		if err := agent.Client.Agent().EnableServiceMaintenance("app-1", "test"); err != nil {
+			t.Fatal(err)
+		}
+		consultest.WaitFor(t, time.Second, "app server in maintenance out of the pool", func() bool {
+			return apps(r.Snapshot(), "pod-1") == "[127.0.0.1:9002]"
+		})
+		if err := agent.Client.Agent().DisableServiceMaintenance("app-1"); err != nil {
+			t.Fatal(err)
+		}
+		consultest.WaitFor(t, time.Second, "app server back from maintenance", func() bool {
+			return apps(r.Snapshot(), "pod-1") == "[127.0.0.1:9001 127.0.0.1:9002]"
+		})
+	})
+	t.Run("edge health", func(t *testing.T) {
+		agent.SetStatus(t, "edge-1", api.HealthCritical)
+		consultest.WaitFor(t, time.Second, "critical edge not passing", func() bool {
+			p := r.Snapshot().Pod("pod-1")
+			return len(p.PassingEdges) == 0 && len(p.Edges) == 1
+		})
+		agent.SetStatus(t, "edge-1", api.HealthPassing)
+	})
+	t.Run("malformed value skipped", func(t *testing.T) {
+		agent.Put(t, "podedge/tenants/broken", `{"name": "broken", "pod": `)
+		agent.Put(t, "podedge/tenants/initech", `{"name":"initech","pod":"pod-1"}`)
+		consultest.WaitFor(t, time.Second, "a good tenant written after a bad one", func() bool {
+			_, ok := r.Snapshot().LookupString("initech.example.test")
+			return ok
+		})
+		s := r.Snapshot()
+		if s.Tenant("broken") != nil || s.Tenant("acme") == nil || s.Tenant("globex") == nil {
+			t.Fatalf("malformed value poisoned the snapshot: %v", s.Tenants())
+		}
+	})
+	t.Run("unchanged data publishes nothing", func(t *testing.T) {
+		before := r.Status().Builds
+		// A new index with the same data: a check's output changes.
+		if err := agent.Client.Agent().UpdateTTL("ttl-app-1", "other output", api.HealthPassing); err != nil {
+			t.Fatal(err)
+		}
+		agent.Put(t, "podedge/tenants/acme", `{"name":"acme","pod":"pod-1","domains":["acme.com"]}`)
+		agent.Put(t, "podedge/tenants/marker", `{"name":"marker","pod":"pod-1"}`)
+		consultest.WaitFor(t, time.Second, "marker tenant", func() bool { return r.Snapshot().Tenant("marker") != nil })
+		// The rewrite of acme changed its ModifyIndex but not its value;
+		// the marker is one real change. Allow the tenants query to have
+		// seen them apart (two builds), never more.
+		if got := r.Status().Builds - before; got > 2 {
+			t.Fatalf("%d builds for one real change", got)
+		}
+	})
+}
+
+func TestWatcherSurvivesConsulRestart(t *testing.T) {
+	agent := consultest.Start(t)
+	seed(t, agent)
+	r := runWatcher(t, agent)
+	consultest.WaitFor(t, time.Second, "seeded data", func() bool { return apps(r.Snapshot(), "pod-1") != "[]" })
+	last := r.Snapshot()
+
+	agent.Stop()
+	consultest.WaitFor(t, 5*time.Second, "router to notice Consul is gone", func() bool { return !r.Status().Healthy })
+	frozen := r.Status().LastSync
+	consultest.WaitFor(t, 5*time.Second, "snapshot age to grow", func() bool {
+		return time.Since(r.Status().LastSync) > 300*time.Millisecond
+	})
+	if st := r.Status(); !st.LastSync.Equal(frozen) || st.Error == "" {
+		t.Fatalf("last sync moved while Consul was down: %v -> %v (%s)", frozen, st.LastSync, st.Error)
+	}
+	if r.Snapshot() != last {
+		t.Fatal("the snapshot changed while Consul was down")
+	}
+	if _, ok := r.Snapshot().LookupString("acme.example.test"); !ok {
+		t.Fatal("routes lost while Consul was down")
+	}
+
+	// A dev agent comes back empty, with indexes from zero: the router must
+	// reset its blocking indexes and pick up the new data on its own.
+	agent.Restart()
+	agent.Put(t, "podedge/pods/pod-1", `{"name":"pod-1","region":"eu","lat":53.35,"lon":-6.26,"capacity":100}`)
+	agent.Put(t, "podedge/tenants/after", `{"name":"after","pod":"pod-1"}`)
+	agent.App(t, "app-3", "pod-1", "127.0.0.1", 9003, api.HealthPassing)
+	consultest.WaitFor(t, 10*time.Second, "recovery after restart", func() bool {
+		s := r.Snapshot()
+		return s.Tenant("after") != nil && s.Tenant("acme") == nil && apps(s, "pod-1") == "[127.0.0.1:9003]"
+	})
+	consultest.WaitFor(t, 5*time.Second, "healthy status", func() bool { return r.Status().Healthy })
+}
