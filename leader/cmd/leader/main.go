@@ -1,0 +1,85 @@
+// Command leader is podedge's control plane: the HTTP API that registers
+// pods and places tenants. Run several replicas; one, elected with a Consul
+// lock, writes, and the others forward writes to it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/podedge/podedge/internal/config"
+	"github.com/podedge/podedge/internal/version"
+	"github.com/podedge/podedge/leader"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("leader", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	configPath := fs.String("config", "", "YAML configuration `file`")
+	listen := fs.String("listen", "", "`address` of the HTTP API, /healthz and /metrics (listen)")
+	consul := fs.String("consul", "", "`address` of the local Consul agent's HTTP API (consul.address)")
+	zone := fs.String("zone", "", "DNS `zone` tenants live in (zone)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fmt.Fprintln(os.Stderr, "usage: leader [-config FILE] [-listen ADDR] [-consul ADDR] [-zone NAME] [-version]")
+			fs.PrintDefaults()
+			return 0
+		}
+		config.Exit("leader", err)
+	}
+	if fs.NArg() > 0 {
+		config.Exit("leader", fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	if *showVersion {
+		fmt.Println("leader", version.String())
+		return 0
+	}
+
+	cfg, err := leader.Load(*configPath)
+	if err != nil {
+		config.Exit("leader", err)
+	}
+	// Flags override the file only when given.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "listen":
+			cfg.Listen = *listen
+		case "consul":
+			cfg.Consul.Address = *consul
+		case "zone":
+			cfg.Zone = *zone
+		}
+	})
+	if err := cfg.Validate(); err != nil {
+		config.Exit("leader", err)
+	}
+	log, err := cfg.Log.Logger(os.Stderr)
+	if err != nil {
+		config.Exit("leader", err)
+	}
+	srv, err := leader.New(cfg, log)
+	if err != nil {
+		config.Exit("leader", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx); err != nil {
+		log.Error("leader stopped", "error", err.Error())
+		return 1
+	}
+	log.Info("leader stopped")
+	return 0
+}

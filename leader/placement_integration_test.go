@@ -1,0 +1,164 @@
+package leader
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/consultest"
+)
+
+// TestPlacementOnCities signs tenants up from real cities through a
+// standby and checks the rule end to end: edge health from Consul, seat
+// counts from KV.
+func TestPlacementOnCities(t *testing.T) {
+	agent := consultest.Start(t)
+	rs := startCluster(t, agent, 2)
+	sb := standby(t, rs)
+	pods := map[string][2]float64{"dublin": dublin, "london": london, "frankfurt": frankfurt, "new-york": newYork, "sydney": sydney}
+	capacity := map[string]int{"dublin": 2, "london": 2, "frankfurt": 10, "new-york": 10, "sydney": 10}
+	for name, at := range pods {
+		expect(t, 201, "PUT", sb.url+"/v1/pods/"+name, podBody(at, capacity[name]), "")
+	}
+	edges(t, agent, "dublin", "london", "frankfurt", "new-york", "sydney")
+	// A registered pod with no edge at all.
+	expect(t, 201, "PUT", sb.url+"/v1/pods/no-edge", podBody(dublin, 100), "")
+	for name := range pods {
+		waitEdges(t, rs, name, 1)
+	}
+
+	n := 0
+	signup := func(at [2]float64) string {
+		t.Helper()
+		n++
+		out := expect(t, 201, "POST", sb.url+"/v1/tenants", signupBody(fmt.Sprintf("t%d", n), at), "")
+		return out["pod"].(string)
+	}
+	steps := []struct {
+		why  string
+		at   [2]float64
+		want string
+	}{
+		{"nearest, as London (464 km) is near but no less used", dublin, "dublin"},
+		{"near but less used", dublin, "london"},
+		{"usage ties again, nearest wins", dublin, "dublin"},
+		{"Dublin full: London", dublin, "london"},
+		{"Dublin and London full: the next nearest", dublin, "frankfurt"},
+		{"from New York", newYork, "new-york"},
+		{"from Sydney", sydney, "sydney"},
+		{"from London with both near pods full", london, "frankfurt"},
+	}
+	for _, s := range steps {
+		if got := signup(s.at); got != s.want {
+			t.Fatalf("%s: placed in %s, want %s", s.why, got, s.want)
+		}
+	}
+
+	// New York's only edge fails: its tenants go elsewhere until it passes.
+	agent.SetStatus(t, "edge-new-york", api.HealthCritical)
+	waitEdges(t, rs, "new-york", 0)
+	if got := signup(newYork); got == "new-york" {
+		t.Fatal("placed in a pod without a passing edge")
+	} else if got != "frankfurt" {
+		t.Fatalf("from New York without its edge: %s, want frankfurt (the nearest eligible)", got)
+	}
+	agent.SetStatus(t, "edge-new-york", api.HealthWarning)
+	consultest.WaitFor(t, 5*time.Second, "warning edge seen", func() bool {
+		for _, r := range rs {
+			if p := r.srv.router.Snapshot().Pod("new-york"); p == nil || p.Edges[0].Passing || len(p.Edges) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	if got := signup(newYork); got == "new-york" {
+		t.Fatal("placed in a pod whose only edge is warning")
+	}
+	agent.SetStatus(t, "edge-new-york", api.HealthPassing)
+	waitEdges(t, rs, "new-york", 1)
+	if got := signup(newYork); got != "new-york" {
+		t.Fatalf("edge passing again: placed in %s", got)
+	}
+	if c := tenantsByPod(t, agent); c["no-edge"] != 0 {
+		t.Fatalf("pod without edges got %d tenants", c["no-edge"])
+	}
+	checkSeats(t, agent)
+}
+
+// TestConcurrentSignups: 30 sign-ups at once, spread over three replicas,
+// against a pod with 5 seats: exactly 5 land there and every one is
+// answered and accounted for.
+func TestConcurrentSignups(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		fallback bool // a far pod with room for the rest
+	}{{"rest go elsewhere", true}, {"rest refused", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			agent := consultest.Start(t)
+			rs := startCluster(t, agent, 3)
+			expect(t, 201, "PUT", rs[0].url+"/v1/pods/dublin", podBody(dublin, 5), "")
+			edges(t, agent, "dublin", "frankfurt")
+			if c.fallback {
+				expect(t, 201, "PUT", rs[0].url+"/v1/pods/frankfurt", podBody(frankfurt, 100), "")
+			}
+			waitEdges(t, rs, "dublin", 1)
+
+			const total = 30
+			type answer struct {
+				code int
+				pod  string
+				err  string
+			}
+			answers := make([]answer, total)
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for i := range total {
+				wg.Go(func() {
+					<-start
+					r := rs[i%len(rs)]
+					code, out, _ := call(t, "POST", r.url+"/v1/tenants", signupBody(fmt.Sprintf("t%02d", i), dublin))
+					a := answer{code: code}
+					a.pod, _ = out["pod"].(string)
+					a.err, _ = out["error"].(string)
+					answers[i] = a
+				})
+			}
+			close(start)
+			wg.Wait()
+
+			byCode := map[int]int{}
+			byPod := map[string]int{}
+			for i, a := range answers {
+				byCode[a.code]++
+				switch a.code {
+				case 201:
+					byPod[a.pod]++
+				case 503:
+					if a.err != "no pod has a free seat and a passing edge" {
+						t.Errorf("t%02d: 503 %q", i, a.err)
+					}
+				default:
+					t.Errorf("t%02d: unexpected %d %q", i, a.code, a.err)
+				}
+			}
+			t.Logf("answers by status %v, placed by pod %v", byCode, byPod)
+			if byPod["dublin"] != 5 {
+				t.Fatalf("%d sign-ups answered as placed in dublin, want exactly 5", byPod["dublin"])
+			}
+			if c.fallback && (byCode[201] != total || byPod["frankfurt"] != total-5) {
+				t.Fatalf("with room elsewhere every sign-up must land: %v", byPod)
+			}
+			if !c.fallback && byCode[503] != total-5 {
+				t.Fatalf("without room elsewhere %d refusals, want %d", byCode[503], total-5)
+			}
+			// What was answered is what is stored: none lost, none extra.
+			stored := tenantsByPod(t, agent)
+			if fmt.Sprint(stored) != fmt.Sprint(byPod) {
+				t.Fatalf("stored per pod %v, answered %v", stored, byPod)
+			}
+			checkSeats(t, agent)
+		})
+	}
+}

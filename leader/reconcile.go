@@ -1,0 +1,178 @@
+package leader
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/router"
+)
+
+// Reconcile checks the internal keys (seat counts and the domain index)
+// against the tenants stored in KV and repairs any difference. The leader
+// keeps them exact itself; they drift only when someone writes tenants/
+// directly. It runs when leadership is won, before the first write, and
+// every reconcile_interval.
+func (s *Store) Reconcile(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	session, ok := s.fence.Session()
+	if !ok {
+		return errNotLeader
+	}
+	s.reconciled = ""
+	return s.reconcileLocked(ctx, session)
+}
+
+// reconcileLocked reconciles once per session; s.mu must be held.
+func (s *Store) reconcileLocked(ctx context.Context, session string) error {
+	if s.reconciled == session {
+		return nil
+	}
+	for try := 1; ; try++ {
+		err := s.reconcileOnce(ctx, session)
+		s.pods = nil
+		if err == nil {
+			s.reconciled = session
+			return nil
+		}
+		if !errors.Is(err, errRetry) || try >= s.retries {
+			return err
+		}
+		s.m.retries.WithLabelValues("reconcile").Inc()
+	}
+}
+
+// reconcileOnce reads tenants, pods, seats and the domain index at one
+// Raft index and writes the repairs, each guarded by the index it was read
+// at, in as few fenced transactions as Consul's limit allows.
+func (s *Store) reconcileOnce(ctx context.Context, session string) error {
+	k := s.keys
+	trees, err := s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir())
+	if err != nil {
+		return err
+	}
+	registered := map[string]bool{}
+	for _, kv := range trees[k.podsDir()] {
+		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
+	}
+	count := map[string]int{}
+	owner := map[string]router.Tenant{}
+	for _, kv := range trees[k.tenantsDir()] {
+		t, ok := s.routable(strings.TrimPrefix(kv.Key, k.tenantsDir()), kv.Value)
+		if !ok {
+			continue
+		}
+		count[t.Pod]++
+		for _, d := range t.Domains {
+			// As the router does: the oldest claim wins, then the name.
+			if o, taken := owner[d]; !taken || t.Created.Before(o.Created) || t.Created.Equal(o.Created) && t.Name < o.Name {
+				owner[d] = t
+			}
+		}
+	}
+
+	tx := newTxn("reconcile", k, session)
+	flush := func() error {
+		if len(tx.ops) == 1 {
+			return nil
+		}
+		_, err := s.commit(ctx, session, tx)
+		tx = newTxn("reconcile", k, session)
+		return err
+	}
+	repair := func(kind, key, have, want string) error {
+		s.log.Warn("repairing internal key", "kind", kind, "key", key, "had", have, "want", want)
+		s.m.repairs.WithLabelValues(kind).Inc()
+		if len(tx.ops) >= maxTxnOps {
+			return flush()
+		}
+		return nil
+	}
+
+	seats := byName(trees[k.seatsDir()], k.seatsDir())
+	for _, pod := range union(slices.Collect(maps.Keys(registered)), slices.Collect(maps.Keys(seats)), slices.Collect(maps.Keys(count))) {
+		want, kv := count[pod], seats[pod]
+		switch {
+		case kv == nil && want == 0:
+			continue // created by the first placement
+		case kv == nil:
+			tx.cas(k.seats(pod), 0, seatsValue(want), nil)
+		case string(kv.Value) == strconv.Itoa(want):
+			continue
+		case want == 0 && !registered[pod]:
+			tx.deleteCAS(kv.Key, kv.ModifyIndex, nil)
+		default:
+			tx.cas(kv.Key, kv.ModifyIndex, seatsValue(want), nil)
+		}
+		if err := repair("seats", k.seats(pod), value(kv), strconv.Itoa(want)); err != nil {
+			return err
+		}
+	}
+
+	index := byName(trees[k.domainsDir()], k.domainsDir())
+	for _, d := range union(slices.Collect(maps.Keys(index)), slices.Collect(maps.Keys(owner))) {
+		kv := index[d]
+		o, owned := owner[d]
+		switch {
+		case !owned:
+			tx.deleteCAS(kv.Key, kv.ModifyIndex, nil)
+		case kv == nil:
+			tx.cas(k.domain(d), 0, []byte(o.Name), nil)
+		case string(kv.Value) == o.Name:
+			continue
+		default:
+			tx.cas(kv.Key, kv.ModifyIndex, []byte(o.Name), nil)
+		}
+		if err := repair("domains", k.domain(d), value(kv), o.Name); err != nil {
+			return err
+		}
+	}
+	return flush()
+}
+
+// routable decodes a stored tenant as the router would route it, reporting
+// false for values the router skips.
+func (s *Store) routable(name string, raw []byte) (router.Tenant, bool) {
+	if !router.ValidLabel(name) {
+		return router.Tenant{}, false
+	}
+	t, err := decodeTenant(name, raw)
+	if err != nil || t.Name != name || !router.ValidLabel(t.Pod) {
+		return router.Tenant{}, false
+	}
+	for i, d := range t.Domains {
+		n, err := router.NormalizeDomain(d)
+		if err != nil {
+			return router.Tenant{}, false
+		}
+		t.Domains[i] = n
+	}
+	return t, true
+}
+
+func byName(kvs api.KVPairs, dir string) map[string]*api.KVPair {
+	out := make(map[string]*api.KVPair, len(kvs))
+	for _, kv := range kvs {
+		out[strings.TrimPrefix(kv.Key, dir)] = kv
+	}
+	return out
+}
+
+// union returns the names in every list, sorted and distinct.
+func union(lists ...[]string) []string {
+	out := slices.Concat(lists...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func value(kv *api.KVPair) string {
+	if kv == nil {
+		return "(absent)"
+	}
+	return string(kv.Value)
+}

@@ -1,0 +1,228 @@
+// Package leader is podedge's control plane: the HTTP API that registers
+// pods and places tenants, run by several replicas of which one, elected
+// with a Consul lock, writes. Every write is one Consul transaction fenced
+// by the leader's session, so a deposed leader cannot write, and guarded by
+// check-and-set on the pod's seat count, so no pod is ever filled past its
+// capacity. Reads are served by every replica from its own router view;
+// writes reaching a standby are forwarded to the leader.
+package leader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/router"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Server is one leader replica.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	client *api.Client
+	router *router.Router
+	reg    *prometheus.Registry
+	m      *metrics
+	val    *validator
+	zone   string // without the trailing dot
+
+	// Set by Serve.
+	elector *Elector
+	store   *Store
+	fwd     *forwarder
+	kick    chan struct{} // asks the reconcile loop to run now
+}
+
+// New validates cfg and builds a replica; Serve or Run starts it.
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	client, err := cfg.Consul.Client()
+	if err != nil {
+		return nil, err
+	}
+	rt, err := router.New(router.Config{
+		Zone:       cfg.Zone,
+		Prefix:     cfg.Consul.Prefix,
+		Consistent: cfg.Consul.Consistent,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    log,
+		client: client,
+		router: rt,
+		reg:    prometheus.NewRegistry(),
+		zone:   strings.TrimSuffix(rt.Zone(), "."),
+		kick:   make(chan struct{}, 1),
+	}
+	s.val = newValidator(rt.Zone(), cfg.ReservedNames, cfg.MaxDomains)
+	s.m = newMetrics(s.reg, func() (bool, bool, time.Duration) {
+		st := s.router.Status()
+		var stale time.Duration
+		if !st.Healthy && !st.LastSync.IsZero() {
+			stale = time.Since(st.LastSync)
+		}
+		return st.Synced, st.Healthy, stale
+	})
+	return s, nil
+}
+
+// Router is the replica's view of the platform.
+func (s *Server) Router() *router.Router { return s.router }
+
+// Run listens on the configured address and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves the API on ln until ctx ends, then stops gracefully: it
+// gives up the lock first, so that a standby takes writes at once, then lets
+// requests in flight finish. The advertised address defaults to ln's.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	addr := s.cfg.Advertise
+	if addr == "" {
+		addr = ln.Addr().String()
+	}
+	prefix := s.router.Prefix()
+	s.elector = newElector(s.client, keys{prefix: prefix}, addr, s.cfg.Election, s.log, s.m, s.leadershipChanged)
+	s.store = newStore(StoreConfig{
+		Client:     s.client,
+		Prefix:     prefix,
+		Zone:       s.router.Zone(),
+		Fence:      s.elector,
+		View:       s.router.Snapshot,
+		NearKm:     s.cfg.NearKm,
+		Retries:    s.cfg.WriteRetries,
+		Reserved:   s.cfg.ReservedNames,
+		MaxDomains: s.cfg.MaxDomains,
+		Logger:     s.log.With("component", "store"),
+	}, s.m)
+	s.fwd = newForwarder(addr, s.log.With("component", "forward"), s.m)
+
+	fresh := &freshConns{conns: map[net.Conn]struct{}{}}
+	srv := &http.Server{
+		ConnState:         fresh.track,
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      s.cfg.WriteTimeout + 5*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	s.log.Info("leader replica serving", "listen", ln.Addr().String(), "advertise", addr, "zone", s.router.Zone(), "consul", s.cfg.Consul.Address)
+
+	bg, stopBG := context.WithCancel(context.Background())
+	elect, stopElect := context.WithCancel(context.Background())
+	var wg, election sync.WaitGroup
+	wg.Go(func() { s.router.Run(bg, s.client) })
+	wg.Go(func() { s.reconcileLoop(bg) })
+	election.Go(func() { s.elector.Run(elect) })
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+		err = fmt.Errorf("serve: %w", err)
+	}
+	s.log.Info("stopping: giving up leadership, then draining requests")
+	stopElect()
+	election.Wait()
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- srv.Shutdown(shutdown) }()
+	fresh.closeAll()
+	if e := <-drained; e != nil && !errors.Is(e, http.ErrServerClosed) {
+		s.log.Warn("requests still in flight at shutdown were cut", "error", e.Error())
+	}
+	s.fwd.close()
+	stopBG()
+	wg.Wait()
+	return err
+}
+
+// leadershipChanged runs on every change of leadership. It must not block:
+// it may run while a write holds the store.
+func (s *Server) leadershipChanged(st LeaderState) {
+	if st.IsLeader {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// reconcileLoop reconciles the internal keys when leadership is won and
+// every ReconcileInterval while leading.
+func (s *Server) reconcileLoop(ctx context.Context) {
+	var tick <-chan time.Time
+	if s.cfg.ReconcileInterval > 0 {
+		t := time.NewTicker(s.cfg.ReconcileInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-tick:
+		}
+		if _, leading := s.elector.Session(); !leading {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+		if err := s.store.Reconcile(rctx); err != nil && !errors.Is(err, errNotLeader) {
+			s.log.Warn("reconciliation failed; it runs again before the next write", "error", err.Error())
+		}
+		cancel()
+	}
+}
+
+// freshConns tracks connections that have not sent a request yet. Shutdown
+// waits up to 5s for those (Go issue 22682), and a standby's HTTP client
+// keeps such connections open in its pool; nothing is lost by closing them.
+type freshConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func (f *freshConns) track(c net.Conn, st http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st == http.StateNew {
+		f.conns[c] = struct{}{}
+	} else {
+		delete(f.conns, c)
+	}
+}
+
+func (f *freshConns) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		c.Close()
+	}
+}

@@ -1,0 +1,301 @@
+package leader
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/router"
+)
+
+// candidates is every registered, valid pod as placement sees it: seat
+// counts from the leader's reads, passing edges from the replica's view.
+func candidates(pods podCache, view *router.Snapshot) []Candidate {
+	out := make([]Candidate, 0, len(pods))
+	for name, e := range pods {
+		if !e.valid || e.podIndex == 0 {
+			continue
+		}
+		c := Candidate{Name: name, Lat: e.pod.Lat, Lon: e.pod.Lon, Capacity: e.pod.Capacity, Tenants: e.seats}
+		if vp := view.Pod(name); vp != nil {
+			c.PassingEdges = len(vp.PassingEdges)
+		}
+		out = append(out, c)
+	}
+	// Place does not depend on the order; a stable order keeps logs tidy.
+	slices.SortFunc(out, func(a, b Candidate) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// domainsFree refuses domains the view routes to a tenant other than name.
+// The domain index guards every write; this catches a domain that a tenant
+// written outside the leader claims before reconciliation indexes it.
+func domainsFree(view *router.Snapshot, name string, domains []string) error {
+	for _, d := range domains {
+		if r, ok := view.LookupString(d); ok && r.Tenant != nil && r.Tenant.Name != name {
+			return conflict("domain %q belongs to another tenant", d)
+		}
+	}
+	return nil
+}
+
+// SignUp places a new tenant in the pod the placement rule picks and
+// stores it, with its custom domains, in one transaction that takes one of
+// the pod's seats.
+func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
+	var placed router.Tenant
+	err := s.write(ctx, "signup", func(session string) error {
+		pods, err := s.loadPods(ctx)
+		if err != nil {
+			return err
+		}
+		view := s.view()
+		if err := domainsFree(view, su.Name, su.Domains); err != nil {
+			s.m.placementFailed.WithLabelValues("domain_taken").Inc()
+			return err
+		}
+		c, ok := Place(candidates(pods, view), su.Lat, su.Lon, s.nearKm)
+		if !ok {
+			s.m.placementFailed.WithLabelValues("no_capacity").Inc()
+			return &Error{Kind: KindNoCapacity, Msg: "no pod has a free seat and a passing edge"}
+		}
+		e := pods[c.Name]
+		t := router.Tenant{Name: su.Name, Pod: c.Name, Domains: su.Domains, Created: s.clock().UTC().Truncate(time.Millisecond)}
+		value, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		nameTaken := conflict("tenant %q already exists", su.Name)
+		tx := newTxn("signup", s.keys, session)
+		tx.checkIndex(s.keys.pod(c.Name), e.podIndex, nil)
+		tx.cas(s.keys.seats(c.Name), e.seatsIdx, seatsValue(e.seats+1), nil)
+		tx.cas(s.keys.tenant(su.Name), 0, value, nameTaken)
+		for _, d := range su.Domains {
+			tx.cas(s.keys.domain(d), 0, []byte(su.Name), conflict("domain %q belongs to another tenant", d))
+		}
+		res, err := s.commit(ctx, session, tx)
+		if err != nil {
+			if err == nameTaken {
+				s.m.placementFailed.WithLabelValues("name_taken").Inc()
+			} else if isOutcome(err) && err != errNotLeader {
+				s.m.placementFailed.WithLabelValues("domain_taken").Inc()
+			}
+			return err
+		}
+		e.seats++
+		e.seatsIdx = res[s.keys.seats(c.Name)]
+		placed = t
+		s.m.signups.Inc()
+		return nil
+	})
+	return placed, err
+}
+
+// readTenant reads a tenant and the index keys of the given domains in one
+// consistent read. It fails with 404 when the tenant does not exist.
+func (s *Store) readTenant(ctx context.Context, name string, domains ...string) (router.Tenant, *api.KVPair, map[string]*api.KVPair, error) {
+	ks := []string{s.keys.tenant(name)}
+	for _, d := range domains {
+		ks = append(ks, s.keys.domain(d))
+	}
+	kvs, err := s.readKeys(ctx, ks...)
+	if err != nil {
+		return router.Tenant{}, nil, nil, err
+	}
+	kv := kvs[s.keys.tenant(name)]
+	if kv == nil {
+		return router.Tenant{}, nil, nil, notFound("tenant %q not found", name)
+	}
+	t, err := decodeTenant(name, kv.Value)
+	if err != nil {
+		return router.Tenant{}, nil, nil, err
+	}
+	return t, kv, kvs, nil
+}
+
+// releaseSeat adds to tx the release of one seat of pod, when the pod has a
+// seat count to release it from.
+func (s *Store) releaseSeat(tx *txn, pods podCache, pod string) {
+	if e := pods[pod]; e != nil && e.seatsIdx != 0 && e.seats > 0 && e.seats != unknownSeats {
+		tx.cas(s.keys.seats(pod), e.seatsIdx, seatsValue(e.seats-1), nil)
+	}
+}
+
+// applySeats updates the cache after a committed write from the indexes it
+// returned: delta seats for each pod whose count it set.
+func (s *Store) applySeats(pods podCache, res committed, deltas map[string]int) {
+	for pod, d := range deltas {
+		e := pods[pod]
+		if idx, ok := res[s.keys.seats(pod)]; ok && e != nil {
+			e.seats += d
+			e.seatsIdx = idx
+		}
+	}
+}
+
+// DeleteTenant removes a tenant, frees its seat and its domains.
+func (s *Store) DeleteTenant(ctx context.Context, name string) error {
+	return s.write(ctx, "delete_tenant", func(session string) error {
+		pods, err := s.loadPods(ctx)
+		if err != nil {
+			return err
+		}
+		t, kv, _, err := s.readTenant(ctx, name)
+		if err != nil {
+			return err
+		}
+		// The domain keys are read after the tenant: the tenant's index
+		// guards against its domains changing in between.
+		owners := map[string]*api.KVPair{}
+		if len(t.Domains) > 0 {
+			ks := make([]string, len(t.Domains))
+			for i, d := range t.Domains {
+				ks[i] = s.keys.domain(d)
+			}
+			if owners, err = s.readKeys(ctx, ks...); err != nil {
+				return err
+			}
+		}
+		tx := newTxn("delete_tenant", s.keys, session)
+		tx.deleteCAS(kv.Key, kv.ModifyIndex, nil)
+		s.releaseSeat(tx, pods, t.Pod)
+		for _, d := range t.Domains {
+			if o := owners[s.keys.domain(d)]; o != nil && string(o.Value) == name {
+				tx.deleteCAS(o.Key, o.ModifyIndex, nil)
+			}
+		}
+		res, err := s.commit(ctx, session, tx)
+		if err != nil {
+			return err
+		}
+		s.applySeats(pods, res, map[string]int{t.Pod: -1})
+		return nil
+	})
+}
+
+// MoveTenant moves a tenant to another pod, taking a seat there and
+// freeing its seat in the old one. A full pod refuses it with 409.
+func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant, error) {
+	var moved router.Tenant
+	err := s.write(ctx, "move", func(session string) error {
+		pods, err := s.loadPods(ctx)
+		if err != nil {
+			return err
+		}
+		t, kv, _, err := s.readTenant(ctx, name)
+		if err != nil {
+			return err
+		}
+		if t.Pod == pod {
+			moved = t
+			return nil
+		}
+		dst := pods[pod]
+		if dst == nil || dst.podIndex == 0 {
+			return invalid("pod %q is not registered", pod)
+		}
+		if !dst.valid {
+			return conflict("pod %q has an invalid registration; fix it with PUT /v1/pods/%s", pod, pod)
+		}
+		if dst.seats >= dst.pod.Capacity {
+			return conflict("pod %q is full: %d of %d seats taken", pod, min(dst.seats, dst.pod.Capacity), dst.pod.Capacity)
+		}
+		from := t.Pod
+		t.Pod = pod
+		value, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		tx := newTxn("move", s.keys, session)
+		tx.cas(kv.Key, kv.ModifyIndex, value, nil)
+		tx.checkIndex(s.keys.pod(pod), dst.podIndex, nil)
+		tx.cas(s.keys.seats(pod), dst.seatsIdx, seatsValue(dst.seats+1), nil)
+		s.releaseSeat(tx, pods, from)
+		res, err := s.commit(ctx, session, tx)
+		if err != nil {
+			return err
+		}
+		s.applySeats(pods, res, map[string]int{pod: +1, from: -1})
+		moved = t
+		return nil
+	})
+	return moved, err
+}
+
+// AddDomain gives a custom domain to a tenant. Adding a domain the tenant
+// already has changes nothing.
+func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tenant, error) {
+	var out router.Tenant
+	err := s.write(ctx, "add_domain", func(session string) error {
+		t, kv, owners, err := s.readTenant(ctx, name, domain)
+		if err != nil {
+			return err
+		}
+		owner := owners[s.keys.domain(domain)]
+		if owner != nil && string(owner.Value) != name {
+			return conflict("domain %q belongs to another tenant", domain)
+		}
+		has := slices.Contains(t.Domains, domain)
+		if has && owner != nil {
+			out = t
+			return nil
+		}
+		if err := domainsFree(s.view(), name, []string{domain}); err != nil {
+			return err
+		}
+		if !has && len(t.Domains) >= s.val.maxDomains {
+			return conflict("tenant %q already has the maximum of %d domains", name, s.val.maxDomains)
+		}
+		tx := newTxn("add_domain", s.keys, session)
+		if !has {
+			t.Domains = append(t.Domains, domain)
+			value, err := json.Marshal(t)
+			if err != nil {
+				return err
+			}
+			tx.cas(kv.Key, kv.ModifyIndex, value, nil)
+		} else {
+			tx.checkIndex(kv.Key, kv.ModifyIndex, nil)
+		}
+		var idx uint64
+		if owner != nil {
+			idx = owner.ModifyIndex
+		}
+		tx.cas(s.keys.domain(domain), idx, []byte(name), nil)
+		if _, err := s.commit(ctx, session, tx); err != nil {
+			return err
+		}
+		out = t
+		return nil
+	})
+	return out, err
+}
+
+// RemoveDomain takes a custom domain from a tenant and frees it.
+func (s *Store) RemoveDomain(ctx context.Context, name, domain string) error {
+	return s.write(ctx, "remove_domain", func(session string) error {
+		t, kv, owners, err := s.readTenant(ctx, name, domain)
+		if err != nil {
+			return err
+		}
+		i := slices.Index(t.Domains, domain)
+		if i < 0 {
+			return notFound("tenant %q has no domain %q", name, domain)
+		}
+		t.Domains = slices.Delete(t.Domains, i, i+1)
+		value, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		tx := newTxn("remove_domain", s.keys, session)
+		tx.cas(kv.Key, kv.ModifyIndex, value, nil)
+		if o := owners[s.keys.domain(domain)]; o != nil && string(o.Value) == name {
+			tx.deleteCAS(o.Key, o.ModifyIndex, nil)
+		}
+		_, err = s.commit(ctx, session, tx)
+		return err
+	})
+}
