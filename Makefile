@@ -11,7 +11,7 @@ LDFLAGS := -X github.com/podedge/podedge/internal/version.version=$(VERSION)
 CONSUL_BIN = $(shell scripts/consul.sh)
 CMDS := $(wildcard */cmd/*)
 
-.PHONY: all build consul test vet fmt clean
+.PHONY: all build consul run test vet fmt clean
 
 all: build
 
@@ -21,6 +21,12 @@ build:
 
 consul:
 	@scripts/consul.sh
+
+# The whole platform on this machine, in the foreground; Ctrl-C stops it.
+run: build
+	@consul=$$(scripts/consul.sh) || exit 1; \
+	$(GO) build -o $(BIN)/localpod ./internal/localpod/cmd/localpod && \
+	exec $(BIN)/localpod -bin $(BIN) -consul "$$consul" -configs configs/local -logs $(BIN)/logs
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
