@@ -1,0 +1,142 @@
+// Command edge is podedge's HTTP load balancer: it routes each request by
+// its Host to a healthy app server of the tenant's pod, registers itself in
+// Consul, and drains gracefully on SIGTERM or SIGINT. See edge/README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/podedge/podedge/edge"
+	"github.com/podedge/podedge/internal/config"
+	"github.com/podedge/podedge/internal/version"
+)
+
+const prog = "edge"
+
+func main() {
+	cfg, err := parse(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if errors.Is(err, errVersion) {
+		fmt.Println(prog, version.String())
+		os.Exit(0)
+	}
+	if err != nil {
+		config.Exit(prog, err)
+	}
+	log, err := cfg.Log.Logger(os.Stderr)
+	if err != nil {
+		config.Exit(prog, err)
+	}
+	e, err := edge.New(cfg, edge.Options{Logger: log, AccessLog: os.Stdout})
+	if err != nil {
+		config.Exit(prog, err)
+	}
+	if err := e.Listen(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := e.Run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+		os.Exit(1)
+	}
+}
+
+var errVersion = errors.New("version requested")
+
+// parse reads the flags and the configuration file; flags override the file
+// only when given.
+func parse(args []string) (edge.Config, error) {
+	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		configFile  = fs.String("config", "", "YAML configuration `file` (see configs/edge.yaml)")
+		consul      = fs.String("consul", "", "Consul agent HTTP `address` (consul.address)")
+		zone        = fs.String("zone", "", "DNS `zone` tenants live in (zone)")
+		pod         = fs.String("pod", "", "`pod` this edge serves (pod)")
+		httpAddr    = fs.String("http", "", "plain-HTTP listener `host:port` (http)")
+		httpsAddr   = fs.String("https", "", "HTTPS listener `host:port`, used when TLS is enabled (https)")
+		admin       = fs.String("admin", "", "admin listener `host:port` for /healthz, /metrics, /debug/ (admin)")
+		publicIP    = fs.String("public-ip", "", "IPv4 `address` DNS hands out for this edge (public_ip)")
+		acmeDir     = fs.String("acme-directory", "", "ACME directory `URL`, used when TLS is enabled (acme.directory)")
+		acmeCA      = fs.String("acme-ca", "", "PEM `file` of roots to trust for the ACME server, used when TLS is enabled (acme.ca)")
+		showVersion = fs.Bool("version", false, "print the version and exit")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fmt.Fprintf(os.Stderr, "usage: %s [flags]\n", prog)
+			fs.PrintDefaults()
+		}
+		return edge.Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return edge.Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *showVersion {
+		return edge.Config{}, errVersion
+	}
+	cfg := edge.DefaultConfig()
+	if *configFile != "" {
+		if err := config.Load(*configFile, &cfg); err != nil {
+			return edge.Config{}, err
+		}
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) {
+		given[f.Name] = true
+		switch f.Name {
+		case "consul":
+			cfg.Consul.Address = *consul
+		case "zone":
+			cfg.Zone = *zone
+		case "pod":
+			cfg.Pod = *pod
+		case "http":
+			cfg.HTTP = *httpAddr
+		case "https":
+			cfg.HTTPS = *httpsAddr
+		case "admin":
+			cfg.Admin = *admin
+		case "public-ip":
+			cfg.PublicIP = *publicIP
+		case "acme-directory":
+			cfg.ACME.Directory = *acmeDir
+		case "acme-ca":
+			cfg.ACME.CA = *acmeCA
+		}
+	})
+	if err := cfg.Validate(); err != nil {
+		return edge.Config{}, nameFlag(err, given)
+	}
+	return cfg, nil
+}
+
+// flagKeys maps flags to the configuration keys they set.
+var flagKeys = map[string]string{
+	"consul": "consul.address", "zone": "zone", "pod": "pod", "http": "http", "https": "https",
+	"admin": "admin", "public-ip": "public_ip", "acme-directory": "acme.directory", "acme-ca": "acme.ca",
+}
+
+// nameFlag makes an error about a key that a flag set name the flag, so that
+// the operator knows which of the two to fix.
+func nameFlag(err error, given map[string]bool) error {
+	msg := err.Error()
+	for f, key := range flagKeys {
+		if given[f] && strings.HasPrefix(msg, key+":") {
+			return fmt.Errorf("-%s:%s", f, strings.TrimPrefix(msg, key+":"))
+		}
+	}
+	return err
+}

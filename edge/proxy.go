@@ -1,0 +1,411 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/podedge/podedge/router"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+// Proxy is the edge's request handler: Host → tenant → pod → a healthy
+// endpoint, with retries, passive health, streaming bodies and WebSocket
+// tunnels. Every field is optional; the zero value serves (once given a
+// snapshot) with DefaultConfig's timeouts and limits, and no access log.
+//
+// Feed it snapshots with SetSnapshot (Router.Subscribe does) and give its
+// Registry to the router, so that endpoints carry the Proxy's connection
+// pools. A Proxy must not be copied after first use.
+type Proxy struct {
+	// Pod is the pod this edge serves. A request for a tenant of another
+	// pod goes to a passing edge of that pod, once: a request that an edge
+	// already forwarded is refused with 502. Empty means every pod is
+	// served directly (tests, benchmarks).
+	Pod string
+	// Timeouts, Limits and Retries: zero fields take DefaultConfig's values.
+	Timeouts Timeouts
+	Limits   Limits
+	Retries  Retries
+	// TrustedProxies are peers whose X-Forwarded-* headers are kept and
+	// appended to; other peers' are replaced. Edges in the snapshot are
+	// trusted too, so that a request forwarded from another pod keeps its
+	// client's address. Nil trusts no one else.
+	TrustedProxies []netip.Prefix
+	// RetryAfter is the Retry-After of a 503. Zero means 5s.
+	RetryAfter time.Duration
+	// Metrics receives the request metrics. Nil keeps them in a private
+	// registry that nothing exports.
+	Metrics *Metrics
+	// AccessLog receives one JSON line per request (see accessLogger).
+	// Nil logs no requests.
+	AccessLog slog.Handler
+	// Logger receives the proxy's own logs. Nil means slog.Default().
+	Logger *slog.Logger
+	// Dial opens a connection to an endpoint. Nil dials TCP within
+	// Timeouts.Dial. Tests and benchmarks dial in-memory listeners.
+	Dial func(addr string) (net.Conn, error)
+	// ErrorHandler writes the response of a request that failed: status is
+	// 404, 502, 503, 504 or a 4xx of the client's making, err says why (it
+	// may name internal addresses: log it, never send it). Nil writes one
+	// line of plain text and, with 503, Retry-After.
+	ErrorHandler func(ctx *fasthttp.RequestCtx, status int, err error)
+	// ModifyResponse, if set, may change an endpoint's response before it
+	// is sent. An error sends the request down the error path with 502.
+	ModifyResponse func(ctx *fasthttp.RequestCtx) error
+
+	once       sync.Once
+	view       atomic.Pointer[view]
+	registry   *router.Registry
+	metrics    *Metrics
+	access     *accessLogger
+	log        *slog.Logger
+	dialer     net.Dialer
+	budget     *retryBudget
+	retryAfter []byte
+	draining   atomic.Bool
+	exchanges  sync.Pool
+	copyBufs   sync.Pool // *[]byte of 32 KiB, for streamed bodies
+	tunnels    tunnelSet
+}
+
+// view is a snapshot with what the proxy derives from it once per publish.
+type view struct {
+	snap *router.Snapshot
+	pods map[*router.PodState]*podStats
+	none *podStats
+	// edges are the addresses of every edge in the snapshot, trusted as
+	// forwarders.
+	edges map[netip.Addr]struct{}
+}
+
+func (p *Proxy) init() { p.once.Do(p.setup) }
+
+func (p *Proxy) setup() {
+	d := DefaultConfig()
+	fill := func(dst *time.Duration, def time.Duration) {
+		if *dst == 0 {
+			*dst = def
+		}
+	}
+	t := &p.Timeouts
+	fill(&t.Dial, d.Timeouts.Dial)
+	fill(&t.ResponseHeader, d.Timeouts.ResponseHeader)
+	fill(&t.UpstreamIdle, d.Timeouts.UpstreamIdle)
+	fill(&t.UpstreamKeepalive, d.Timeouts.UpstreamKeepalive)
+	fill(&t.ClientHeader, d.Timeouts.ClientHeader)
+	fill(&t.ClientBody, d.Timeouts.ClientBody)
+	fill(&t.ClientWrite, d.Timeouts.ClientWrite)
+	fill(&t.ClientIdle, d.Timeouts.ClientIdle)
+	fill(&t.WebSocketIdle, d.Timeouts.WebSocketIdle)
+	if p.Limits.MaxHeaderBytes == 0 {
+		p.Limits.MaxHeaderBytes = d.Limits.MaxHeaderBytes
+	}
+	if p.Limits.BufferBytes == 0 {
+		p.Limits.BufferBytes = d.Limits.BufferBytes
+	}
+	if p.Limits.MaxConnsPerEndpoint == 0 {
+		p.Limits.MaxConnsPerEndpoint = d.Limits.MaxConnsPerEndpoint
+	}
+	if p.Retries == (Retries{}) {
+		p.Retries = d.Retries
+	}
+	fill(&p.Retries.BudgetWindow, d.Retries.BudgetWindow)
+	fill(&p.RetryAfter, d.RetryAfter)
+	p.retryAfter = strconv.AppendInt(nil, int64((p.RetryAfter+time.Second-1)/time.Second), 10)
+	p.metrics = p.Metrics
+	if p.metrics == nil {
+		p.metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	if p.AccessLog != nil {
+		p.access = &accessLogger{h: p.AccessLog}
+	}
+	p.log = p.Logger
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.log = p.log.With("component", "proxy")
+	p.copyBufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	p.dialer = net.Dialer{Timeout: p.Timeouts.Dial, KeepAlive: 30 * time.Second}
+	p.budget = newRetryBudget(p.Retries.BudgetRatio, p.Retries.BudgetMinPerSecond, p.Retries.BudgetWindow, time.Now)
+	p.registry = &router.Registry{
+		NewValue: func(addr string) any { return p.newUpstream(addr) },
+		ReleaseValue: func(addr string, v any) {
+			u := v.(*upstream)
+			u.hc.CloseIdleConnections()
+			if s := u.stats.Load(); s != nil {
+				p.metrics.forget(s.pod, addr)
+			}
+		},
+	}
+	p.view.Store(p.newView(nil))
+}
+
+// Registry is the endpoint registry to give the router (router.Config), so
+// that every endpoint carries its connection pool across snapshots.
+func (p *Proxy) Registry() *router.Registry {
+	p.init()
+	return p.registry
+}
+
+// SetSnapshot makes s the routing view. Router.Subscribe(p.SetSnapshot)
+// keeps it current.
+func (p *Proxy) SetSnapshot(s *router.Snapshot) {
+	p.init()
+	p.view.Store(p.newView(s))
+}
+
+// Snapshot returns the snapshot in use; nil before the first.
+func (p *Proxy) Snapshot() *router.Snapshot {
+	p.init()
+	return p.view.Load().snap
+}
+
+func (p *Proxy) newView(s *router.Snapshot) *view {
+	v := &view{snap: s, pods: map[*router.PodState]*podStats{}, edges: map[netip.Addr]struct{}{}}
+	if old := p.view.Load(); old != nil {
+		v.none = old.none
+	} else {
+		v.none = p.metrics.pod("")
+	}
+	if s == nil {
+		return v
+	}
+	for _, ps := range s.Pods() {
+		v.pods[ps] = p.metrics.pod(ps.Name)
+		for _, e := range ps.Edges {
+			if ap, err := netip.ParseAddrPort(e.Addr); err == nil {
+				v.edges[ap.Addr().Unmap()] = struct{}{}
+			}
+			if e.PublicIP.IsValid() {
+				v.edges[e.PublicIP] = struct{}{}
+			}
+			if e.PublicIPv6.IsValid() {
+				v.edges[e.PublicIPv6] = struct{}{}
+			}
+		}
+	}
+	return v
+}
+
+// SetDraining marks the edge as stopping: responses then carry
+// Connection: close, so that keep-alive clients reconnect elsewhere.
+func (p *Proxy) SetDraining(on bool) { p.draining.Store(on) }
+
+// ServeHTTP is the fasthttp.RequestHandler.
+func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
+	p.init()
+	p.metrics.inflight.Inc()
+	x := p.acquireExchange(ctx)
+	v := p.view.Load()
+	x.pod = v.none
+	if err := p.serve(ctx, x, v); err != nil {
+		p.fail(ctx, x, err)
+	} else if err := p.finishResponse(ctx, x); err != nil {
+		p.fail(ctx, x, err)
+	}
+	x.status = ctx.Response.StatusCode()
+	if !ctx.Response.IsBodyStream() {
+		x.bytes = int64(len(ctx.Response.Body()))
+	}
+	if p.access != nil {
+		x.record(ctx)
+	}
+	x.body.ctx = nil
+	x.done()
+}
+
+// serve routes and forwards the request; an error goes down the error path.
+func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
+	h := &ctx.Request.Header
+	x.found = scanKeys(h.PeekKeys())
+	if x.found&hRequestID != 0 {
+		if id := h.Peek("X-Request-Id"); validRequestID(id) {
+			x.reqID = append(x.reqID[:0], id...)
+		}
+	}
+	if len(x.reqID) == 0 {
+		x.reqID = appendRequestID(x.reqID[:0])
+	}
+	if h.IsConnect() {
+		return &clientError{status: fasthttp.StatusMethodNotAllowed, err: errConnect}
+	}
+	if v.snap == nil {
+		return errUnknownHost
+	}
+	host := ctx.Host()
+	route, ok := v.snap.Lookup(host)
+	if !ok || route.Pod == nil {
+		return errUnknownHost
+	}
+	if s := v.pods[route.Pod]; s != nil {
+		x.pod = s
+	}
+	pool, local := route.Pod.Apps, p.Pod == "" || route.Pod.Name == p.Pod
+	if !local {
+		if x.found&hVia != 0 && viaHasEdge(h.PeekAll("Via")) {
+			return errLoop
+		}
+		pool = route.Pod.EdgePool
+	}
+	if pool.Len() == 0 {
+		return errNoEndpoint
+	}
+	if !bytes.EqualFold(host, h.Host()) {
+		// An absolute-form request target names the host (RFC 9112
+		// section 3.2.2); the endpoint gets it as Host.
+		h.SetHostBytes(host)
+	}
+	if err := p.prepareRequest(ctx, x, v, local); err != nil {
+		return err
+	}
+	if x.upgrade {
+		return p.tunnel(ctx, x, pool)
+	}
+	return p.forward(ctx, x, pool)
+}
+
+// forward sends the request to an endpoint of pool, and on failure to
+// others, as the retry policy allows.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, pool *router.Pool) error {
+	now := time.Now()
+	p.budget.request(now)
+	var tried uint64
+	var last error
+	for {
+		m := pool.Pick(tried)
+		if m == nil {
+			if last != nil {
+				return last
+			}
+			return errNoEndpoint
+		}
+		tried |= m.Bit()
+		err := p.attempt(ctx, x, m)
+		if err == nil {
+			return nil
+		}
+		last = err
+		if !p.mayRetry(x, &ctx.Request, err) {
+			return err
+		}
+		if !p.budget.withdraw(time.Now()) {
+			p.metrics.budgetExhausted.Inc()
+			return err
+		}
+		x.pod.retries.Inc()
+	}
+}
+
+// attempt runs the request once on m. A streamed response leaves the
+// verdict on m to the stream's end.
+func (p *Proxy) attempt(ctx *fasthttp.RequestCtx, x *exchange, m *router.Member) error {
+	u, ok := m.Value().(*upstream)
+	if !ok {
+		// The router was built without this proxy's Registry.
+		return &DialError{Addr: m.Addr, Err: errNoRegistry}
+	}
+	x.member, x.up, x.upstreamAddr = m, u, m.Addr
+	x.upStats = u.statsFor(x.pod.name)
+	x.attempts++
+	x.upStats.requests.Inc()
+	m.Begin()
+	streaming, err := u.roundTrip(x, &ctx.Request, &ctx.Response)
+	if err == nil {
+		x.upStatus = ctx.Response.StatusCode()
+	}
+	if !streaming {
+		x.endAttempt(err)
+	}
+	return err
+}
+
+// mayRetry reports whether a failed attempt may be repeated on another
+// endpoint: when nothing was sent (refused connection, full pool), or when
+// an idempotent request without a body failed before any response byte.
+func (p *Proxy) mayRetry(x *exchange, req *fasthttp.Request, err error) bool {
+	if x.attempts > p.Retries.Max {
+		return false
+	}
+	if isDial(err) || err == errNoFreeConns {
+		return true
+	}
+	ue, ok := err.(*UpstreamError)
+	return ok && ue.beforeResponse() && x.replayable(req)
+}
+
+// finishResponse readies an endpoint's response for the client.
+func (p *Proxy) finishResponse(ctx *fasthttp.RequestCtx, x *exchange) error {
+	h := &ctx.Response.Header
+	var keep uint32
+	if x.tunnel.conn != nil {
+		keep = hUpgrade | hConnection
+	}
+	x.scratch = removeHopByHop(h, scanKeys(h.PeekKeys()), keep, x.scratch)
+	h.SetBytesV("X-Request-Id", x.reqID)
+	if p.draining.Load() && x.tunnel.conn == nil {
+		h.SetConnectionClose()
+	}
+	if p.ModifyResponse != nil {
+		if err := p.ModifyResponse(ctx); err != nil {
+			return &UpstreamError{Addr: x.upstreamAddr, stage: stageHead, Err: err}
+		}
+	}
+	return nil
+}
+
+// fail is the one error path: it logs, replaces whatever the endpoint sent
+// with the error response, and returns the request ID.
+func (p *Proxy) fail(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	status := statusFor(err)
+	x.err = err
+	if x.tunnel.conn != nil {
+		x.tunnel.release()
+		x.tunnel = tunnelConn{}
+	}
+	ctx.Response.Reset()
+	if p.ErrorHandler != nil {
+		p.ErrorHandler(ctx, status, err)
+	} else {
+		writeError(ctx, status, err, p.retryAfter)
+	}
+	if len(x.reqID) > 0 {
+		ctx.Response.Header.SetBytesV("X-Request-Id", x.reqID)
+	}
+	if p.draining.Load() || status == fasthttp.StatusRequestEntityTooLarge || status == fasthttp.StatusRequestTimeout {
+		ctx.Response.Header.SetConnectionClose()
+	}
+	if status >= 500 && p.log.Enabled(context.Background(), slog.LevelDebug) {
+		p.log.Debug("request failed", "status", status, "error", err.Error(), "request_id", string(x.reqID))
+	}
+}
+
+// ServerError is the fasthttp.Server ErrorHandler: requests that could not
+// be read get a one-line answer, counted but never routed.
+func (p *Proxy) ServerError(ctx *fasthttp.RequestCtx, err error) {
+	p.init()
+	status := fasthttp.StatusBadRequest
+	switch {
+	case isSmallBuffer(err):
+		status = fasthttp.StatusRequestHeaderFieldsTooLarge
+	case isTimeout(err):
+		status = fasthttp.StatusRequestTimeout
+	case err == fasthttp.ErrBodyTooLarge:
+		status = fasthttp.StatusRequestEntityTooLarge
+	}
+	p.metrics.serverErrors.WithLabelValues(strconv.Itoa(status)).Inc()
+	ctx.Response.Reset()
+	writeError(ctx, status, err, nil)
+}
+
+func isSmallBuffer(err error) bool {
+	_, ok := err.(*fasthttp.ErrSmallBuffer)
+	return ok
+}
