@@ -43,6 +43,12 @@ type Config struct {
 	// repairs them. They are also checked whenever leadership is won.
 	// 0 checks only then.
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	// ViewMinWait is the least time between two refreshes of one part of
+	// the replica's view (pods, tenants, edge health). Each refresh of the
+	// tenants reads them all, so during a burst of sign-ups a short wait
+	// costs CPU in proportion to the number of tenants; the leader's reads
+	// and placement can lag this much behind Consul.
+	ViewMinWait time.Duration `yaml:"view_min_wait"`
 	// Election tunes the Consul lock.
 	Election Election `yaml:"election"`
 	// Consul is the shared consul section.
@@ -101,6 +107,7 @@ func DefaultConfig() Config {
 		WriteRetries:      10,
 		WriteTimeout:      10 * time.Second,
 		ReconcileInterval: 5 * time.Minute,
+		ViewMinWait:       250 * time.Millisecond,
 		Election: Election{
 			Service:         "leader",
 			SessionTTL:      10 * time.Second,
@@ -139,6 +146,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("write_timeout: must be positive, got %s", c.WriteTimeout)
 	case c.ReconcileInterval < 0:
 		return fmt.Errorf("reconcile_interval: %s is negative", c.ReconcileInterval)
+	case c.ViewMinWait < 10*time.Millisecond || c.ViewMinWait > 10*time.Second:
+		return fmt.Errorf("view_min_wait: %s is outside [10ms, 10s]", c.ViewMinWait)
 	}
 	for _, n := range c.ReservedNames {
 		if err := router.CheckLabel(n); err != nil {

@@ -52,6 +52,7 @@ func TestConfigErrors(t *testing.T) {
 		{name: "write_retries", tweak: func(c *Config) { c.WriteRetries = 0 }, want: "write_retries:"},
 		{name: "write_timeout", tweak: func(c *Config) { c.WriteTimeout = 0 }, want: "write_timeout:"},
 		{name: "reconcile_interval", tweak: func(c *Config) { c.ReconcileInterval = -time.Second }, want: "reconcile_interval:"},
+		{name: "view_min_wait", tweak: func(c *Config) { c.ViewMinWait = time.Millisecond }, want: "view_min_wait:"},
 		{name: "session_ttl below Consul's minimum", tweak: func(c *Config) { c.Election.SessionTTL = 5 * time.Second }, want: "election.session_ttl:"},
 		{name: "check_ttl too short", tweak: func(c *Config) { c.Election.CheckTTL = 10 * time.Millisecond }, want: "election.check_ttl:"},
 		{name: "check_ttl above session_ttl", tweak: func(c *Config) { c.Election.CheckTTL = time.Minute }, want: "election.check_ttl:"},

@@ -300,3 +300,34 @@ func waitEdges(t testing.TB, rs []*replica, pod string, n int) {
 		return true
 	})
 }
+
+var pollClient = &http.Client{Timeout: 2 * time.Second}
+
+func newRequest(method, url, body string) (*http.Request, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	return http.NewRequest(method, url, rd)
+}
+
+// doRequest sends req with a short timeout and decodes a JSON object
+// answer, if any.
+func doRequest(req *http.Request) (int, map[string]any, error) {
+	resp, err := pollClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, nil, err
+	}
+	var out map[string]any
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &out); err != nil {
+			return resp.StatusCode, nil, fmt.Errorf("answer is not a JSON object: %q", raw)
+		}
+	}
+	return resp.StatusCode, out, nil
+}

@@ -57,6 +57,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		Zone:       cfg.Zone,
 		Prefix:     cfg.Consul.Prefix,
 		Consistent: cfg.Consul.Consistent,
+		MinWait:    cfg.ViewMinWait,
 		Logger:     log,
 	})
 	if err != nil {
