@@ -1,0 +1,199 @@
+package dnsd
+
+import (
+	"encoding/binary"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/podedge/podedge/router"
+)
+
+// maxTCPSize is the largest DNS message over TCP (RFC 1035 section 4.2.2).
+const maxTCPSize = 65535
+
+// Handler answers DNS queries from the zone built from the latest router
+// snapshot. Handle is safe for concurrent use and does not allocate; Update
+// swaps the zone atomically.
+type Handler struct {
+	data *zoneData
+	m    *Metrics
+
+	zone atomic.Pointer[zone] // nil until the first snapshot
+
+	buildMu sync.Mutex // one build at a time; guards builder
+	builder *builder
+}
+
+// NewHandler returns a Handler for the zone cfg describes, which answers
+// SERVFAIL until Update gives it a snapshot. cfg is validated. m may be nil
+// (no metrics: tests, fuzzing); log nil means slog.Default().
+func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
+	d, err := cfg.zoneData()
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Handler{data: d, m: m, builder: newBuilder(d, m, log)}, nil
+}
+
+// Update builds the answers of snapshot s and publishes them. The router
+// calls it (Router.Subscribe) on every publish; a snapshot that is not
+// synced yet is ignored.
+func (h *Handler) Update(s *router.Snapshot) {
+	if s == nil || !s.Synced {
+		return
+	}
+	h.buildMu.Lock()
+	defer h.buildMu.Unlock()
+	h.zone.Store(h.builder.build(s))
+}
+
+// Serial is the SOA serial of the published zone; 0 before the first.
+func (h *Handler) Serial() uint32 {
+	if z := h.zone.Load(); z != nil {
+		return z.serial
+	}
+	return 0
+}
+
+// Handle answers the query p, writing the response into out, and returns
+// it (a slice of out), or nil when p must be dropped. udp selects the size
+// limit: 512 bytes, or the query's EDNS buffer size up to the configured
+// maximum; over TCP, 65535. The response never exceeds that limit nor
+// cap(out): what does not fit is cut and TC set.
+func (h *Handler) Handle(p, out []byte, udp bool) []byte {
+	var q query
+	if !parseQuery(p, &q) {
+		h.m.dropped.Inc()
+		return nil
+	}
+	limit := maxTCPSize
+	if udp {
+		limit = 512
+		if q.edns && int(q.size) > limit {
+			limit = min(int(q.size), h.data.maxUDP)
+		}
+	}
+	limit = min(limit, cap(out))
+	var nsid []byte
+	if q.edns && q.nsid {
+		nsid = h.data.nsid
+	}
+	r := response{b: out[:headerLen], limit: limit}
+	if q.edns {
+		r.limit -= 11
+		if len(nsid) > 0 {
+			r.limit -= 4 + len(nsid)
+		}
+	}
+	if r.limit < q.qend {
+		// A caller's buffer too small for any answer; never happens with
+		// the buffers dnsd passes (a question takes at most 259 bytes).
+		return nil
+	}
+
+	rcode, aa := h.answer(&q, p, &r)
+
+	flags := flagQR | q.flags&(0xF<<11|flagRD|flagCD) | uint16(rcode&0xF)
+	if aa {
+		flags |= flagAA
+	}
+	if r.tc {
+		flags |= flagTC
+		h.m.truncated.Inc()
+	}
+	if q.edns {
+		r.opt(h.data.maxUDP, rcode, q.do, nsid)
+	}
+	b := r.b
+	binary.BigEndian.PutUint16(b[0:], q.id)
+	binary.BigEndian.PutUint16(b[2:], flags)
+	binary.BigEndian.PutUint16(b[4:], r.qdcount)
+	binary.BigEndian.PutUint16(b[6:], r.counts[secAnswer])
+	binary.BigEndian.PutUint16(b[8:], r.counts[secAuthority])
+	binary.BigEndian.PutUint16(b[10:], r.counts[secAdditional])
+	h.m.count(q.qtype, rcode)
+	return b
+}
+
+// answer fills the sections of r for q (read from packet p) and returns the
+// rcode and whether the answer is authoritative.
+func (h *Handler) answer(q *query, p []byte, r *response) (rcode int, aa bool) {
+	if q.qdcount == 1 {
+		// The question exactly as asked, so that a resolver using 0x20
+		// case randomisation finds its own spelling.
+		r.b = append(r.b, p[headerLen:q.qend]...)
+		r.qdcount = 1
+	}
+	switch {
+	case q.opcode != 0:
+		return rcodeNotImp, false
+	case q.qdcount != 1 || q.badOPT || q.qtype == typeOPT:
+		r.b, r.qdcount = r.b[:headerLen], 0
+		return rcodeFormErr, false
+	case q.edns && q.version != 0:
+		return rcodeBadVers, false
+	}
+	z := h.zone.Load()
+	if z == nil {
+		return rcodeServFail, false
+	}
+	var buf [maxNameLen]byte
+	lname := buf[:len(q.qname)]
+	lower(lname, q.qname)
+	rel, in := z.relative(lname)
+	if !in || q.qclass != classINET {
+		return rcodeRefused, false
+	}
+	if q.qtype == typeAXFR || q.qtype == typeIXFR {
+		// No zone transfers (yet): see the README.
+		return rcodeRefused, false
+	}
+	if n := z.names[string(rel)]; n != nil {
+		s := n.set(q.qtype)
+		if s == nil {
+			r.add(secAuthority, z.soa, 0)
+		} else {
+			r.add(secAnswer, s, 0)
+		}
+		return rcodeSuccess, true
+	}
+	if len(rel) > 1 && int(rel[0]) == len(rel)-1 {
+		if pod, ok := z.tenants[string(rel[1:])]; ok {
+			return z.tenant(q, r, len(rel), pod), true
+		}
+	}
+	r.add(secAuthority, z.soa, 0)
+	return rcodeNXDomain, true
+}
+
+// tenant answers for a tenant name: a CNAME to its pod, then the pod's
+// records of the asked type chased in the same answer. relLen is the length
+// of the tenant's label in wire form, which puts the zone's name at
+// 12+relLen in the question.
+func (z *zone) tenant(q *query, r *response, relLen int, pod string) int {
+	target := r.cname(z.tenantTTL, pod, uint16(headerLen+relLen))
+	if q.qtype == typeCNAME || q.qtype == typeANY {
+		return rcodeSuccess
+	}
+	n := z.names[pod]
+	if n == nil {
+		// The target does not exist: NXDOMAIN with the CNAME (RFC 6604).
+		r.add(secAuthority, z.soa, 0)
+		return rcodeNXDomain
+	}
+	s := n.set(q.qtype)
+	switch {
+	case s == nil:
+		r.add(secAuthority, z.soa, 0)
+	case target != 0:
+		r.add(secAnswer, s, 0xC000|target)
+	}
+	return rcodeSuccess
+}

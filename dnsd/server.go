@@ -1,0 +1,183 @@
+// Package dnsd is podedge's authoritative DNS server: <pod>.pods.<zone>
+// answers with up to 13 passing edges, rotated; <tenant>.<zone> with a
+// CNAME to its pod, chased in the same answer; the apex with its SOA and NS.
+//
+// Answers come from the router's snapshot: every time one is published,
+// dnsd packs the records of every name into a zone it swaps in atomically
+// (build.go), and the hot path (Handler.Handle) only parses the query,
+// copies bytes, patches the ID and the question, and picks a rotation. UDP
+// is served by one goroutine per SO_REUSEPORT socket, TCP by one per
+// connection, both through the same Handler.
+package dnsd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/router"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Server is a running dnsd: a router kept current from Consul, the
+// Handler answering from its snapshots, UDP and TCP listeners on one
+// address, and the admin HTTP listener.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	router  *router.Router
+	handler *Handler
+	reg     *prometheus.Registry
+	m       *Metrics
+
+	// portableUDP makes Listen use the net package's UDP sockets even on
+	// Linux, so that tests cover them too.
+	portableUDP bool
+
+	mu    sync.Mutex // guards the listeners until Run
+	udp   []udpSocket
+	tcp   net.Listener
+	admin net.Listener
+}
+
+// New validates cfg and returns a Server that answers SERVFAIL until the
+// first snapshot from Consul. log nil means slog.Default().
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := NewMetrics(reg)
+	h, err := NewHandler(cfg, m, log)
+	if err != nil {
+		return nil, err
+	}
+	r, err := router.New(router.Config{
+		Zone:       cfg.Zone,
+		Prefix:     cfg.Consul.Prefix,
+		Consistent: cfg.Consul.Consistent,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log.With("component", "dnsd"), router: r, handler: h, reg: reg, m: m}
+	s.registerStatus()
+	r.Subscribe(h.Update)
+	return s, nil
+}
+
+// Router is the server's router; tests publish snapshots through it.
+func (s *Server) Router() *router.Router { return s.router }
+
+// Handler is the server's query handler.
+func (s *Server) Handler() *Handler { return s.handler }
+
+// Registry holds the server's metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Listen binds the DNS address (UDP and TCP) and the admin address. Run
+// calls it when it was not called before; calling it first lets a caller
+// learn the bound addresses (with port 0) before serving.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tcp != nil {
+		return nil
+	}
+	udp, tcp, err := listen(s.cfg.Listen, s.cfg.udpSockets(), s.cfg.UDPReadBuffer, s.portableUDP)
+	if err != nil {
+		return err
+	}
+	admin, err := net.Listen("tcp", s.cfg.Admin)
+	if err != nil {
+		tcp.Close()
+		for _, c := range udp {
+			c.close()
+		}
+		return fmt.Errorf("admin: %w", err)
+	}
+	s.udp, s.tcp, s.admin = udp, tcp, admin
+	return nil
+}
+
+// Addr is the bound DNS address, "host:port", after Listen.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tcp == nil {
+		return ""
+	}
+	return s.tcp.Addr().String()
+}
+
+// AdminAddr is the bound admin address after Listen.
+func (s *Server) AdminAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.admin == nil {
+		return ""
+	}
+	return s.admin.Addr().String()
+}
+
+// Run serves DNS and the admin endpoints, and keeps the answers in step
+// with Consul through client, until ctx ends; then it stops gracefully and
+// returns nil. While Consul is unreachable it answers from the last
+// snapshot. A nil client watches nothing: the caller publishes snapshots
+// through Router().Publish (benchmarks, tests of the protocol alone).
+func (s *Server) Run(ctx context.Context, client *api.Client) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.log.Info("serving", "listen", s.Addr(), "udp_sockets", len(s.udp), "admin", s.AdminAddr(), "zone", s.cfg.Zone)
+
+	var wg sync.WaitGroup
+	if client != nil {
+		wg.Go(func() { s.router.Run(ctx, client) })
+	}
+	for _, c := range s.udp {
+		wg.Go(func() { c.serve(s) })
+	}
+	tcp := newTCPServer(s)
+	wg.Go(func() { tcp.serve(s.tcp) })
+	admin := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	adminErr := make(chan error, 1)
+	wg.Go(func() {
+		if err := admin.Serve(s.admin); !errors.Is(err, http.ErrServerClosed) {
+			adminErr <- err
+		}
+	})
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-adminErr:
+		err = fmt.Errorf("admin: %w", err)
+	}
+	s.log.Info("stopping")
+	cancel()
+	for _, c := range s.udp {
+		c.close()
+	}
+	s.tcp.Close()
+	tcp.close()
+	shutCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	admin.Shutdown(shutCtx)
+	wg.Wait()
+	return err
+}

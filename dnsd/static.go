@@ -1,0 +1,100 @@
+package dnsd
+
+import (
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// hostNodes returns the nodes of the name servers inside the zone, with
+// their addresses, and of the empty non-terminals between them and the
+// apex. They do not change while dnsd runs.
+func (b *builder) hostNodes() map[string]*node {
+	nodes := map[string]*node{}
+	for _, ns := range b.d.ns {
+		if !ns.inZone {
+			continue
+		}
+		var a, aaaa []dns.RR
+		for _, ip := range ns.addrs {
+			hdr := dns.RR_Header{Class: dns.ClassINET, Ttl: b.d.apexTTL}
+			if ip.Is4() {
+				hdr.Rrtype = dns.TypeA
+				a = append(a, &dns.A{Hdr: hdr, A: ip.AsSlice()})
+			} else {
+				hdr.Rrtype = dns.TypeAAAA
+				aaaa = append(aaaa, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
+			}
+		}
+		n := &node{}
+		for _, s := range []*rrset{fixedSet(dns.TypeA, a, true), fixedSet(dns.TypeAAAA, aaaa, true)} {
+			if s != nil {
+				n.sets = append(n.sets, s)
+			}
+		}
+		labels := strings.Split(strings.TrimSuffix(ns.name, "."+b.d.zone), ".")
+		nodes[relKey(labels)] = n
+		for i := 1; i < len(labels); i++ {
+			if k := relKey(labels[i:]); nodes[k] == nil {
+				nodes[k] = &node{}
+			}
+		}
+	}
+	return nodes
+}
+
+// relKey is the relative wire name of labels, the key of zone.names.
+func relKey(labels []string) string {
+	var sb strings.Builder
+	for _, l := range labels {
+		sb.WriteByte(byte(len(l)))
+		sb.WriteString(l)
+	}
+	return sb.String()
+}
+
+// apexNode returns the apex with its SOA (first, so that ANY gets it) and
+// NS records, the addresses of in-zone name servers as glue.
+func (b *builder) apexNode(serial uint32) *node {
+	var ns, glue []dns.RR
+	for _, s := range b.d.ns {
+		ns = append(ns, &dns.NS{Hdr: dns.RR_Header{Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: b.d.apexTTL}, Ns: s.name})
+		for _, ip := range s.addrs {
+			hdr := dns.RR_Header{Name: s.name, Class: dns.ClassINET, Ttl: b.d.apexTTL}
+			if ip.Is4() {
+				hdr.Rrtype = dns.TypeA
+				glue = append(glue, &dns.A{Hdr: hdr, A: ip.AsSlice()})
+			} else {
+				hdr.Rrtype = dns.TypeAAAA
+				glue = append(glue, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
+			}
+		}
+	}
+	nsSet := fixedSet(dns.TypeNS, ns, true)
+	nsSet.glue = fixedSet(dns.TypeA, glue, false)
+	return &node{sets: []*rrset{fixedSet(dns.TypeSOA, []dns.RR{b.soaRR(serial, b.d.apexTTL)}, true), nsSet}}
+}
+
+// negativeSOA is the SOA of the authority section of NXDOMAIN and NODATA
+// answers. Its TTL is the lesser of the SOA's TTL and its minimum field,
+// which is how long resolvers cache the negative answer (RFC 2308 section
+// 3). Its owner is written in full: the zone's place in the question
+// varies with the name asked.
+func (b *builder) negativeSOA(serial uint32) *rrset {
+	rr := b.soaRR(serial, min(b.d.apexTTL, b.d.minimum))
+	rr.Hdr.Name = b.d.zone
+	return fixedSet(dns.TypeSOA, []dns.RR{rr}, false)
+}
+
+func (b *builder) soaRR(serial, ttl uint32) *dns.SOA {
+	return &dns.SOA{
+		Hdr:     dns.RR_Header{Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
+		Ns:      b.d.mname,
+		Mbox:    b.d.rname,
+		Serial:  serial,
+		Refresh: b.d.refresh,
+		Retry:   b.d.retry,
+		Expire:  b.d.expire,
+		Minttl:  b.d.minimum,
+	}
+}

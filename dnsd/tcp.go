@@ -1,0 +1,138 @@
+package dnsd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// tcpServer answers DNS over TCP (RFC 7766): length-prefixed messages,
+// several per connection, answered in order, with the same Handler as UDP
+// so that both transports give the same answers.
+type tcpServer struct {
+	s    *Server
+	idle time.Duration
+	max  int
+
+	bufs sync.Pool // *[]byte of 2+65535: a length prefix and an answer
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func newTCPServer(s *Server) *tcpServer {
+	t := &tcpServer{s: s, idle: s.cfg.TCP.IdleTimeout, max: s.cfg.TCP.MaxConnections, conns: map[net.Conn]struct{}{}}
+	t.bufs.New = func() any {
+		b := make([]byte, 2+maxTCPSize)
+		return &b
+	}
+	return t
+}
+
+// serve accepts connections on l until it is closed.
+func (t *tcpServer) serve(l net.Listener) {
+	delay := 5 * time.Millisecond
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors, say: wait a little and go on,
+			// as net/http does.
+			t.s.m.readErrors.Inc()
+			t.s.log.Warn("tcp accept failed", "error", err.Error(), "retry_in", delay)
+			time.Sleep(delay)
+			delay = min(2*delay, time.Second)
+			continue
+		}
+		delay = 5 * time.Millisecond
+		if !t.track(c) {
+			t.s.m.tcpRejected.Inc()
+			c.Close()
+			continue
+		}
+		go t.serveConn(c)
+	}
+}
+
+// track registers c, or returns false when too many connections are open
+// or the server is closing.
+func (t *tcpServer) track(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || len(t.conns) >= t.max {
+		return false
+	}
+	t.conns[c] = struct{}{}
+	t.wg.Add(1)
+	t.s.m.tcpConns.Set(float64(len(t.conns)))
+	return true
+}
+
+func (t *tcpServer) untrack(c net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.s.m.tcpConns.Set(float64(len(t.conns)))
+	t.mu.Unlock()
+	t.wg.Done()
+}
+
+// serveConn answers the queries of one connection until the client closes
+// it, stays idle for the idle timeout, or sends a message that cannot be
+// parsed (after which the stream cannot be trusted).
+func (t *tcpServer) serveConn(c net.Conn) {
+	defer t.untrack(c)
+	defer c.Close()
+	r := bufio.NewReaderSize(c, 1024)
+	msg := make([]byte, 512)
+	var prefix [2]byte
+	for {
+		c.SetReadDeadline(time.Now().Add(t.idle))
+		if _, err := io.ReadFull(r, prefix[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(prefix[:]))
+		if n > len(msg) {
+			msg = make([]byte, n)
+		}
+		if _, err := io.ReadFull(r, msg[:n]); err != nil {
+			return
+		}
+		start := time.Now()
+		bp := t.bufs.Get().(*[]byte)
+		out := *bp
+		resp := t.s.handler.Handle(msg[:n], out[2:2], false)
+		if resp == nil {
+			t.bufs.Put(bp)
+			return
+		}
+		binary.BigEndian.PutUint16(out, uint16(len(resp)))
+		c.SetWriteDeadline(time.Now().Add(t.idle))
+		_, err := c.Write(out[:2+len(resp)])
+		t.bufs.Put(bp)
+		t.s.m.latency[1].Observe(time.Since(start).Seconds())
+		if err != nil {
+			return
+		}
+	}
+}
+
+// close stops every connection: reads blocked waiting for a next query
+// return at once, an answer being written is finished. It waits for the
+// connections' goroutines.
+func (t *tcpServer) close() {
+	t.mu.Lock()
+	t.closed = true
+	for c := range t.conns {
+		c.SetReadDeadline(time.Now())
+	}
+	t.mu.Unlock()
+	t.wg.Wait()
+}

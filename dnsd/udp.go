@@ -1,0 +1,148 @@
+package dnsd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// udpSocket is one UDP socket of the listen address with the loop that
+// answers its queries.
+type udpSocket interface {
+	// serve answers queries until close; it is called once.
+	serve(s *Server)
+	// close stops serve and releases the socket; it waits for serve to
+	// return if serve was started.
+	close()
+}
+
+// listen binds addr over TCP and n UDP sockets sharing its port with
+// SO_REUSEPORT. With port 0, the port the kernel picks for TCP is taken for
+// UDP too, retrying when it is taken for UDP. portable selects the
+// net.UDPConn sockets even where faster ones exist (tests).
+func listen(addr string, n, rcvbuf int, portable bool) (udp []udpSocket, tcp net.Listener, err error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen: %w", err)
+	}
+	if !reusePortSupported {
+		n = 1
+	}
+	open := openUDPSockets
+	if portable {
+		open = openConnSockets
+	}
+	for attempt := 0; ; attempt++ {
+		tcp, err = net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen tcp %s: %w", addr, err)
+		}
+		udp, err = open(net.JoinHostPort(host, strconv.Itoa(tcp.Addr().(*net.TCPAddr).Port)), n, rcvbuf)
+		if err == nil {
+			return udp, tcp, nil
+		}
+		tcp.Close()
+		if port != "0" || attempt == 10 {
+			return nil, nil, err
+		}
+	}
+}
+
+// connSocket serves UDP through the net package: portable, but every read
+// goes through the runtime's poller.
+type connSocket struct {
+	conn  *net.UDPConn
+	state atomic.Int32  // idle, serving or closed
+	done  chan struct{} // closed when serve returns
+}
+
+// The states of a socket: serve moves it from idle to serving, close to
+// closed, waiting for serve only if it started.
+const (
+	stateIdle = iota
+	stateServing
+	stateClosed
+)
+
+// openConnSockets opens n sockets on addr with the net package.
+func openConnSockets(addr string, n, rcvbuf int) ([]udpSocket, error) {
+	lc := net.ListenConfig{}
+	if n > 1 {
+		lc.Control = reusePort
+	}
+	var socks []udpSocket
+	for i := 0; i < n; i++ {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			for _, s := range socks {
+				s.close()
+			}
+			return nil, fmt.Errorf("listen udp %s: %w", addr, err)
+		}
+		conn := pc.(*net.UDPConn)
+		if rcvbuf > 0 {
+			// Best effort: the kernel caps it at its maximum.
+			conn.SetReadBuffer(rcvbuf)
+		}
+		socks = append(socks, &connSocket{conn: conn, done: make(chan struct{})})
+	}
+	return socks, nil
+}
+
+func (c *connSocket) close() {
+	prev := c.state.Swap(stateClosed)
+	c.conn.Close()
+	if prev == stateServing {
+		<-c.done
+	}
+}
+
+// latencySample is how often an answer's latency is observed: one read in
+// latencySample+1. Sampling keeps the clock reads and the histogram off the
+// path of most queries; the distribution stays the same.
+const latencySample = 15
+
+// serve answers the queries arriving on the socket until it is closed. It
+// allocates nothing per query: one read buffer and one answer buffer serve
+// every query of the socket.
+func (c *connSocket) serve(s *Server) {
+	if !c.state.CompareAndSwap(stateIdle, stateServing) {
+		return
+	}
+	defer close(c.done)
+	in := make([]byte, 65535)
+	out := make([]byte, s.handler.data.maxUDP)
+	var seq uint32
+	for {
+		n, from, err := c.conn.ReadFromUDPAddrPort(in)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// ICMP errors of earlier writes surface here on some
+			// systems; they concern one client, not the socket.
+			s.m.readErrors.Inc()
+			continue
+		}
+		seq++
+		var start time.Time
+		if seq&latencySample == 0 {
+			start = time.Now()
+		}
+		if resp := s.handler.Handle(in[:n], out, true); resp != nil {
+			if _, err := c.conn.WriteToUDPAddrPort(resp, from); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				s.m.readErrors.Inc()
+			}
+		}
+		if !start.IsZero() {
+			s.m.latency[0].Observe(time.Since(start).Seconds())
+		}
+	}
+}

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package dnsd
+
+// openUDPSockets opens the portable sockets of udp.go: Linux has its own,
+// which batch (udp_linux.go).
+func openUDPSockets(addr string, n, rcvbuf int) ([]udpSocket, error) {
+	return openConnSockets(addr, n, rcvbuf)
+}

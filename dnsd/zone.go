@@ -1,0 +1,79 @@
+package dnsd
+
+import (
+	"bytes"
+	"time"
+)
+
+// zone is every answer dnsd can give, precomputed from one router snapshot.
+// A published zone is immutable (its rrsets' rotors and counters aside).
+type zone struct {
+	// serial is the SOA serial; built is when the snapshot it comes from
+	// was built.
+	serial uint32
+	built  time.Time
+	// origin is the zone in lower-case wire form.
+	origin []byte
+	// names maps a name's wire form relative to the zone (lower case,
+	// without the zone's labels: "" is the apex, "\x05pod-1\x04pods" a pod)
+	// to its node: the apex, name servers, pods and the empty non-terminals
+	// above them.
+	names map[string]*node
+	// tenants maps a tenant's label to its pod's relative wire name, a key
+	// of names. It is shared between zones while the tenants do not change.
+	tenants map[string]string
+	// soa is the SOA record of negative answers, owned by the zone name
+	// written in full, with the negative TTL (RFC 2308 section 3).
+	soa *rrset
+	// tenantTTL is the TTL of tenant CNAME records.
+	tenantTTL uint32
+}
+
+// node is a name of the zone with its record sets. An empty non-terminal
+// has none: it exists, so it answers NODATA, not NXDOMAIN (RFC 8020).
+type node struct {
+	sets []*rrset
+}
+
+// set returns the node's records of type qtype, or nil. ANY gets the first
+// set only, as RFC 8482 allows: one RRset, not everything.
+func (n *node) set(qtype uint16) *rrset {
+	if qtype == typeANY {
+		if len(n.sets) > 0 {
+			return n.sets[0]
+		}
+		return nil
+	}
+	for _, s := range n.sets {
+		if s.rtype == qtype {
+			return s
+		}
+	}
+	return nil
+}
+
+// relative returns lname, a lower-case wire name, without the zone's
+// labels, and false when lname is not in the zone. The cut must fall on a
+// label boundary: "\x08xexample\x04test\x00" is not in "example.test.".
+func (z *zone) relative(lname []byte) ([]byte, bool) {
+	cut := len(lname) - len(z.origin)
+	if cut < 0 || !bytes.Equal(lname[cut:], z.origin) {
+		return nil, false
+	}
+	o := 0
+	for o < cut {
+		o += int(lname[o]) + 1
+	}
+	return lname[:cut], o == cut
+}
+
+// lower copies the wire name src into dst lower-casing ASCII letters.
+// Length bytes are at most 63, below 'A', so they are never changed.
+func lower(dst, src []byte) {
+	for i, c := range src {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst[i] = c
+	}
+}
