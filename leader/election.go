@@ -240,9 +240,9 @@ func (e *Elector) createSession(ctx context.Context) (string, error) {
 // it, until the session is gone or ctx ends.
 func (e *Elector) campaign(ctx context.Context, sid string) {
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer wg.Wait() // after cancel, which ends the renewal
+	defer cancel()
 	wg.Go(func() { e.renew(sctx, sid, cancel) })
 
 	kv := e.client.KV()

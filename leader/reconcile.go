@@ -18,8 +18,10 @@ import (
 // directly. It runs when leadership is won, before the first write, and
 // every reconcile_interval.
 func (s *Store) Reconcile(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
 	session, ok := s.fence.Session()
 	if !ok {
 		return errNotLeader
@@ -28,7 +30,7 @@ func (s *Store) Reconcile(ctx context.Context) error {
 	return s.reconcileLocked(ctx, session)
 }
 
-// reconcileLocked reconciles once per session; s.mu must be held.
+// reconcileLocked reconciles once per session; the caller holds the turn.
 func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 	if s.reconciled == session {
 		return nil

@@ -9,7 +9,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -34,7 +33,7 @@ type Fence interface {
 // Writes on one replica run one at a time: placement reads every pod, and
 // serialising them makes conflicts on this replica impossible, so the
 // guards fire only across replicas (a deposed leader) or against changes
-// made outside the leader. The guards, not the mutex, are what make writes
+// made outside the leader. The guards, not this turn-taking, make writes
 // safe.
 type Store struct {
 	client  *api.Client
@@ -49,10 +48,10 @@ type Store struct {
 	log     *slog.Logger
 	clock   func() time.Time
 
-	mu         sync.Mutex
-	pods       podCache // nil: read again before the next write
-	podsFor    string   // the session pods was read under
-	reconciled string   // the session the internal keys were last reconciled under
+	turn       chan struct{} // holds a token while a write runs: one at a time
+	pods       podCache      // nil: read again before the next write
+	podsFor    string        // the session pods was read under
+	reconciled string        // the session the internal keys were last reconciled under
 }
 
 // StoreConfig configures a Store. View and Fence are required.
@@ -88,8 +87,23 @@ func newStore(c StoreConfig, m *metrics) *Store {
 		m:       m,
 		log:     c.Logger,
 		clock:   c.Clock,
+		turn:    make(chan struct{}, 1),
 	}
 }
+
+// acquire waits for this replica's turn to write, or for ctx to end: a
+// write stuck on a slow Consul must not hold up the others past their own
+// deadlines.
+func (s *Store) acquire(ctx context.Context) error {
+	select {
+	case s.turn <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return &Error{Kind: KindUnavailable, Msg: "timed out waiting for earlier writes to finish; retry"}
+	}
+}
+
+func (s *Store) release() { <-s.turn }
 
 // podEntry is a pod as the leader last read or wrote it.
 type podEntry struct {
@@ -201,8 +215,10 @@ func decodeTenant(name string, raw []byte) (router.Tenant, error) {
 // change (errRetry) the cached reads are dropped and it runs again, up to
 // the configured number of times.
 func (s *Store) write(ctx context.Context, op string, attempt func(session string) error) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
 	for try := 1; ; try++ {
 		session, ok := s.fence.Session()
 		if !ok {

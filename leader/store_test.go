@@ -94,13 +94,11 @@ func TestSeatGuardWithoutSerialisation(t *testing.T) {
 	// Every store reads the pod (and its empty seat count) before any
 	// sign-up, so all of them start from the same stale picture.
 	for _, s := range stores {
-		s.mu.Lock()
 		if _, err := s.loadPods(ctx); err != nil {
 			t.Fatal(err)
 		}
 		s.reconciled = fence.session
 		s.podsFor = fence.session
-		s.mu.Unlock()
 	}
 
 	const total = 30

@@ -53,6 +53,9 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
 			return err
 		}
 		view := s.view()
+		if !view.Synced {
+			return &Error{Kind: KindUnavailable, Msg: "the leader has no view of edge health yet; retry"}
+		}
 		if err := domainsFree(view, su.Name, su.Domains); err != nil {
 			s.m.placementFailed.WithLabelValues("domain_taken").Inc()
 			return err
