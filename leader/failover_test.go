@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,7 +90,8 @@ func (s *signer) run(ctx context.Context) {
 // sign-ups keep coming, and measures the time from the kill to the first
 // sign-up that succeeds through a surviving replica. Nothing acknowledged
 // may be lost and no pod may be filled past its capacity.
-// PODEDGE_FAILOVER_RUNS sets the number of kills (default 5).
+// PODEDGE_FAILOVER_RUNS sets the number of kills (default 5) and
+// PODEDGE_FAILOVER_CHECK_TTL the replicas' election.check_ttl (default 1s).
 func TestFailover(t *testing.T) {
 	runs := 5
 	if v := os.Getenv("PODEDGE_FAILOVER_RUNS"); v != "" {
@@ -99,8 +101,17 @@ func TestFailover(t *testing.T) {
 		}
 		runs = n
 	}
-	c := &cluster{t: t, bin: buildLeader(t), agent: consultest.Start(t)}
-	start := func() *proc { return startProc(t, c.bin, "-consul", c.agent.HTTPAddr) }
+	args := []string{}
+	if ttl := os.Getenv("PODEDGE_FAILOVER_CHECK_TTL"); ttl != "" {
+		path := filepath.Join(t.TempDir(), "leader.yaml")
+		if err := os.WriteFile(path, []byte("election:\n  check_ttl: "+ttl+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "-config", path)
+	}
+	agent := consultest.Start(t) // first: it skips under -short
+	c := &cluster{t: t, bin: buildLeader(t), agent: agent}
+	start := func() *proc { return startProc(t, c.bin, append([]string{"-consul", c.agent.HTTPAddr}, args...)...) }
 	for range 3 {
 		c.procs = append(c.procs, start())
 	}

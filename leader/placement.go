@@ -44,22 +44,25 @@ func (c Candidate) Eligible() bool {
 // (tenants/capacity) wins; a tie goes to the nearer pod, then to the first
 // name, so the answer never depends on the order of pods.
 func Place(pods []Candidate, lat, lon, nearKm float64) (Candidate, bool) {
+	// Two passes, computing each distance twice, so that placing
+	// allocates nothing.
 	nearest := math.Inf(1)
-	dist := make([]float64, len(pods))
+	for _, p := range pods {
+		if p.Eligible() {
+			nearest = min(nearest, DistanceKm(lat, lon, p.Lat, p.Lon))
+		}
+	}
+	best, bestDist := -1, 0.0
 	for i, p := range pods {
 		if !p.Eligible() {
 			continue
 		}
-		dist[i] = DistanceKm(lat, lon, p.Lat, p.Lon)
-		nearest = min(nearest, dist[i])
-	}
-	best := -1
-	for i, p := range pods {
-		if !p.Eligible() || dist[i] > nearest+nearKm {
+		d := DistanceKm(lat, lon, p.Lat, p.Lon)
+		if d > nearest+nearKm {
 			continue
 		}
-		if best < 0 || better(p, dist[i], pods[best], dist[best]) {
-			best = i
+		if best < 0 || better(p, d, pods[best], bestDist) {
+			best, bestDist = i, d
 		}
 	}
 	if best < 0 {
