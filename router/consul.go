@@ -141,13 +141,14 @@ type kvCached[T any] struct {
 	err         error
 }
 
-// decodeAll returns the valid values sorted by key, and the problems it
-// found for the first time (so a bad value is logged once, not at every
-// change of another key).
-func (d *kvDecoder[T]) decodeAll(pairs api.KVPairs) ([]T, []error) {
+// decodeAll returns the valid values sorted by key, the problems it found
+// for the first time (so a bad value is logged once, not at every change of
+// another key), and whether any key was added, removed or modified since the
+// previous call. Comparing ModifyIndexes is how it tells, not comparing the
+// decoded values, which would cost as much as decoding 100,000 of them.
+func (d *kvDecoder[T]) decodeAll(pairs api.KVPairs) (values []T, fresh []error, changed bool) {
 	next := make(map[string]kvCached[T], len(pairs))
 	out := make([]T, 0, len(pairs))
-	var fresh []error
 	for _, kv := range pairs {
 		name, ok := strings.CutPrefix(kv.Key, d.folder)
 		if !ok || name == "" {
@@ -155,6 +156,7 @@ func (d *kvDecoder[T]) decodeAll(pairs api.KVPairs) ([]T, []error) {
 		}
 		c, known := d.cache[kv.Key]
 		if !known || c.modifyIndex != kv.ModifyIndex {
+			changed = true
 			c = kvCached[T]{modifyIndex: kv.ModifyIndex}
 			if strings.Contains(name, "/") {
 				c.err = fmt.Errorf("key %q: nested keys are not allowed under %q", kv.Key, d.folder)
@@ -170,6 +172,7 @@ func (d *kvDecoder[T]) decodeAll(pairs api.KVPairs) ([]T, []error) {
 			out = append(out, c.value)
 		}
 	}
+	changed = changed || len(next) != len(d.cache)
 	d.cache = next
-	return out, fresh
+	return out, fresh, changed
 }

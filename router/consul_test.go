@@ -94,23 +94,28 @@ func TestKVDecoderSkipsMalformed(t *testing.T) {
 		{Key: "podedge/tenants/baddomain", ModifyIndex: 7, Value: []byte(`{"pod":"pod-1","domains":["bad_domain.com"]}`)},
 		{Key: "podedge/tenants/a/b", ModifyIndex: 8, Value: []byte(`{}`)},
 	}
-	got, errs := d.decodeAll(pairs)
-	if len(got) != 1 || got[0].Name != "acme" || got[0].Domains[0] != "www.acme.com" {
-		t.Fatalf("decoded %+v", got)
+	got, errs, changed := d.decodeAll(pairs)
+	if len(got) != 1 || got[0].Name != "acme" || got[0].Domains[0] != "www.acme.com" || !changed {
+		t.Fatalf("decoded %+v changed=%v", got, changed)
 	}
 	if len(errs) != 6 {
 		t.Fatalf("problems %v, want 6", errs)
 	}
 	// The same values again: nothing new to report, same result.
-	got, errs = d.decodeAll(pairs)
-	if len(got) != 1 || len(errs) != 0 {
-		t.Fatalf("second pass: %v %v", got, errs)
+	got, errs, changed = d.decodeAll(pairs)
+	if len(got) != 1 || len(errs) != 0 || changed {
+		t.Fatalf("second pass: %v %v changed=%v", got, errs, changed)
 	}
 	// A fixed value is picked up by its new ModifyIndex.
 	pairs[2] = &api.KVPair{Key: "podedge/tenants/broken", ModifyIndex: 9, Value: []byte(`{"pod":"pod-2"}`)}
-	got, _ = d.decodeAll(pairs)
-	if len(got) != 2 {
+	got, _, changed = d.decodeAll(pairs)
+	if len(got) != 2 || !changed {
 		t.Fatalf("fixed value not decoded: %+v", got)
+	}
+	// A deleted key is a change too.
+	got, _, changed = d.decodeAll(pairs[:2])
+	if len(got) != 1 || !changed {
+		t.Fatalf("deletion not seen: %+v changed=%v", got, changed)
 	}
 }
 

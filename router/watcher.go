@@ -25,18 +25,18 @@ func (r *Router) Run(ctx context.Context, client *api.Client) error {
 		runQuery(ctx, w, slotPods, "kv:pods", func(q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
 			return client.KV().List(pods.folder, q)
 		}, func(pairs api.KVPairs) bool {
-			v, errs := pods.decodeAll(pairs)
+			v, errs, changed := pods.decodeAll(pairs)
 			w.logSkipped(errs)
-			return set(w, &w.pods, v, slotPods)
+			return store(w, &w.pods, v, slotPods, changed)
 		})
 	})
 	wg.Go(func() {
 		runQuery(ctx, w, slotTenants, "kv:tenants", func(q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
 			return client.KV().List(tenants.folder, q)
 		}, func(pairs api.KVPairs) bool {
-			v, errs := tenants.decodeAll(pairs)
+			v, errs, changed := tenants.decodeAll(pairs)
 			w.logSkipped(errs)
-			return set(w, &w.tenants, v, slotTenants)
+			return store(w, &w.tenants, v, slotTenants, changed)
 		})
 	})
 	wg.Go(func() {
@@ -91,8 +91,17 @@ type watcher struct {
 // whether it did. Spurious wake-ups (a new index, the same data) stop here.
 func set[T any](w *watcher, dst *[]T, v []T, slot int) bool {
 	w.mu.Lock()
+	same := w.have[slot] && reflect.DeepEqual(*dst, v)
+	w.mu.Unlock()
+	return !same && store(w, dst, v, slot, true)
+}
+
+// store stores v in *dst when changed (or on the first result) and reports
+// whether it did.
+func store[T any](w *watcher, dst *[]T, v []T, slot int, changed bool) bool {
+	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.have[slot] && reflect.DeepEqual(*dst, v) {
+	if w.have[slot] && !changed {
 		return false
 	}
 	*dst, w.have[slot] = v, true

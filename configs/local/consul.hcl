@@ -17,3 +17,7 @@ ports {
   grpc     = -1
   grpc_tls = -1
 }
+
+# Leave gracefully on Ctrl-C, so that the agent exits 0 (a server skips the
+# leave, and exits 1, by default).
+skip_leave_on_interrupt = false

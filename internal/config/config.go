@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -32,7 +33,7 @@ func Decode(name string, raw []byte, dst any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(dst); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config %s: %s", name, oneLine(err))
+		return fmt.Errorf("config %s: %s", name, oneLine(err, raw))
 	}
 	return nil
 }
@@ -42,19 +43,67 @@ var (
 	cannotDecode = regexp.MustCompile(`cannot unmarshal !!\w+ ` + "`" + `([^` + "`" + `]*)` + "`" + ` into (\S+)`)
 )
 
+var errorLine = regexp.MustCompile(`^line (\d+): `)
+
 // oneLine turns yaml.v3's multi-line errors into one line an operator can
-// act on: "line 3: unknown key "listne"".
-func oneLine(err error) string {
+// act on, naming the key where the file tells: `line 3: unknown key
+// "listne"`, `line 5: timeouts.dial: invalid value "soon" (want
+// time.Duration)`.
+func oneLine(err error, raw []byte) string {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
 	msg = strings.TrimPrefix(msg, "yaml: ")
 	msg = unknownField.ReplaceAllString(msg, `unknown key "$1"`)
-	msg = cannotDecode.ReplaceAllString(msg, `invalid value "$1" (want $2)`)
 	lines := strings.Split(msg, "\n")
 	for i := range lines {
-		lines[i] = strings.TrimSpace(lines[i])
+		l := strings.TrimSpace(lines[i])
+		if cannotDecode.MatchString(l) {
+			if m := errorLine.FindStringSubmatch(l); m != nil {
+				if key := keyAtLine(raw, m[1]); key != "" {
+					l = m[0] + key + ": " + l[len(m[0]):]
+				}
+			}
+			l = cannotDecode.ReplaceAllString(l, `invalid value "$1" (want $2)`)
+		}
+		lines[i] = l
 	}
 	return strings.Join(lines, "; ")
+}
+
+// keyAtLine returns the dotted path of the key whose scalar value sits on
+// line (a decimal string) of the YAML document raw, or "".
+func keyAtLine(raw []byte, line string) string {
+	var doc yaml.Node
+	if yaml.Unmarshal(raw, &doc) != nil {
+		return ""
+	}
+	var walk func(n *yaml.Node, path string) string
+	walk = func(n *yaml.Node, path string) string {
+		switch n.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range n.Content {
+				if p := walk(c, path); p != "" {
+					return p
+				}
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if v.Kind == yaml.ScalarNode && strconv.Itoa(v.Line) == line {
+					return p
+				}
+				if found := walk(v, p); found != "" {
+					return found
+				}
+			}
+		}
+		return ""
+	}
+	return walk(&doc, "")
 }
 
 // Consul is the consul section every binary shares.

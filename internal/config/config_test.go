@@ -29,7 +29,8 @@ func TestDecodeErrorsAreOneLineAndNameTheKey(t *testing.T) {
 	for _, c := range []struct{ yaml, want string }{
 		{"listne: x\n", `config x.yaml: line 1: unknown key "listne"`},
 		{"consul:\n  adress: x\n", `line 2: unknown key "adress"`},
-		{"timeout: soon\n", `line 1: invalid value "soon" (want time.Duration)`},
+		{"timeout: soon\n", `line 1: timeout: invalid value "soon" (want time.Duration)`},
+		{"consul:\n  consistent: maybe\n", `line 2: consul.consistent: invalid value "maybe" (want bool)`},
 		{"listen: [\n", "x.yaml"},
 	} {
 		var cfg sample

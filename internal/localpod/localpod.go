@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -82,9 +83,8 @@ func Start(ctx context.Context, l Layout, opts Options) (*Platform, error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	if err := p.start(ctx); err != nil {
-		p.Stop()
-		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-			err = fmt.Errorf("%w (after %s)", err, opts.Timeout)
+		if stopErr := p.Stop(); stopErr != nil {
+			err = fmt.Errorf("%w; stopping what started: %v", err, stopErr)
 		}
 		return nil, err
 	}
@@ -99,6 +99,11 @@ func (p *Platform) run(name, bin string, args ...string) error {
 	proc, err := startProcess(name, p.opts.Logs, bin, args...)
 	if err != nil {
 		return err
+	}
+	if name == "consul" {
+		// Consul leaves gracefully and exits 0 on SIGINT; SIGTERM makes
+		// a server exit 1 without leaving.
+		proc.stopSig = syscall.SIGINT
 	}
 	p.mu.Lock()
 	p.procs = append(p.procs, proc)
@@ -234,7 +239,10 @@ func (p *Platform) waitFor(ctx context.Context, what string, cond func() bool) e
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("timed out waiting for %s", what)
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("timed out after %s waiting for %s", p.opts.Timeout, what)
+			}
+			return fmt.Errorf("interrupted while waiting for %s", what)
 		case <-tick.C:
 		}
 	}

@@ -123,11 +123,18 @@ func TestLocalPlatform(t *testing.T) {
 		return err == nil && slices.Equal(ips, pod1)
 	})
 
-	// Fetch its page through an edge IP that DNS returned.
+	// Fetch its page through an edge IP that DNS returned. The edge and
+	// dnsd follow Consul independently, so the edge may learn of the tenant
+	// a moment after dnsd does.
 	_, port, _ := net.SplitHostPort(l.Pods[0].Edges[0].HTTP)
-	code, body, err := Get(ctx, net.JoinHostPort(ips[0], port), "e2e.example.test", "/")
-	if err != nil || code != http.StatusOK || !strings.Contains(body, "in pod pod-1") {
-		t.Fatalf("page through %s: %d %q %v", ips[0], code, body, err)
+	var code int
+	var body string
+	consultest.WaitFor(t, 5*time.Second, "the page through the edge DNS returned", func() bool {
+		code, body, err = Get(ctx, net.JoinHostPort(ips[0], port), "e2e.example.test", "/")
+		return err == nil && code == http.StatusOK
+	})
+	if !strings.Contains(body, "in pod pod-1") {
+		t.Fatalf("page through %s: %d %q", ips[0], code, body)
 	}
 
 	// Kill one pod-1 edge: it leaves the DNS answer.

@@ -15,6 +15,7 @@ import (
 // process is one child of the local platform, logging to its own file.
 type process struct {
 	name    string
+	stopSig syscall.Signal // SIGTERM unless the program wants another
 	cmd     *exec.Cmd
 	logPath string
 	done    chan struct{}
@@ -39,7 +40,7 @@ func startProcess(name, logDir, bin string, args ...string) (*process, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: start %s: %w", name, bin, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &process{name: name, stopSig: syscall.SIGTERM, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
 		f.Close()
@@ -69,13 +70,13 @@ func (p *process) failure() error {
 	return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, err, p.logPath, tail(p.logPath, 15))
 }
 
-// stop sends SIGTERM and waits up to grace for the process to end, then
+// stop sends the stop signal and waits up to grace for the process to end, then
 // kills it. It reports whether the process ended on its own.
 func (p *process) stop(grace time.Duration) bool {
 	if p.exited() {
 		return true
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(p.stopSig)
 	select {
 	case <-p.done:
 		return true
