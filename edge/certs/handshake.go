@@ -1,0 +1,128 @@
+package certs
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/acme"
+)
+
+// maxNameLen is the longest DNS name (RFC 1035 section 2.3.4).
+const maxNameLen = 253
+
+var errNoSNI = errors.New("the client sent no server name (SNI); certificates are served by name only")
+
+// newTLSConfig is the HTTPS listener's configuration: TLS 1.2 and 1.3 only;
+// for TLS 1.2, ECDHE key exchange with AEAD ciphers only (TLS 1.3 has
+// nothing else); HTTP/1.1, the only protocol the edge speaks (no h2), and
+// acme-tls/1 for TLS-ALPN-01 challenges.
+func newTLSConfig(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		MaxVersion: tls.VersionTLS13,
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
+		NextProtos:     []string{"http/1.1", acme.ALPNProto},
+		GetCertificate: get,
+	}
+}
+
+// getCertificate is the handshake's tls.Config.GetCertificate. For a name
+// held in memory it neither allocates nor waits: one snapshot lookup (the
+// host policy), one map lookup. Otherwise the name must be a tenant's or a
+// custom domain of one (an unknown name fails at once and orders nothing);
+// its certificate is loaded from Consul or ordered, and the handshake waits
+// for it at most HandshakeTimeout.
+func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := hello.ServerName
+	if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto {
+		cert, err := m.challenges.tokenCert(name)
+		if err != nil {
+			m.metrics.handshakeFailed(reasonChallenge)
+			return nil, err
+		}
+		return cert, nil
+	}
+	if name == "" {
+		m.metrics.handshakeFailed(reasonNoSNI)
+		return nil, errNoSNI
+	}
+	if !m.known(name) {
+		m.metrics.handshakeFailed(reasonUnknown)
+		return nil, fmt.Errorf("no tenant or custom domain is named %q", name)
+	}
+	if e := m.held(name); e != nil && time.Now().Before(e.notAfter) {
+		return e.cert, nil
+	}
+	cert, err := m.await(strings.ToLower(name))
+	if err != nil {
+		m.metrics.handshakeFailed(reasonOf(err))
+		return nil, err
+	}
+	return cert, nil
+}
+
+// known reports whether the router's snapshot routes name: the host policy.
+func (m *Manager) known(name string) bool {
+	s := m.snap.Load()
+	if s == nil {
+		return false
+	}
+	_, ok := s.LookupString(name)
+	return ok
+}
+
+// held returns the certificate in memory for name, whatever its case,
+// without allocating.
+func (m *Manager) held(name string) *entry {
+	upper := -1
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c >= 'A' && c <= 'Z' {
+			upper = i
+			break
+		}
+	}
+	if upper < 0 {
+		return m.mem.get(name)
+	}
+	if len(name) > maxNameLen {
+		return nil
+	}
+	var buf [maxNameLen]byte
+	n := copy(buf[:], name)
+	for i := upper; i < n; i++ {
+		if c := buf[i]; c >= 'A' && c <= 'Z' {
+			buf[i] = c + ('a' - 'A')
+		}
+	}
+	return m.mem.snapshot()[string(buf[:n])]
+}
+
+// await has the certificate of name loaded or issued, waiting at most
+// HandshakeTimeout; the issuance goes on without the handshake.
+func (m *Manager) await(name string) (*tls.Certificate, error) {
+	f, err := m.begin(name, nil)
+	if err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(m.cfg.HandshakeTimeout)
+	defer t.Stop()
+	select {
+	case <-f.done:
+		if f.err != nil {
+			return nil, f.err
+		}
+		return f.entry.cert, nil
+	case <-t.C:
+		return nil, failWith(reasonPending, fmt.Errorf("certificate for %q is being issued; try again shortly", name))
+	}
+}

@@ -1,0 +1,90 @@
+package certs
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Handshake failure reasons, the values of edge_tls_handshake_failures_total's
+// reason label.
+const (
+	reasonNoSNI       = "no_sni"       // the client sent no server name
+	reasonUnknown     = "unknown_name" // no tenant or custom domain has that name
+	reasonBackoff     = "backoff"      // its issuance failed lately; not retried yet
+	reasonPending     = "pending"      // still being issued after handshake_timeout
+	reasonIssuance    = "issuance"     // its issuance failed just now
+	reasonUnavailable = "unavailable"  // Consul unreachable and nothing in memory, or stopping
+	reasonChallenge   = "challenge"    // a TLS-ALPN-01 probe for a challenge not in flight
+)
+
+var reasons = [...]string{reasonNoSNI, reasonUnknown, reasonBackoff, reasonPending, reasonIssuance, reasonUnavailable, reasonChallenge}
+
+// metrics are the Manager's Prometheus metrics, all edge_tls_*.
+type metrics struct {
+	issuance    *prometheus.CounterVec
+	success     prometheus.Counter
+	failure     prometheus.Counter
+	orders      prometheus.Counter
+	handshakes  *prometheus.CounterVec
+	failures    map[string]prometheus.Counter
+	rotations   prometheus.Counter
+	storeErrors prometheus.Counter
+	collectors  []prometheus.Collector
+}
+
+func newMetrics(mem *memory, ticketAge func(time.Time) float64) *metrics {
+	m := &metrics{
+		issuance: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edge_tls_issuance_total",
+			Help: "Certificates this edge ordered (first issuance or renewal), by result: success or failure.",
+		}, []string{"result"}),
+		orders: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edge_tls_acme_orders_total",
+			Help: "ACME orders this edge placed; one issuance places a second when its first challenge type fails.",
+		}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edge_tls_handshake_failures_total",
+			Help: "Handshakes refused for want of a certificate, by reason: no_sni, unknown_name, backoff, pending, issuance, unavailable, challenge.",
+		}, []string{"reason"}),
+		rotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edge_tls_ticket_key_rotations_total",
+			Help: "Session ticket keys this edge wrote to Consul (one edge writes each rotation).",
+		}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edge_tls_store_errors_total",
+			Help: "Consul reads and writes of certificates, challenges, locks and failure records that failed.",
+		}),
+	}
+	m.success = m.issuance.WithLabelValues("success")
+	m.failure = m.issuance.WithLabelValues("failure")
+	m.failures = make(map[string]prometheus.Counter, len(reasons))
+	for _, r := range reasons {
+		m.failures[r] = m.handshakes.WithLabelValues(r)
+	}
+	m.collectors = []prometheus.Collector{
+		m.issuance, m.orders, m.handshakes, m.rotations, m.storeErrors,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edge_tls_certificates",
+			Help: "Certificates held in memory, ready for handshakes.",
+		}, func() float64 { return float64(len(mem.snapshot())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edge_tls_certificate_expiry_earliest_timestamp_seconds",
+			Help: "Expiry (Unix time) of the certificate held that expires first; 0 when none is held.",
+		}, func() float64 {
+			t := mem.earliest()
+			if t.IsZero() {
+				return 0
+			}
+			return float64(t.Unix())
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edge_tls_ticket_key_age_seconds",
+			Help: "Age of the session ticket key in use; -1 until one is read from Consul (tickets are then this edge's own).",
+		}, func() float64 { return ticketAge(time.Now()) }),
+	}
+	return m
+}
+
+// handshakeFailed counts a refused handshake.
+func (m *metrics) handshakeFailed(reason string) { m.failures[reason].Inc() }
