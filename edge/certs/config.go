@@ -137,16 +137,12 @@ func (c *Config) setDefaults() {
 }
 
 // Validate fills the defaults and checks every field but Consul, naming the
-// first bad one by its key in the edge's configuration file.
+// first bad one by its key in the edge's configuration file. CAFile is read
+// by New, not here: it is needed only when TLS is on.
 func (c *Config) Validate() error {
 	c.setDefaults()
 	if !strings.HasPrefix(c.Directory, "https://") && !strings.HasPrefix(c.Directory, "http://") {
 		return fmt.Errorf("acme.directory: %q is not an http(s) URL", c.Directory)
-	}
-	if c.CAFile != "" {
-		if _, err := loadRoots(c.CAFile); err != nil {
-			return fmt.Errorf("acme.ca: %w", err)
-		}
 	}
 	if strings.ContainsAny(c.Email, " \t\r\n") || c.Email != "" && !strings.Contains(c.Email, "@") {
 		return fmt.Errorf("acme.email: %q is not an email address", c.Email)
@@ -185,19 +181,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("tls.redirect_port: %d is not a port", c.RedirectPort)
 	}
 	return nil
-}
-
-// loadRoots reads a PEM file of CA certificates.
-func loadRoots(file string) (*x509.CertPool, error) {
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(raw) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", file)
-	}
-	return pool, nil
 }
 
 // rootsFor is the system pool with the certificates of file added; without

@@ -234,7 +234,6 @@ func TestConfigValidate(t *testing.T) {
 		want   string
 	}{
 		{func(c *Config) { c.Directory = "ftp://x" }, "acme.directory:"},
-		{func(c *Config) { c.CAFile = "/nonexistent.pem" }, "acme.ca:"},
 		{func(c *Config) { c.Email = "not an email" }, "acme.email:"},
 		{func(c *Config) { c.Challenges = []string{"dns-01"} }, "acme.challenges:"},
 		{func(c *Config) { c.Challenges = []string{"http-01", "http-01"} }, "acme.challenges:"},
@@ -251,6 +250,10 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%s: got %v", tc.want, err)
 		}
+	}
+	client, _ := api.NewClient(&api.Config{Address: "127.0.0.1:1"})
+	if _, err := New(Config{Consul: client, CAFile: "/nonexistent.pem"}); err == nil || !strings.HasPrefix(err.Error(), "acme.ca:") {
+		t.Errorf("missing CA file: %v", err)
 	}
 	var c Config
 	if err := c.Validate(); err != nil {
