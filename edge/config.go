@@ -35,6 +35,9 @@ type Config struct {
 	PublicIPv6 string `yaml:"public_ipv6"`
 	// ACME configures certificates; used when TLS is enabled.
 	ACME ACME `yaml:"acme"`
+	// TLS configures the HTTPS listener and plain HTTP next to it; used
+	// when TLS is enabled.
+	TLS TLS `yaml:"tls"`
 
 	// Register is how the edge registers itself in Consul.
 	Register Register `yaml:"register"`
@@ -68,6 +71,53 @@ type ACME struct {
 	Directory string `yaml:"directory"`
 	// CA is a PEM file of extra roots to trust for the ACME server.
 	CA string `yaml:"ca"`
+	// Email is the ACME account's contact. Empty: none.
+	Email string `yaml:"email"`
+	// Challenges are the challenge types tried, in order: tls-alpn-01
+	// (port 443), http-01 (port 80).
+	Challenges []string `yaml:"challenges"`
+	// RenewBefore renews a certificate this long before it expires; 0 means
+	// a third of its lifetime, at most 30 days.
+	RenewBefore time.Duration `yaml:"renew_before"`
+	// OrderTimeout bounds one issuance, waiting for another edge's included.
+	OrderTimeout time.Duration `yaml:"order_timeout"`
+	// BackoffMin and BackoffMax bound the wait after a failed issuance,
+	// doubling with each failure in a row, on every edge.
+	BackoffMin time.Duration `yaml:"backoff_min"`
+	BackoffMax time.Duration `yaml:"backoff_max"`
+}
+
+// TLS is the HTTPS listener's behaviour (see edge/certs/README.md).
+type TLS struct {
+	// Redirect answers plain-HTTP requests for known hosts with 308 to
+	// https, ACME challenges excepted.
+	Redirect bool `yaml:"redirect"`
+	// RedirectPort is the port of redirect locations; 0 means the https
+	// listener's, and 443 is left out.
+	RedirectPort int `yaml:"redirect_port"`
+	// HandshakeTimeout is the longest a handshake waits for its
+	// certificate to be issued; below timeouts.client_header.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// TicketRotation is how often the session ticket key shared by every
+	// edge is replaced; TicketKeys how many are kept.
+	TicketRotation time.Duration `yaml:"ticket_rotation"`
+	TicketKeys     int           `yaml:"ticket_keys"`
+}
+
+// defaultACME and defaultTLS are the defaults of edge/certs.Config (a test
+// of the edge command checks that they agree).
+func defaultACME() ACME {
+	return ACME{
+		Directory:    "https://acme-v02.api.letsencrypt.org/directory",
+		Challenges:   []string{"tls-alpn-01", "http-01"},
+		OrderTimeout: 3 * time.Minute,
+		BackoffMin:   time.Minute,
+		BackoffMax:   time.Hour,
+	}
+}
+
+func defaultTLS() TLS {
+	return TLS{Redirect: true, HandshakeTimeout: 8 * time.Second, TicketRotation: 12 * time.Hour, TicketKeys: 3}
 }
 
 // Register is the edge's own entry in Consul.
@@ -154,7 +204,8 @@ func DefaultConfig() Config {
 		Zone:            "example.test.",
 		HTTP:            ":80",
 		Admin:           "127.0.0.1:9180",
-		ACME:            ACME{Directory: "https://acme-v02.api.letsencrypt.org/directory"},
+		ACME:            defaultACME(),
+		TLS:             defaultTLS(),
 		DrainDelay:      5 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
 		Register: Register{

@@ -37,7 +37,12 @@ func main() {
 	if err != nil {
 		config.Exit(prog, err)
 	}
-	e, err := edge.New(cfg, edge.Options{Logger: log, AccessLog: os.Stdout})
+	opts := edge.Options{Logger: log, AccessLog: os.Stdout}
+	certs, err := newCertificates(cfg, &opts)
+	if err != nil {
+		config.Exit(prog, err)
+	}
+	e, err := edge.New(cfg, opts)
 	if err != nil {
 		config.Exit(prog, err)
 	}
@@ -47,7 +52,14 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := e.Run(ctx); err != nil {
+	stopCertificates, err := runCertificates(ctx, certs, e)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+		os.Exit(1)
+	}
+	err = e.Run(ctx)
+	stopCertificates()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
 		os.Exit(1)
 	}
@@ -71,6 +83,7 @@ func parse(args []string) (edge.Config, error) {
 		publicIP    = fs.String("public-ip", "", "IPv4 `address` DNS hands out for this edge (public_ip)")
 		acmeDir     = fs.String("acme-directory", "", "ACME directory `URL`, used when TLS is enabled (acme.directory)")
 		acmeCA      = fs.String("acme-ca", "", "PEM `file` of roots to trust for the ACME server, used when TLS is enabled (acme.ca)")
+		acmeEmail   = fs.String("acme-email", "", "contact `address` of the ACME account, used when TLS is enabled (acme.email)")
 		showVersion = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -115,9 +128,14 @@ func parse(args []string) (edge.Config, error) {
 			cfg.ACME.Directory = *acmeDir
 		case "acme-ca":
 			cfg.ACME.CA = *acmeCA
+		case "acme-email":
+			cfg.ACME.Email = *acmeEmail
 		}
 	})
 	if err := cfg.Validate(); err != nil {
+		return edge.Config{}, nameFlag(err, given)
+	}
+	if err := checkCertificates(cfg); err != nil {
 		return edge.Config{}, nameFlag(err, given)
 	}
 	return cfg, nil
@@ -127,6 +145,7 @@ func parse(args []string) (edge.Config, error) {
 var flagKeys = map[string]string{
 	"consul": "consul.address", "zone": "zone", "pod": "pod", "http": "http", "https": "https",
 	"admin": "admin", "public-ip": "public_ip", "acme-directory": "acme.directory", "acme-ca": "acme.ca",
+	"acme-email": "acme.email",
 }
 
 // nameFlag makes an error about a key that a flag set name the flag, so that
