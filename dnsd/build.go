@@ -39,7 +39,9 @@ type builder struct {
 	tenantHash uint64
 	conflicts  map[string]bool // tenant names already logged as shadowed
 
-	gauged map[string]bool // pods with per-pod gauge series
+	gauged   map[string]bool // pods with per-pod gauge series
+	failOpen map[string]bool // pods answered from failing edges, to log transitions
+	built    bool
 }
 
 func newBuilder(d *zoneData, m *Metrics, log *slog.Logger) *builder {
@@ -57,6 +59,7 @@ func newBuilder(d *zoneData, m *Metrics, log *slog.Logger) *builder {
 		rotors:    map[string]*atomic.Uint32{},
 		conflicts: map[string]bool{},
 		gauged:    map[string]bool{},
+		failOpen:  map[string]bool{},
 	}
 	b.hosts = b.hostNodes()
 	return b
@@ -76,17 +79,22 @@ func (b *builder) build(s *router.Snapshot) *zone {
 	// Pods: <pod>.pods.<zone>, each with its A, AAAA and MX sets.
 	rotors := make(map[string]*atomic.Uint32, 2*len(s.Pods()))
 	gauged := make(map[string]bool, len(s.Pods()))
+	failOpen := map[string]bool{}
 	podKeys := make(map[string]string, len(s.Pods()))
 	for _, ps := range s.Pods() {
 		key := podKey(ps.Name)
 		podKeys[ps.Name] = key
 		n := &node{}
-		edges, failOpen := ps.PassingEdges, false
+		edges := ps.PassingEdges
 		if len(edges) == 0 && len(ps.Edges) > 0 {
 			// Fail open, as Route 53 does: an answer with every edge
 			// beats NXDOMAIN or nothing, which would take the pod's
 			// tenants off the Internet for as long as resolvers cache it.
-			edges, failOpen = ps.Edges, true
+			edges = ps.Edges
+			failOpen[ps.Name] = true
+			if !b.failOpen[ps.Name] {
+				b.log.Warn("pod has no passing edge; answering with all its edges", "pod", ps.Name, "edges", len(ps.Edges))
+			}
 		}
 		v4, v6 := addresses(edges)
 		for _, fam := range []struct {
@@ -103,7 +111,7 @@ func (b *builder) build(s *router.Snapshot) *zone {
 			}
 			rotors[rk] = rotor
 			set := b.ring(fam.rtype, fam.ips, rotor)
-			if failOpen {
+			if failOpen[ps.Name] {
 				set.failOpen = b.m.failOpen.WithLabelValues(ps.Name)
 			}
 			n.sets = append(n.sets, set)
@@ -118,6 +126,17 @@ func (b *builder) build(s *router.Snapshot) *zone {
 		b.m.edges.WithLabelValues(ps.Name).Set(float64(len(ps.Edges)))
 		gauged[ps.Name] = true
 	}
+	for pod := range b.failOpen {
+		if failOpen[pod] {
+			continue
+		}
+		if ps := s.Pod(pod); ps != nil {
+			b.log.Info("pod has passing edges again", "pod", pod, "passing", len(ps.PassingEdges))
+		} else {
+			b.log.Info("pod with no passing edge is gone", "pod", pod)
+		}
+	}
+	b.failOpen = failOpen
 	for pod := range b.gauged {
 		if !gauged[pod] {
 			b.m.passingEdges.DeleteLabelValues(pod)
@@ -161,6 +180,10 @@ func (b *builder) build(s *router.Snapshot) *zone {
 	b.m.buildSeconds.Set(time.Since(start).Seconds())
 	b.m.names.WithLabelValues("pod").Set(float64(len(s.Pods())))
 	b.m.names.WithLabelValues("tenant").Set(float64(len(z.tenants)))
+	if !b.built {
+		b.built = true
+		b.log.Info("answering from platform data", "serial", z.serial, "index", s.Index, "pods", len(s.Pods()), "tenants", len(z.tenants))
+	}
 	b.log.Debug("zone built", "serial", z.serial, "index", s.Index, "pods", len(s.Pods()), "tenants", len(z.tenants), "took", time.Since(start))
 	return z
 }
@@ -182,8 +205,16 @@ func (b *builder) tenantMap(tenants []*router.Tenant, podKeys map[string]string,
 	if b.tenants != nil && slices.Equal(tenants, b.tenantsOf) {
 		return b.tenants
 	}
+	// The labels of the zone's own one-label names, which tenants cannot
+	// take: "pods", in-zone name servers.
+	taken := map[string]bool{}
+	for k := range names {
+		if len(k) > 1 && int(k[0]) == len(k)-1 {
+			taken[k[1:]] = true
+		}
+	}
 	m := make(map[string]string, len(tenants))
-	h := fnv.New64a()
+	h := fnvHash(fnvOffset)
 	for _, t := range tenants {
 		key, ok := podKeys[t.Pod]
 		if !ok {
@@ -191,7 +222,7 @@ func (b *builder) tenantMap(tenants []*router.Tenant, podKeys map[string]string,
 			// pod it does not know, kept so the CNAME still answers.
 			key = podKey(t.Pod)
 		}
-		if _, taken := names[relKey([]string{t.Name})]; taken {
+		if taken[t.Name] {
 			if !b.conflicts[t.Name] {
 				b.conflicts[t.Name] = true
 				b.log.Warn("tenant name is taken by a name of the zone; it gets no CNAME", "tenant", t.Name, "zone", b.d.zone)
@@ -199,11 +230,9 @@ func (b *builder) tenantMap(tenants []*router.Tenant, podKeys map[string]string,
 			continue
 		}
 		m[t.Name] = key
-		h.Write([]byte(t.Name))
-		h.Write([]byte{0})
-		h.Write([]byte(key))
+		h = h.add(t.Name).add("\x00").add(key)
 	}
-	b.tenants, b.tenantsOf, b.tenantHash = m, tenants, h.Sum64()
+	b.tenants, b.tenantsOf, b.tenantHash = m, tenants, uint64(h)
 	return m
 }
 
@@ -292,6 +321,20 @@ func packFull(rr dns.RR) []byte {
 		panic(fmt.Sprintf("dnsd: pack %s: %v", rr, err))
 	}
 	return buf[:n]
+}
+
+// fnvHash is FNV-1a over strings, without the conversions to []byte that
+// hash/fnv would need for each of 100,000 tenants.
+type fnvHash uint64
+
+const fnvOffset fnvHash = 14695981039346656037
+
+func (h fnvHash) add(s string) fnvHash {
+	for i := 0; i < len(s); i++ {
+		h ^= fnvHash(s[i])
+		h *= 1099511628211
+	}
+	return h
 }
 
 func binaryPut(h interface{ Write([]byte) (int, error) }, v uint64) {

@@ -20,8 +20,8 @@ type udpSocket interface {
 	close()
 }
 
-// listen binds addr over TCP and n UDP sockets sharing its port with
-// SO_REUSEPORT. With port 0, the port the kernel picks for TCP is taken for
+// listen binds addr over TCP and n UDP sockets sharing its port, all with
+// SO_REUSEPORT (also when n is 1, so that another dnsd can join them). With port 0, the port the kernel picks for TCP is taken for
 // UDP too, retrying when it is taken for UDP. portable selects the
 // net.UDPConn sockets even where faster ones exist (tests).
 func listen(addr string, n, rcvbuf int, portable bool) (udp []udpSocket, tcp net.Listener, err error) {
@@ -36,8 +36,11 @@ func listen(addr string, n, rcvbuf int, portable bool) (udp []udpSocket, tcp net
 	if portable {
 		open = openConnSockets
 	}
+	// SO_REUSEPORT on TCP too, so that a new dnsd can bind the address
+	// while the old one still serves it (a restart without a gap).
+	lc := net.ListenConfig{Control: reusePort}
 	for attempt := 0; ; attempt++ {
-		tcp, err = net.Listen("tcp", addr)
+		tcp, err = lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			return nil, nil, fmt.Errorf("listen tcp %s: %w", addr, err)
 		}
@@ -70,10 +73,7 @@ const (
 
 // openConnSockets opens n sockets on addr with the net package.
 func openConnSockets(addr string, n, rcvbuf int) ([]udpSocket, error) {
-	lc := net.ListenConfig{}
-	if n > 1 {
-		lc.Control = reusePort
-	}
+	lc := net.ListenConfig{Control: reusePort}
 	var socks []udpSocket
 	for i := 0; i < n; i++ {
 		pc, err := lc.ListenPacket(context.Background(), "udp", addr)

@@ -33,6 +33,10 @@ const (
 	pollInterval = 500 * time.Millisecond
 )
 
+// blockingWorkers reports that the UDP workers of this system spend their
+// life in blocking system calls, each holding one of the runtime's Ps.
+const blockingWorkers = true
+
 // batchSocket is one blocking UDP socket of the listen address.
 type batchSocket struct {
 	fd    int
@@ -49,7 +53,7 @@ func openUDPSockets(addr string, n, rcvbuf int) ([]udpSocket, error) {
 	}
 	var socks []udpSocket
 	for i := 0; i < n; i++ {
-		fd, err := openUDP(ua, n > 1, rcvbuf)
+		fd, err := openUDP(ua, true, rcvbuf)
 		if err != nil {
 			for _, s := range socks {
 				s.close()

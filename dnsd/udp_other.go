@@ -7,3 +7,7 @@ package dnsd
 func openUDPSockets(addr string, n, rcvbuf int) ([]udpSocket, error) {
 	return openConnSockets(addr, n, rcvbuf)
 }
+
+// blockingWorkers is false: the portable workers wait in the runtime's
+// poller, holding no P.
+const blockingWorkers = false
