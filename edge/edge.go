@@ -105,7 +105,7 @@ func New(cfg Config, opts Options) (*Edge, error) {
 			e.access = newBufferedWriter(out, cfg.AccessLog.BufferBytes, cfg.AccessLog.FlushInterval)
 			out = e.access
 		}
-		e.proxy.AccessLog = slog.NewJSONHandler(out, nil)
+		e.proxy.AccessLog = NewAccessLogHandler(out)
 	}
 	r, err := router.New(router.Config{
 		Zone:       cfg.Zone,

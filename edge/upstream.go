@@ -169,20 +169,29 @@ const maxStaleRetries = 2
 func (u *upstream) exchangeOn(x *exchange, cc any, conn net.Conn, req *fasthttp.Request, resp *fasthttp.Response) (bool, error) {
 	p := u.p
 	resp.Reset()
-	// Deadlines left from the connection's last request must not fire, so
-	// both are set on every request.
-	if err := conn.SetWriteDeadline(time.Now().Add(p.Timeouts.UpstreamIdle)); err != nil {
-		u.conns.close(cc)
-		return false, &UpstreamError{Addr: u.addr, stage: stageWrite, Err: err}
+	// A request head fits in the socket buffer: only a body can block the
+	// write, so only a body gets a write deadline, cleared once it is sent
+	// so that it cannot fire on the connection's next request. The read
+	// deadline is set on every request.
+	if x.hasBody {
+		if err := conn.SetWriteDeadline(time.Now().Add(p.Timeouts.UpstreamIdle)); err != nil {
+			u.conns.close(cc)
+			return false, &UpstreamError{Addr: u.addr, stage: stageWrite, Err: err}
+		}
+		x.body.upstream = conn
 	}
-	x.body.upstream = conn
 	bw := u.hc.AcquireWriter(conn)
 	err := req.Write(bw)
 	if err == nil {
 		err = bw.Flush()
 	}
 	u.hc.ReleaseWriter(bw)
-	x.body.upstream = nil
+	if x.hasBody {
+		x.body.upstream = nil
+		if err == nil {
+			err = conn.SetWriteDeadline(time.Time{})
+		}
+	}
 	if err != nil {
 		u.conns.close(cc)
 		if x.body.err != nil {

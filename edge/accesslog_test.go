@@ -1,0 +1,80 @@
+package edge
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestAccessLogLine(t *testing.T) {
+	var out bytes.Buffer
+	a := newBackend(t, "a", nil)
+	p := &Proxy{AccessLog: NewAccessLogHandler(&out)}
+	h := newHarness(t, p, onePod(a))
+	code, hdr, _ := do(t, client(t), "GET", h.addr, "acme.example.test", "/page?q=1", nil, nil)
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	var line map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &line); err != nil {
+		t.Fatalf("access log %q: %v", out.String(), err)
+	}
+	want := map[string]any{
+		"level": "INFO", "msg": "access", "host": "acme.example.test", "method": "GET", "path": "/page?q=1",
+		"status": 200.0, "bytes": 1.0, "client_ip": "127.0.0.1", "request_id": hdr.Get("X-Request-Id"),
+		"pod": "pod-1", "upstream": a.addr(),
+	}
+	for k, v := range want {
+		if line[k] != v {
+			t.Errorf("%s: got %v, want %v", k, line[k], v)
+		}
+	}
+	if _, ok := line["duration_us"].(float64); !ok {
+		t.Errorf("no duration_us in %v", line)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, line["time"].(string)); err != nil {
+		t.Errorf("time %v: %v", line["time"], err)
+	}
+}
+
+// The fast path writes what slog's own JSON handler writes, escaping
+// included: hosts and paths are the client's bytes.
+func TestAccessLogMatchesJSONHandler(t *testing.T) {
+	x := &exchange{
+		host:     []byte("acme.example.test"),
+		method:   []byte("GET"),
+		uri:      []byte("/a\"b\\c\nd\x01\xff\u2028é<>&"),
+		clientIP: []byte("192.0.2.9"),
+		reqID:    []byte("id-1"),
+		status:   502, bytes: 30, elapsed: 1500 * time.Microsecond,
+		pod: &podStats{name: "pod-1"}, upstreamAddr: "10.0.0.1:80", attempts: 3,
+		err: errors.New("upstream 10.0.0.1:80: \"reset\""),
+	}
+	r := slog.NewRecord(time.Date(2026, 1, 2, 3, 4, 5, 6789, time.UTC), slog.LevelInfo, "access", 0)
+	r.AddAttrs(slog.Attr{Value: slog.AnyValue((*accessEntry)(x))})
+	var fast, std bytes.Buffer
+	if err := NewAccessLogHandler(&fast).Handle(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	if err := slog.NewJSONHandler(&std, nil).Handle(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	if fast.String() != std.String() {
+		t.Fatalf("fast path:\n%s\nslog:\n%s", fast.String(), std.String())
+	}
+	if strings.Count(fast.String(), "\n") != 1 {
+		t.Fatalf("not one line: %q", fast.String())
+	}
+	// Other records still go through.
+	var other bytes.Buffer
+	slog.New(NewAccessLogHandler(&other)).Info("hello", "k", 1)
+	var m map[string]any
+	if err := json.Unmarshal(other.Bytes(), &m); err != nil || m["msg"] != "hello" || !reflect.DeepEqual(m["k"], 1.0) {
+		t.Fatalf("other record: %q %v", other.String(), err)
+	}
+}

@@ -1,0 +1,93 @@
+package edge
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+
+	"github.com/podedge/podedge/router"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+)
+
+// benchProxy runs the proxy handler against an in-memory upstream that
+// answers a small body, as a load test would, with metrics on.
+func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
+	up := fasthttputil.NewInmemoryListener()
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("text/plain")
+		ctx.SetBodyString("hello, world\n")
+	}}
+	go func() { _ = srv.Serve(up) }()
+	b.Cleanup(func() { _ = srv.Shutdown() })
+	p.Dial = func(string) (net.Conn, error) { return up.Dial() }
+	p.Metrics = NewMetrics(prometheus.NewRegistry())
+	p.Logger = slog.New(slog.DiscardHandler)
+	r, err := router.New(router.Config{Registry: p.Registry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.Subscribe(p.SetSnapshot)
+	r.Publish(withApps(onePod(), "10.0.0.1:8080", "10.0.0.2:8080"))
+
+	var req fasthttp.Request
+	req.Header.SetMethod("GET")
+	req.SetRequestURI("/index.html?q=1")
+	req.Header.SetHost("acme.example.test")
+	req.Header.Set("User-Agent", "bench/1.0")
+	req.Header.Set("Accept", "*/*")
+	req.Header.Set("Cookie", "session=0123456789abcdef")
+	if mutate != nil {
+		mutate(&req)
+	}
+	client := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 40000}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, client, nil)
+		for pb.Next() {
+			req.CopyTo(&ctx.Request)
+			ctx.Response.Reset()
+			p.ServeHTTP(&ctx)
+			if ctx.Response.StatusCode() != 200 {
+				b.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
+			}
+		}
+	})
+}
+
+// BenchmarkProxy is the request path with metrics and without an access
+// log: it must not allocate.
+func BenchmarkProxy(b *testing.B) {
+	benchProxy(b, &Proxy{}, nil)
+}
+
+// BenchmarkProxyAccessLog adds the JSON access log (to io.Discard).
+func BenchmarkProxyAccessLog(b *testing.B) {
+	benchProxy(b, &Proxy{AccessLog: NewAccessLogHandler(io.Discard)}, nil)
+}
+
+// BenchmarkProxyHopHeaders is a request carrying every kind of header the
+// edge rewrites.
+func BenchmarkProxyHopHeaders(b *testing.B) {
+	benchProxy(b, &Proxy{}, func(r *fasthttp.Request) {
+		r.Header.Set("Connection", "keep-alive, X-Hop")
+		r.Header.Set("X-Hop", "1")
+		r.Header.Set("Keep-Alive", "timeout=5")
+		r.Header.Set("X-Forwarded-For", "203.0.113.1")
+		r.Header.Set("X-Request-Id", "req-abc")
+	})
+}
+
+func BenchmarkScanKeys(b *testing.B) {
+	keys := [][]byte{[]byte("Host"), []byte("User-Agent"), []byte("Accept"), []byte("Accept-Encoding"), []byte("Cookie"), []byte("X-Forwarded-For"), []byte("Connection")}
+	b.ReportAllocs()
+	for b.Loop() {
+		if scanKeys(keys) == 0 {
+			b.Fatal("nothing found")
+		}
+	}
+}
