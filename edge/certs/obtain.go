@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -180,8 +181,9 @@ func (m *Manager) obtain(ctx context.Context, name string, held *entry) (*entry,
 }
 
 // shared loads the certificate of name from KV into memory when it is
-// usable: valid and, when renewing, newer than held. It returns nil, nil
-// when there is none to use.
+// usable: valid and, when renewing, another certificate than held (another
+// edge renewed it) that expires no earlier. It returns nil, nil when there
+// is none to use.
 func (m *Manager) shared(ctx context.Context, name string, held *entry, consistent bool) (*entry, error) {
 	st, err := m.cache.loadLive(ctx, name, consistent, time.Now())
 	var bad *badValue
@@ -193,8 +195,8 @@ func (m *Manager) shared(ctx context.Context, name string, held *entry, consiste
 		return nil, m.storeFailed(name, err)
 	case st == nil:
 		return nil, nil
-	case held != nil && !st.cert.Leaf.NotAfter.After(held.notAfter):
-		return nil, nil // the one being replaced
+	case held != nil && (bytes.Equal(st.cert.Leaf.Raw, held.cert.Leaf.Raw) || st.cert.Leaf.NotAfter.Before(held.notAfter)):
+		return nil, nil // the one being replaced (or older)
 	}
 	e := newEntry(name, st.cert, st.index, m.cfg.RenewBefore)
 	m.mem.put(e)
