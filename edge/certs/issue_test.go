@@ -17,7 +17,8 @@ const acmeHost = "acme.example.test"
 // TestFirstRequestIssuesAndEveryEdgeServesIt: the first HTTPS request to a
 // tenant's name gets a certificate that chains to Pebble's root, ordered
 // then and there (Pebble validating through podedge's own DNS), and is
-// proxied to the tenant's app; the certificate is stored in Consul; a
+// proxied to the tenant's app; TLS 1.1, and TLS 1.2 without an ECDHE AEAD
+// suite, are refused; the certificate is stored in Consul; a
 // second edge of the pod serves the very same certificate without a new
 // order; and with Consul gone, both keep serving it from memory.
 func TestFirstRequestIssuesAndEveryEdgeServesIt(t *testing.T) {
@@ -55,6 +56,19 @@ func TestFirstRequestIssuesAndEveryEdgeServesIt(t *testing.T) {
 	}
 	if got := metric(t, a.reg(), "edge_tls_certificate_expiry_earliest_timestamp_seconds"); got != float64(leaf.NotAfter.Unix()) {
 		t.Errorf("earliest expiry = %v, want %d", got, leaf.NotAfter.Unix())
+	}
+
+	// Old protocol versions and non-AEAD suites are refused, though the
+	// certificate is there.
+	for _, c := range []*tls.Config{
+		{ServerName: acmeHost, InsecureSkipVerify: true, MaxVersion: tls.VersionTLS11},
+		{ServerName: acmeHost, InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12,
+			CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
+	} {
+		if conn, err := tls.Dial("tcp", a.httpsAddr, c); err == nil {
+			conn.Close()
+			t.Errorf("handshake with %s and suites %v succeeded", tls.VersionName(c.MaxVersion), c.CipherSuites)
+		}
 	}
 
 	// Stored in Consul, with its index entry.
@@ -262,7 +276,8 @@ func TestHTTP01WhenTLSALPNFails(t *testing.T) {
 
 // TestRenewalOncePerCertificate: two edges hold a certificate that comes
 // due; both try to renew it at once. One orders, the other takes the
-// renewed certificate from Consul, and both serve it.
+// renewed certificate from Consul, and both serve it. When one edge renews
+// on its own, the other reloads the new certificate without doing anything.
 func TestRenewalOncePerCertificate(t *testing.T) {
 	p := newPlatform(t, false)
 	a := p.startEdge(edgeIPs[0], nil)
@@ -309,5 +324,26 @@ func TestRenewalOncePerCertificate(t *testing.T) {
 		if e := a.m.mem.get(acmeHost); !bytes.Equal(got.Raw, e.cert.Leaf.Raw) {
 			t.Errorf("%s serves another certificate than the renewed one", te.ip)
 		}
+	}
+
+	// Edge a alone renews again: b, doing nothing, picks the new
+	// certificate up from the watch of the index.
+	renewed := a.m.mem.get(acmeHost).cert.Leaf
+	consultest.WaitFor(t, 5*time.Second, "a new second since the renewal", func() bool {
+		return time.Now().After(renewed.NotBefore.Add(2 * time.Second))
+	})
+	if n := a.m.renewDue(t.Context(), a.m.mem.get(acmeHost).renewAt); n != 1 {
+		t.Fatalf("edge a renewed %d certificates, want 1", n)
+	}
+	latest := a.m.mem.get(acmeHost).cert.Leaf
+	consultest.WaitFor(t, 10*time.Second, "edge b to reload the certificate edge a renewed", func() bool {
+		e := b.m.mem.get(acmeHost)
+		return e != nil && bytes.Equal(e.cert.Leaf.Raw, latest.Raw)
+	})
+	if cs, err := p.handshake(b, acmeHost); err != nil || !bytes.Equal(cs.PeerCertificates[0].Raw, latest.Raw) {
+		t.Errorf("edge b does not serve edge a's renewal (%v)", err)
+	}
+	if got := metric(t, b.reg(), "edge_tls_acme_orders_total"); got > 1 {
+		t.Errorf("edge b placed %v orders, want at most the one of the first round", got)
 	}
 }
