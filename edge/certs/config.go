@@ -163,7 +163,7 @@ func (c *Config) Validate() error {
 	}{
 		{"acme.renew_before", c.RenewBefore}, {"acme.order_timeout", c.OrderTimeout},
 		{"tls.handshake_timeout", c.HandshakeTimeout}, {"acme.backoff_min", c.BackoffMin},
-		{"acme.backoff_max", c.BackoffMax}, {"acme.renew_check", c.RenewCheck},
+		{"acme.backoff_max", c.BackoffMax}, {"RenewCheck", c.RenewCheck},
 		{"tls.ticket_rotation", c.TicketRotation},
 	} {
 		if d.v < 0 {
