@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -417,71 +415,6 @@ func (r Retries) validate() error {
 		return fmt.Errorf("retries.budget_window: must be at least 1s, got %s", r.BudgetWindow)
 	}
 	return nil
-}
-
-// LoadConfig reads the YAML file at path over cfg, which holds the defaults.
-// Unknown keys are errors; every error is one line naming the file, the line
-// and, where the YAML decoder does not, the key.
-func LoadConfig(path string, cfg *Config) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := config.Decode(path, raw, cfg); err != nil {
-		return nameKey(err, raw)
-	}
-	return nil
-}
-
-var errLine = regexp.MustCompile(`line (\d+): (invalid value|cannot unmarshal)`)
-
-// nameKey adds the key to a decoding error that gives only the line, such as
-// a duration that does not parse: "line 4: drain_delay: invalid value ...".
-func nameKey(err error, raw []byte) error {
-	msg := err.Error()
-	m := errLine.FindStringSubmatchIndex(msg)
-	if m == nil {
-		return err
-	}
-	n, _ := strconv.Atoi(msg[m[2]:m[3]])
-	key := keyAt(raw, n)
-	if key == "" {
-		return err
-	}
-	return errors.New(msg[:m[4]] + key + ": " + msg[m[4]:])
-}
-
-// keyAt returns the dotted path of the key on line n (1-based) of a YAML
-// document of nested mappings, from the indentation of the lines above it.
-func keyAt(raw []byte, n int) string {
-	type level struct {
-		indent int
-		key    string
-	}
-	var stack []level
-	for i, line := range strings.Split(string(raw), "\n") {
-		if i >= n {
-			break
-		}
-		trimmed := strings.TrimLeft(line, " ")
-		if trimmed == "" || strings.HasPrefix(trimmed, "#") || strings.HasPrefix(trimmed, "- ") {
-			continue
-		}
-		key, _, ok := strings.Cut(trimmed, ":")
-		if !ok {
-			continue
-		}
-		indent := len(line) - len(trimmed)
-		for len(stack) > 0 && stack[len(stack)-1].indent >= indent {
-			stack = stack[:len(stack)-1]
-		}
-		stack = append(stack, level{indent, strings.TrimSpace(key)})
-	}
-	keys := make([]string, len(stack))
-	for i, l := range stack {
-		keys[i] = l.key
-	}
-	return strings.Join(keys, ".")
 }
 
 // ParsePrefixes parses CIDRs and single addresses ("10.0.0.0/8",

@@ -90,7 +90,6 @@ var (
 	errLoop         = errors.New("request already forwarded by an edge; refusing to forward it again")
 	errNoFreeConns  = errors.New("connection limit to the endpoint reached")
 	errBodyTooLarge = errors.New("request body larger than limits.max_body_bytes")
-	errBudget       = errors.New("retry budget exhausted")
 	errConnect      = errors.New("CONNECT is not proxied")
 	errNoRegistry   = errors.New("endpoint has no connection pool: the router was not given Proxy.Registry")
 )

@@ -309,8 +309,9 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, pool *router.Pool
 func (p *Proxy) attempt(ctx *fasthttp.RequestCtx, x *exchange, m *router.Member) error {
 	u, ok := m.Value().(*upstream)
 	if !ok {
-		// The router was built without this proxy's Registry.
-		return &DialError{Addr: m.Addr, Err: errNoRegistry}
+		// The router was built without this proxy's Registry: a
+		// configuration error, not the endpoint's fault.
+		return errNoRegistry
 	}
 	x.member, x.up, x.upstreamAddr = m, u, m.Addr
 	x.upStats = u.statsFor(x.pod.name)

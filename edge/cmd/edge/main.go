@@ -102,7 +102,7 @@ func parse(args []string) (edge.Config, error) {
 	}
 	cfg := edge.DefaultConfig()
 	if *configFile != "" {
-		if err := edge.LoadConfig(*configFile, &cfg); err != nil {
+		if err := config.Load(*configFile, &cfg); err != nil {
 			return edge.Config{}, err
 		}
 	}

@@ -88,7 +88,7 @@ func TestBinaryExitsTwoWithOneLine(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"-config", writeFile(t, good), "-public-ip", "::1"},
-		{"-config", writeFile(t, good + "timeouts:\n  dial: x\n")},
+		{"-config", writeFile(t, good+"timeouts:\n  dial: x\n")},
 		{"-bogus"},
 	} {
 		var stderr bytes.Buffer
