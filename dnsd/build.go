@@ -2,6 +2,7 @@ package dnsd
 
 import (
 	"fmt"
+	"hash"
 	"hash/fnv"
 	"log/slog"
 	"net/netip"
@@ -27,6 +28,7 @@ type builder struct {
 
 	origin []byte
 	hosts  map[string]*node // name servers in the zone and the empty non-terminals above them
+	mx     *rrset           // the MX set every pod shares; nil without exchangers
 
 	rotors map[string]*atomic.Uint32 // by pod and type, "pod-1/A"
 
@@ -62,6 +64,7 @@ func newBuilder(d *zoneData, m *Metrics, log *slog.Logger) *builder {
 		failOpen:  map[string]bool{},
 	}
 	b.hosts = b.hostNodes()
+	b.mx = b.mxSet()
 	return b
 }
 
@@ -84,41 +87,9 @@ func (b *builder) build(s *router.Snapshot) *zone {
 	for _, ps := range s.Pods() {
 		key := podKey(ps.Name)
 		podKeys[ps.Name] = key
-		n := &node{}
-		edges := ps.PassingEdges
-		if len(edges) == 0 && len(ps.Edges) > 0 {
-			// Fail open, as Route 53 does: an answer with every edge
-			// beats NXDOMAIN or nothing, which would take the pod's
-			// tenants off the Internet for as long as resolvers cache it.
-			edges = ps.Edges
+		n, failing := b.podNode(ps, rotors, h)
+		if failing {
 			failOpen[ps.Name] = true
-			if !b.failOpen[ps.Name] {
-				b.log.Warn("pod has no passing edge; answering with all its edges", "pod", ps.Name, "edges", len(ps.Edges))
-			}
-		}
-		v4, v6 := addresses(edges)
-		for _, fam := range []struct {
-			rtype uint16
-			ips   []netip.Addr
-		}{{dns.TypeA, v4}, {dns.TypeAAAA, v6}} {
-			if len(fam.ips) == 0 {
-				continue
-			}
-			rk := ps.Name + "/" + dns.TypeToString[fam.rtype]
-			rotor := b.rotors[rk]
-			if rotor == nil {
-				rotor = new(atomic.Uint32)
-			}
-			rotors[rk] = rotor
-			set := b.ring(fam.rtype, fam.ips, rotor)
-			if failOpen[ps.Name] {
-				set.failOpen = b.m.failOpen.WithLabelValues(ps.Name)
-			}
-			n.sets = append(n.sets, set)
-			h.Write(set.data)
-		}
-		if mx := b.mxSet(); mx != nil {
-			n.sets = append(n.sets, mx)
 		}
 		z.names[key] = n
 		h.Write([]byte(key))
@@ -186,6 +157,49 @@ func (b *builder) build(s *router.Snapshot) *zone {
 	}
 	b.log.Debug("zone built", "serial", z.serial, "index", s.Index, "pods", len(s.Pods()), "tenants", len(z.tenants), "took", time.Since(start))
 	return z
+}
+
+// podNode returns the node of a pod: its A and AAAA rings over the passing
+// edges (all edges when none passes: failing is then true) and the MX set.
+// The rings' rotors come from the previous zone and are recorded in rotors;
+// the packed records are added to h, the hash of the zone's data.
+func (b *builder) podNode(ps *router.PodState, rotors map[string]*atomic.Uint32, h hash.Hash64) (n *node, failing bool) {
+	n = &node{}
+	edges := ps.PassingEdges
+	if len(edges) == 0 && len(ps.Edges) > 0 {
+		// Fail open, as Route 53 does: an answer with every edge beats
+		// NXDOMAIN or nothing, which would take the pod's tenants off the
+		// Internet for as long as resolvers cache it.
+		edges, failing = ps.Edges, true
+		if !b.failOpen[ps.Name] {
+			b.log.Warn("pod has no passing edge; answering with all its edges", "pod", ps.Name, "edges", len(ps.Edges))
+		}
+	}
+	v4, v6 := addresses(edges)
+	for _, fam := range []struct {
+		rtype uint16
+		ips   []netip.Addr
+	}{{dns.TypeA, v4}, {dns.TypeAAAA, v6}} {
+		if len(fam.ips) == 0 {
+			continue
+		}
+		rk := ps.Name + "/" + dns.TypeToString[fam.rtype]
+		rotor := b.rotors[rk]
+		if rotor == nil {
+			rotor = new(atomic.Uint32)
+		}
+		rotors[rk] = rotor
+		set := b.ring(fam.rtype, fam.ips, rotor)
+		if failing {
+			set.failOpen = b.m.failOpen.WithLabelValues(ps.Name)
+		}
+		n.sets = append(n.sets, set)
+		h.Write(set.data)
+	}
+	if b.mx != nil {
+		n.sets = append(n.sets, b.mx)
+	}
+	return n, failing
 }
 
 // podKey is the relative wire name of pod's node, "\x05pod-1\x04pods";

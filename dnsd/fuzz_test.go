@@ -74,3 +74,28 @@ func FuzzHandle(f *testing.F) {
 		}
 	})
 }
+
+// TestHandleSmallBuffers checks that Handle respects the capacity of the
+// caller's buffer: no panic, no answer beyond it, TC when it cut.
+func TestHandleSmallBuffers(t *testing.T) {
+	h := benchHandler(t)
+	for _, q := range [][]byte{
+		packQuery(t, "pod-1.pods.example.test.", dns.TypeA, true),
+		packQuery(t, "acme.example.test.", dns.TypeA, false),
+	} {
+		for _, n := range []int{0, 5, 12, 40, 60, 100, 200} {
+			out := make([]byte, n)
+			resp := h.Handle(q, out[:0], true)
+			if resp == nil {
+				continue
+			}
+			if len(resp) > n || &resp[0] != &out[0] {
+				t.Fatalf("cap %d: answer of %d bytes outside the buffer", n, len(resp))
+			}
+			r := new(dns.Msg)
+			if err := r.Unpack(resp); err != nil || !r.Truncated {
+				t.Errorf("cap %d: %v, TC %v; want a parsable answer cut with TC", n, err, r.Truncated)
+			}
+		}
+	}
+}

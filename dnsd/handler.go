@@ -85,18 +85,18 @@ func (h *Handler) Handle(p, out []byte, udp bool) []byte {
 	if q.edns && q.nsid {
 		nsid = h.data.nsid
 	}
-	r := response{b: out[:headerLen], limit: limit}
 	if q.edns {
-		r.limit -= 11
+		limit -= 11
 		if len(nsid) > 0 {
-			r.limit -= 4 + len(nsid)
+			limit -= 4 + len(nsid)
 		}
 	}
-	if r.limit < q.qend {
+	if limit < max(q.qend, headerLen) {
 		// A caller's buffer too small for any answer; never happens with
 		// the buffers dnsd passes (a question takes at most 259 bytes).
 		return nil
 	}
+	r := response{b: out[:headerLen], limit: limit}
 
 	rcode, aa := h.answer(&q, p, &r)
 

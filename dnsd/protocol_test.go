@@ -361,7 +361,7 @@ func TestTCP(t *testing.T) {
 	putPod(t, agent, "pod-1")
 	edge(t, agent, "e1", "pod-1", "192.0.2.1", api.HealthPassing)
 	ts := startServer(t, agent, func(c *Config) {
-		c.TCP.IdleTimeout = 300 * time.Millisecond
+		c.TCP.IdleTimeout = 2 * time.Second
 		c.TCP.MaxConnections = 1
 	})
 	c, err := net.Dial("tcp", ts.addr)
