@@ -9,11 +9,13 @@ package consultest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -53,7 +55,9 @@ func Binary() (string, error) {
 }
 
 // Start runs a dev agent on free loopback ports and waits until it has a
-// leader and its node is registered. It is stopped by t.Cleanup.
+// leader and its node is registered. It is stopped by t.Cleanup. A port
+// taken between being picked and being bound (another test's agent, say)
+// makes it try again with other ports.
 func Start(t testing.TB) *Agent {
 	t.Helper()
 	bin, err := Binary()
@@ -63,47 +67,61 @@ func Start(t testing.TB) *Agent {
 		}
 		t.Fatal(err)
 	}
-	ports := FreePorts(t, 4)
-	a := &Agent{
-		HTTPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
-		t:        t,
-		bin:      bin,
-		node:     fmt.Sprintf("test-%d", ports[0]),
-		args: []string{
-			"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1",
-			"-log-level=warn",
-			"-http-port=" + strconv.Itoa(ports[0]),
-			"-serf-lan-port=" + strconv.Itoa(ports[1]),
-			"-serf-wan-port=" + strconv.Itoa(ports[2]),
-			"-server-port=" + strconv.Itoa(ports[3]),
-			"-dns-port=-1", "-grpc-port=-1",
-			"-hcl=ports { grpc_tls = -1 }",
-			"-hcl=disable_update_check = true",
-		},
+	a := &Agent{t: t, bin: bin}
+	t.Cleanup(a.Stop)
+	for attempt := 1; ; attempt++ {
+		a.usePorts(FreePorts(t, 4))
+		err := a.start()
+		if err == nil {
+			return a
+		}
+		if !errors.Is(err, errPortTaken) || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("consul: %v; trying other ports", err)
+	}
+}
+
+// usePorts points the agent's command line and client at ports (HTTP, serf
+// LAN, serf WAN, server RPC).
+func (a *Agent) usePorts(ports []int) {
+	a.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	a.node = fmt.Sprintf("test-%d", ports[0])
+	a.args = []string{
+		"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1",
+		"-log-level=warn",
+		"-node=" + a.node,
+		"-http-port=" + strconv.Itoa(ports[0]),
+		"-serf-lan-port=" + strconv.Itoa(ports[1]),
+		"-serf-wan-port=" + strconv.Itoa(ports[2]),
+		"-server-port=" + strconv.Itoa(ports[3]),
+		"-dns-port=-1", "-grpc-port=-1",
+		"-hcl=ports { grpc_tls = -1 }",
+		"-hcl=disable_update_check = true",
 	}
 	cfg := api.DefaultConfig()
 	cfg.Address = a.HTTPAddr
-	a.Client, err = api.NewClient(cfg)
+	client, err := api.NewClient(cfg)
 	if err != nil {
-		t.Fatal(err)
+		panic(err) // only a malformed address can fail, and this one is not
 	}
-	a.args = append(a.args, "-node="+a.node)
-	t.Cleanup(a.Stop)
-	a.start()
-	return a
+	a.Client = client
 }
 
-func (a *Agent) start() {
-	a.t.Helper()
+var errPortTaken = errors.New("a port was taken")
+
+// start runs the agent and waits until it is ready.
+func (a *Agent) start() error {
 	a.mu.Lock()
-	a.out = &syncBuffer{}
+	out := &syncBuffer{}
+	a.out = out
 	cmd := exec.Command(a.bin, a.args...)
-	cmd.Stdout, cmd.Stderr = a.out, a.out
+	cmd.Stdout, cmd.Stderr = out, out
 	// The agent dies with the test binary, even when the test panics.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		a.mu.Unlock()
-		a.t.Fatalf("start consul: %v", err)
+		return fmt.Errorf("start consul: %w", err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
@@ -117,18 +135,29 @@ func (a *Agent) start() {
 			// Services registered through the agent need its node in the
 			// catalog first.
 			if n, _, err := a.Client.Catalog().Node(a.node, nil); err == nil && n != nil {
-				return
+				return nil
 			}
 		}
 		select {
 		case <-done:
-			a.t.Fatalf("consul exited before it was ready:\n%s", a.out.String())
+			a.mu.Lock()
+			a.cmd = nil
+			a.mu.Unlock()
+			if strings.Contains(out.String(), "address already in use") {
+				return fmt.Errorf("%w: %s", errPortTaken, lastLine(out.String()))
+			}
+			return fmt.Errorf("consul exited before it was ready:\n%s", out.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			a.t.Fatalf("consul had no leader after 60s:\n%s", a.out.String())
+			return fmt.Errorf("consul had no leader after 60s:\n%s", out.String())
 		}
 	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
 
 // Stop kills the agent and waits for it to exit. It is safe to call twice.
@@ -152,7 +181,9 @@ func (a *Agent) Stop() {
 func (a *Agent) Restart() {
 	a.t.Helper()
 	a.Stop()
-	a.start()
+	if err := a.start(); err != nil {
+		a.t.Fatal(err)
+	}
 }
 
 // FreePorts returns n distinct TCP ports that were free on 127.0.0.1 (and
