@@ -40,7 +40,7 @@ func (l *lockedBuffer) String() string {
 }
 
 // TestGracefulDrain runs the real binary and stops it with SIGTERM while
-// clients keep sending requests and one slow request is in flight: the edge
+// clients keep sending requests and one slow request (5s) is in flight: the edge
 // leaves Consul and fails /healthz at once, keeps serving for its drain
 // delay, finishes the slow request, and exits 0.
 func TestGracefulDrain(t *testing.T) {
@@ -67,7 +67,7 @@ pod: pod-1
 http: %q
 admin: %q
 public_ip: 192.0.2.1
-drain_delay: 1500ms
+drain_delay: 4s
 shutdown_timeout: 10s
 register: {check_interval: 1s}
 log: {level: info}
@@ -111,7 +111,7 @@ log: {level: info}
 	slowDone := make(chan result, 1)
 	before := slow.hits.Load()
 	go func() {
-		code, body, err := tryGet(client(t), httpAddr, "acme.example.test", "/?ms=2500")
+		code, body, err := tryGet(client(t), httpAddr, "acme.example.test", "/?ms=5000")
 		slowDone <- result{code, body, err}
 	}()
 	consultest.WaitFor(t, 5*time.Second, "the slow request to reach the app", func() bool { return slow.hits.Load() > before })
@@ -156,7 +156,7 @@ log: {level: info}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	consultest.WaitFor(t, time.Second, "the edge to leave consul", func() bool {
+	consultest.WaitFor(t, 2*time.Second, "the edge to leave consul", func() bool {
 		svcs, err := agent.Client.Agent().Services()
 		return err == nil && len(filterEdge(svcs)) == 0
 	})
@@ -168,9 +168,9 @@ log: {level: info}
 	okAtSignal := ok.Load()
 	// Stop the clients before the drain delay ends, when the listener
 	// closes: connections refused after that are what a stopped edge means.
-	consultest.WaitFor(t, 5*time.Second, "requests served during the drain", func() bool { return ok.Load() > okAtSignal+20 })
-	if time.Since(sigterm) > time.Second {
-		t.Fatalf("serving during the drain took %s", time.Since(sigterm))
+	consultest.WaitFor(t, 3*time.Second, "requests served during the drain", func() bool { return ok.Load() > okAtSignal+20 })
+	if time.Since(sigterm) > 3*time.Second {
+		t.Fatalf("serving 20 requests during the drain took %s; the test cannot tell drain from shutdown", time.Since(sigterm))
 	}
 	close(stop)
 	wg.Wait()
@@ -196,7 +196,7 @@ log: {level: info}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the edge did not exit")
 	}
-	if took := time.Since(sigterm); took < 1500*time.Millisecond {
+	if took := time.Since(sigterm); took < 4*time.Second {
 		t.Errorf("exited %s after SIGTERM, before its drain delay", took)
 	}
 	// The slow request's access log line was flushed before exit.
@@ -204,7 +204,7 @@ log: {level: info}
 	sc := bufio.NewScanner(bytes.NewReader([]byte(stdout.String())))
 	for sc.Scan() {
 		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["path"] == "/?ms=2500" && line["status"] == 200.0 {
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line["path"] == "/?ms=5000" && line["status"] == 200.0 {
 			found = true
 		}
 	}
