@@ -29,12 +29,19 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Server answers every path: /healthz with "ok", anything else with the page
-// or the fixed-size body. It echoes the request ID the edge set.
+// MaxBytes is the largest body /bytes/N answers.
+const MaxBytes = 1 << 20
+
+// Server answers every path: /healthz with "ok", /bytes/N with a body of N
+// bytes (N at most MaxBytes; the load tests pick response sizes this way),
+// anything else with the page or the fixed-size body. It echoes the request
+// ID the edge set.
 type Server struct {
 	cfg  Config
 	body []byte
-	srv  *fasthttp.Server
+	// bytes backs /bytes/N: its first N bytes are the body.
+	bytes []byte
+	srv   *fasthttp.Server
 }
 
 // New builds a server; Serve starts it.
@@ -42,7 +49,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, bytes: bytes.Repeat([]byte("x"), MaxBytes)}
 	if cfg.Size > 0 {
 		s.body = bytes.Repeat([]byte("x"), cfg.Size)
 	}
@@ -80,6 +87,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.SetBytesV("X-Request-Id", id)
 	}
 	ctx.Response.Header.Set("X-App-Server", s.cfg.Name)
+	if n, ok := sizeOf(ctx.Path()); ok {
+		ctx.SetContentType("application/octet-stream")
+		ctx.SetBody(s.bytes[:n])
+		return
+	}
 	if s.body != nil {
 		ctx.SetContentType("application/octet-stream")
 		ctx.SetBody(s.body)
@@ -88,6 +100,23 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("text/plain; charset=utf-8")
 	fmt.Fprintf(ctx, "Hello from app server %s in pod %s.\nhost=%s path=%s method=%s received=%d bytes\n",
 		s.cfg.Name, s.cfg.Pod, ctx.Host(), ctx.Path(), ctx.Method(), n)
+}
+
+// sizeOf parses a path of the form /bytes/N, N in [0, MaxBytes], without
+// allocating.
+func sizeOf(path []byte) (int, bool) {
+	const prefix = "/bytes/"
+	if len(path) <= len(prefix) || len(path) > len(prefix)+7 || string(path[:len(prefix)]) != prefix {
+		return 0, false
+	}
+	n := 0
+	for _, c := range path[len(prefix):] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, n <= MaxBytes
 }
 
 // Serve answers on ln until Shutdown.

@@ -4,6 +4,7 @@
 //
 // With -consul it registers itself as an app server of its pod and
 // deregisters on SIGINT/SIGTERM; with -size N every answer is N bytes.
+// Whatever the flags, /bytes/N answers exactly N bytes (N up to 1 MiB).
 package main
 
 import (
