@@ -1,0 +1,113 @@
+// Command bench runs podedge's side-by-side load tests (see bench/README.md):
+//
+//	make bench
+//	bin/bench -bin bin -consul-bin $(scripts/consul.sh) [-rounds 3] [-duration 10s] [-readme bench/README.md]
+//
+// It installs the missing Debian packages when run as root (and otherwise
+// says which command to run), starts every process on free loopback ports,
+// prints progress on standard error and the Markdown report on standard
+// output. Ctrl-C stops every process it started; a second Ctrl-C exits at
+// once (the children die with it).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/podedge/podedge/bench/harness"
+	"github.com/podedge/podedge/internal/config"
+	"github.com/podedge/podedge/internal/version"
+)
+
+const prog = "bench"
+
+func main() {
+	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+	var opts harness.Options
+	fs.StringVar(&opts.Bin, "bin", "bin", "`folder` of make build's binaries (edge, dnsd, backend, forwarder, loadgen)")
+	fs.StringVar(&opts.Consul, "consul-bin", "", "consul `binary` (scripts/consul.sh prints one; default: consul on PATH)")
+	fs.IntVar(&opts.Rounds, "rounds", 3, "rounds per system; medians are reported")
+	fs.DurationVar(&opts.Duration, "duration", 10*time.Second, "length of each measured run")
+	fs.DurationVar(&opts.FailureDuration, "failure-duration", 9*time.Second, "length of each run that kills a backend")
+	fs.IntVar(&opts.Tenants, "tenants", 100_000, "tenants of the scale test")
+	fs.StringVar(&opts.Dir, "dir", "", "`folder` for configurations and logs (default: a temporary one, removed after a successful run)")
+	fs.BoolVar(&opts.Quick, "quick", false, "smoke run: fewer KV changes timed, shorter lookup benchmark (use with short durations)")
+	readme := fs.String("readme", "", "replace the results in this README (between its bench:results markers)")
+	out := fs.String("out", "", "also write the report to this `file`")
+	install := fs.Bool("install", true, "install missing Debian packages with apt-get when running as root")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println(prog, version.String())
+		return
+	}
+	if fs.NArg() > 0 {
+		config.Exit(prog, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	if opts.Consul == "" {
+		p, err := harness.LookTool("consul")
+		if err != nil {
+			config.Exit(prog, errors.New("-consul-bin: no consul on PATH (scripts/consul.sh builds one)"))
+		}
+		opts.Consul = p
+	}
+	opts.Progress = os.Stderr
+
+	if *install {
+		if err := harness.Ensure(os.Stderr); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+			os.Exit(1)
+		}
+	} else if missing := harness.Missing(); len(missing) > 0 {
+		fmt.Fprintf(os.Stderr, "%s: %s is missing: run `sudo %s`\n", prog, missing[0].Name, harness.InstallCommand)
+		os.Exit(1)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		// The next signal ends the harness at once.
+		stop()
+	}()
+	rep, err := harness.Run(ctx, opts)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+		os.Exit(1)
+	}
+	rep.Command = command()
+	md := rep.Markdown()
+	fmt.Print(md)
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+			os.Exit(1)
+		}
+	}
+	if *readme != "" {
+		if err := harness.UpdateReadme(*readme, md); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+			os.Exit(1)
+		}
+	}
+}
+
+// command is how the run was started, for the report: "make bench" under
+// make, else the command line.
+func command() string {
+	if os.Getenv("MAKELEVEL") != "" {
+		return "make bench"
+	}
+	return strings.Join(os.Args, " ")
+}

@@ -1,0 +1,186 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/router"
+)
+
+// startConsul runs a Consul dev agent on free loopback ports and waits
+// until it has a leader and its node is in the catalog.
+func (h *harness) startConsul(ctx context.Context) error {
+	ports, err := freePorts(4)
+	if err != nil {
+		return err
+	}
+	h.consulAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	node := fmt.Sprintf("bench-%d", ports[0])
+	p, err := h.start("consul", h.cpus.Client, nil, h.opts.Consul,
+		"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
+		"-node="+node,
+		"-http-port="+strconv.Itoa(ports[0]),
+		"-serf-lan-port="+strconv.Itoa(ports[1]),
+		"-serf-wan-port="+strconv.Itoa(ports[2]),
+		"-server-port="+strconv.Itoa(ports[3]),
+		"-dns-port=-1", "-grpc-port=-1",
+		"-hcl=ports { grpc_tls = -1 }",
+		"-hcl=disable_update_check = true")
+	if err != nil {
+		return err
+	}
+	// Consul leaves cleanly on SIGINT; SIGTERM makes a server exit 1.
+	p.stopSig = syscall.SIGINT
+	cfg := api.DefaultConfig()
+	cfg.Address = h.consulAddr
+	if h.consul, err = api.NewClient(cfg); err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	return h.waitFor(ctx, time.Minute, "consul to elect itself leader", func() bool {
+		leader, err := h.consul.Status().Leader()
+		if err != nil || leader == "" {
+			return false
+		}
+		n, _, err := h.consul.Catalog().Node(node, nil)
+		return err == nil && n != nil
+	}, p)
+}
+
+// txnOps is the number of operations in one Consul transaction: Consul
+// refuses more than 64 (128 from 1.20 on, but 64 works with every version
+// the project supports).
+const txnOps = 64
+
+// txnWorkers is how many transactions are in flight at once. With a dev
+// agent on loopback, 8 writes 100,000 keys about as fast as 16 or 32 and
+// much faster than 1 (bench/README.md has the figures).
+const txnWorkers = 8
+
+// putTenants writes tenants under prefix in transactions of txnOps sets,
+// txnWorkers at a time.
+func putTenants(ctx context.Context, c *api.Client, prefix string, tenants []router.Tenant) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan []router.Tenant)
+	errc := make(chan error, txnWorkers)
+	var wg sync.WaitGroup
+	for range txnWorkers {
+		wg.Go(func() {
+			for batch := range batches {
+				ops := make(api.KVTxnOps, 0, len(batch))
+				for _, t := range batch {
+					v, err := json.Marshal(t)
+					if err != nil {
+						errc <- err
+						cancel()
+						return
+					}
+					ops = append(ops, &api.KVTxnOp{Verb: api.KVSet, Key: prefix + "tenants/" + t.Name, Value: v})
+				}
+				ok, resp, _, err := c.KV().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+				if err == nil && !ok {
+					err = fmt.Errorf("transaction rolled back: %v", resp.Errors)
+				}
+				if err != nil {
+					errc <- fmt.Errorf("write tenants: %w", err)
+					cancel()
+					return
+				}
+			}
+		})
+	}
+send:
+	for i := 0; i < len(tenants); i += txnOps {
+		select {
+		case batches <- tenants[i:min(i+txnOps, len(tenants))]:
+		case <-ctx.Done():
+			break send
+		}
+	}
+	close(batches)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return ctx.Err()
+	}
+}
+
+// putJSON writes v as JSON at key.
+func putJSON(c *api.Client, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := c.KV().Put(&api.KVPair{Key: key, Value: raw}, nil); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
+}
+
+// registerEdge registers an edge instance that only DNS sees: passing, in
+// pod, handing out publicIP.
+func registerEdge(c *api.Client, id, pod, publicIP string, port int) error {
+	err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: id, Name: "edge", Address: "127.0.0.1", Port: port,
+		Meta:  map[string]string{"pod": pod, "public_ip": publicIP},
+		Check: &api.AgentServiceCheck{CheckID: "ttl-" + id, TTL: "24h", Status: api.HealthPassing},
+	})
+	if err != nil {
+		return fmt.Errorf("register edge %s: %w", id, err)
+	}
+	return nil
+}
+
+// passing returns the number of passing instances of service.
+func passing(c *api.Client, service string) int {
+	entries, _, err := c.Health().Service(service, "", true, nil)
+	if err != nil {
+		return -1
+	}
+	return len(entries)
+}
+
+// freePorts returns n distinct ports that were free on 127.0.0.1 for both
+// TCP and UDP a moment ago.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		held = append(held, l)
+		p := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue // taken for UDP; keep the TCP one held so it is not picked again
+		}
+		u.Close()
+		ports = append(ports, p)
+	}
+	return ports, nil
+}
+
+// freeAddr returns one free "127.0.0.1:port".
+func freeAddr() (string, error) {
+	p, err := freePorts(1)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p[0])), nil
+}

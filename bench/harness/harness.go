@@ -1,0 +1,304 @@
+// Package harness runs podedge's side-by-side load tests (`make bench`): the
+// edge next to nginx, HAProxy and a bare fasthttp forwarder in front of the
+// same two backends, dnsd next to Knot and NSD serving the same records, the
+// edge, nginx and HAProxy while a backend dies, and the edge and dnsd with
+// 100,000 tenants. It starts every process itself (its own Consul included)
+// on free loopback ports, pins the system under test and the load
+// generators to separate CPUs, alternates the systems round after round and
+// reports medians and ratios as Markdown. bench/README.md explains how to
+// read the figures.
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/bench/configs"
+)
+
+// Options configures a run. Zero values take the documented defaults.
+type Options struct {
+	// Bin is the folder holding the edge, dnsd, backend, forwarder and
+	// loadgen binaries (make build puts them in ./bin). Required.
+	Bin string
+	// Consul is the consul binary. Required.
+	Consul string
+	// Rounds is how many times each system is measured; medians are
+	// reported. Default 3.
+	Rounds int
+	// Duration is the length of each measured run. Default 10s.
+	Duration time.Duration
+	// FailureDuration is the length of each run that kills a backend, a
+	// third of the way in. Default 9s.
+	FailureDuration time.Duration
+	// Tenants is the number of tenants of the scale test. Default 100,000.
+	Tenants int
+	// Quick shortens what Duration does not bound, for the smoke test:
+	// fewer KV changes timed, a shorter lookup benchmark.
+	Quick bool
+	// Skip names peers to leave out: "nginx", "haproxy", "knot", "nsd".
+	// Only the smoke test uses it, when a peer is not installed.
+	Skip []string
+	// CPUs splits the machine; nil means DefaultCPUs.
+	CPUs *CPUs
+	// Dir is the folder for configurations and logs. Empty means a new
+	// temporary folder, removed at the end unless the run failed.
+	Dir string
+	// Progress receives a line per step. Nil discards them.
+	Progress io.Writer
+}
+
+func (o *Options) setDefaults() error {
+	if o.Bin == "" {
+		return errors.New("bin: required (the folder of make build's binaries)")
+	}
+	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loadgen"} {
+		if _, err := os.Stat(filepath.Join(o.Bin, b)); err != nil {
+			return fmt.Errorf("bin: no %s in %s (run make build)", b, o.Bin)
+		}
+	}
+	if o.Consul == "" {
+		return errors.New("consul: required (scripts/consul.sh prints one)")
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 3
+	}
+	if o.Duration == 0 {
+		o.Duration = 10 * time.Second
+	}
+	if o.FailureDuration == 0 {
+		o.FailureDuration = 9 * time.Second
+	}
+	if o.Tenants == 0 {
+		o.Tenants = 100_000
+	}
+	switch {
+	case o.Rounds < 1:
+		return fmt.Errorf("rounds: must be at least 1, got %d", o.Rounds)
+	case o.Duration < 0 || o.FailureDuration < 0:
+		return errors.New("duration: must be positive")
+	case o.Tenants < 10:
+		return fmt.Errorf("tenants: must be at least 10, got %d", o.Tenants)
+	}
+	if o.CPUs == nil {
+		c := DefaultCPUs()
+		o.CPUs = &c
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	for _, s := range o.Skip {
+		if !slices.Contains([]string{"nginx", "haproxy", "knot", "nsd"}, s) {
+			return fmt.Errorf("skip: unknown peer %q", s)
+		}
+	}
+	return nil
+}
+
+// The names the bench serves, as the platform would.
+const (
+	zone   = "example.test."
+	pod    = "pod-1"
+	tenant = "acme"
+	// host is the Host every HTTP request carries.
+	host = tenant + ".example.test"
+	// missing is the tenant of the NXDOMAIN query.
+	missing = "nobody"
+	// mainPrefix holds the platform of the HTTP and DNS runs (10 tenants);
+	// scalePrefix the one of the scale test.
+	mainPrefix  = "podedge/"
+	scalePrefix = "scale/"
+)
+
+// harness is one run's state.
+type harness struct {
+	opts  Options
+	cpus  CPUs
+	dir   string
+	procs procSet
+
+	consulAddr string
+	consul     *api.Client
+	backends   []*backendProc
+	// mainEdge and mainDnsd serve the 10 tenants from the HTTP and DNS
+	// phases to the end, for the scale comparison.
+	mainEdge, mainDnsd *server
+	report             *Report
+}
+
+// Run runs the whole bench and returns its report. Every process it
+// started is stopped before it returns, also when ctx is cancelled (Ctrl-C).
+func Run(ctx context.Context, opts Options) (rep *Report, err error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	h := &harness{opts: opts, cpus: *opts.CPUs}
+	h.dir = opts.Dir
+	if h.dir == "" {
+		if h.dir, err = os.MkdirTemp("", "podedge-bench-"); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err == nil {
+				os.RemoveAll(h.dir)
+			}
+		}()
+	} else if err := os.MkdirAll(h.dir, 0o755); err != nil {
+		return nil, err
+	}
+	defer h.procs.stopAll(10 * time.Second)
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%w (configurations and logs are in %s)", err, h.dir)
+		}
+	}()
+
+	h.report = newReport(h)
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"consul", h.startConsul},
+		{"platform", h.setUpPlatform},
+		{"http", h.httpPhase},
+		{"failure", h.failurePhase},
+		{"dns", h.dnsPhase},
+		{"scale", h.scalePhase},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("interrupted before %s: %w", s.name, err)
+		}
+		if err := s.run(ctx); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	h.report.Finished = time.Now()
+	return h.report, nil
+}
+
+func (h *harness) say(format string, args ...any) {
+	fmt.Fprintf(h.opts.Progress, "bench: "+format+"\n", args...)
+}
+
+func (h *harness) skip(peer string) bool { return slices.Contains(h.opts.Skip, peer) }
+
+func (h *harness) bin(name string) string { return filepath.Join(h.opts.Bin, name) }
+
+// start runs a long-lived process, stopped at the end of the run.
+func (h *harness) start(name, cpus string, env []string, bin string, args ...string) (*proc, error) {
+	return h.startSpec(procSpec{name: name, cpus: cpus, env: env, bin: bin, args: args})
+}
+
+func (h *harness) startSpec(spec procSpec) (*proc, error) {
+	p, err := startProc(spec, h.dir)
+	if err != nil {
+		return nil, err
+	}
+	h.procs.add(p)
+	return p, nil
+}
+
+// runClient runs a load generator on the client CPUs to its end, and
+// returns its CPU use in CPUs (1.0: one CPU busy all along). Cancelling ctx
+// kills it.
+func (h *harness) runClient(ctx context.Context, spec procSpec) (float64, error) {
+	spec.cpus = h.cpus.Client
+	start := time.Now()
+	p, err := startProc(spec, h.dir)
+	if err != nil {
+		return 0, err
+	}
+	var interrupt <-chan time.Time
+	if spec.interruptAfter > 0 {
+		t := time.NewTimer(spec.interruptAfter)
+		defer t.Stop()
+		interrupt = t.C
+	}
+	for waiting := true; waiting; {
+		select {
+		case <-p.done:
+			waiting = false
+		case <-interrupt:
+			_ = p.cmd.Process.Signal(syscall.SIGINT)
+		case <-ctx.Done():
+			p.kill()
+			return 0, ctx.Err()
+		}
+	}
+	if err := p.cleanExit(); err != nil {
+		return 0, err
+	}
+	st := p.cmd.ProcessState
+	return (st.UserTime() + st.SystemTime()).Seconds() / time.Since(start).Seconds(), nil
+}
+
+// waitFor polls cond every 20ms until it holds; it fails when timeout
+// passes, ctx ends or one of procs exits.
+func (h *harness) waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool, procs ...*proc) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		for _, p := range procs {
+			if p.exited() {
+				return fmt.Errorf("waiting for %s: %w", what, p.failure())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("timed out after %s waiting for %s", timeout, what)
+			}
+			return fmt.Errorf("interrupted while waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// render writes the template name (from bench/configs) filled with data to
+// the run's folder as out, and returns its path.
+func (h *harness) render(name, out string, data any) (string, error) {
+	raw, err := configs.FS.ReadFile(name)
+	if err != nil {
+		return "", err
+	}
+	t, err := template.New(name).Option("missingkey=error").Parse(string(raw))
+	if err != nil {
+		return "", fmt.Errorf("template %s: %w", name, err)
+	}
+	var b strings.Builder
+	if err := t.Execute(&b, data); err != nil {
+		return "", fmt.Errorf("template %s: %w", name, err)
+	}
+	path := filepath.Join(h.dir, out)
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// rootUser is the user nginx's workers must keep when the bench runs as
+// root (nginx would switch them to nobody); empty otherwise.
+func rootUser() string {
+	if os.Geteuid() != 0 {
+		return ""
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "root"
+}

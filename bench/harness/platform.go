@@ -1,0 +1,135 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/podedge/podedge/router"
+)
+
+// backendProc is one of the two app servers every HTTP system drives.
+type backendProc struct {
+	name, addr string
+	proc       *proc
+}
+
+// mainTenants are the tenants of the HTTP and DNS runs: acme and nine
+// others, so that lookups are not of a table of one.
+func mainTenants() []string {
+	names := []string{tenant}
+	for i := 1; i < 10; i++ {
+		names = append(names, fmt.Sprintf("tenant-%d", i))
+	}
+	return names
+}
+
+// podIPs are the 13 public addresses of the pod's edges: the bench edge's
+// (192.0.2.1) and twelve edges registered for DNS only.
+func podIPs() []string {
+	var ips []string
+	for i := 1; i <= 13; i++ {
+		ips = append(ips, "192.0.2."+strconv.Itoa(i))
+	}
+	return ips
+}
+
+// setUpPlatform starts the two backends, registered in Consul as app
+// servers of the pod, and writes the pod, the ten tenants and the twelve
+// DNS-only edges.
+func (h *harness) setUpPlatform(ctx context.Context) error {
+	for i := 1; i <= 2; i++ {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		b := &backendProc{name: fmt.Sprintf("app-%d", i), addr: addr}
+		if err := h.startBackend(b); err != nil {
+			return err
+		}
+		h.backends = append(h.backends, b)
+	}
+	if err := h.waitBackends(ctx); err != nil {
+		return err
+	}
+	if err := putJSON(h.consul, mainPrefix+"pods/"+pod, router.Pod{Name: pod, Region: "local", Capacity: 1_000_000}); err != nil {
+		return err
+	}
+	for _, name := range mainTenants() {
+		if err := putJSON(h.consul, mainPrefix+"tenants/"+name, router.Tenant{Name: name, Pod: pod, Created: time.Now().UTC()}); err != nil {
+			return err
+		}
+	}
+	for i, ip := range podIPs()[1:] {
+		if err := registerEdge(h.consul, fmt.Sprintf("dns-edge-%d", i+2), pod, ip, 1); err != nil {
+			return err
+		}
+	}
+	h.say("consul at %s; backends %s and %s; server CPUs %q, client CPUs %q",
+		h.consulAddr, h.backends[0].addr, h.backends[1].addr, h.cpus.Server, h.cpus.Client)
+	return nil
+}
+
+// startBackend (re)starts b on its address, on the server CPUs (a proxy's
+// work includes its backends'), registered in Consul with a 1s HTTP check.
+func (h *harness) startBackend(b *backendProc) error {
+	p, err := h.start(b.name, h.cpus.Server, nil, h.bin("backend"),
+		"-listen", b.addr, "-name", b.name, "-pod", pod, "-consul", h.consulAddr)
+	if err != nil {
+		return err
+	}
+	b.proc = p
+	return nil
+}
+
+// waitBackends waits until both backends answer and pass their Consul
+// checks.
+func (h *harness) waitBackends(ctx context.Context) error {
+	var procs []*proc
+	for _, b := range h.backends {
+		procs = append(procs, b.proc)
+	}
+	return h.waitFor(ctx, time.Minute, "both backends to pass their Consul checks", func() bool {
+		return passing(h.consul, "app") == len(h.backends)
+	}, procs...)
+}
+
+// probe fetches path from addr with the bench's Host and returns the status
+// and the X-App-Server that answered.
+func probe(client *http.Client, addr, path string) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("X-App-Server"), nil
+}
+
+// newProbeClient is an HTTP client for probes, with short timeouts.
+func newProbeClient() *http.Client {
+	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+}
+
+// waitServing waits until addr answers 200 for the bench's Host, through
+// both backends.
+func (h *harness) waitServing(ctx context.Context, name, addr string, p *proc) error {
+	client := newProbeClient()
+	defer client.CloseIdleConnections()
+	seen := map[string]bool{}
+	return h.waitFor(ctx, time.Minute, name+" to serve "+host+" from both backends", func() bool {
+		code, app, err := probe(client, addr, "/bytes/1")
+		if err == nil && code == http.StatusOK {
+			seen[app] = true
+		}
+		return len(seen) >= len(h.backends)
+	}, p)
+}

@@ -1,0 +1,526 @@
+package harness
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Report is everything a run measured. Markdown renders it.
+type Report struct {
+	Started, Finished time.Time
+	// Command is the command line that ran the bench, for the README.
+	Command  string
+	Machine  Machine
+	Versions []Version
+	CPUs     CPUs
+	Rounds   int
+	Duration time.Duration
+	// FailureDuration is the length of each failure run.
+	FailureDuration time.Duration
+	Quick           bool
+
+	// HTTP and DNS hold every round, by workload then system, in the
+	// order they first ran.
+	HTTP     []*HTTPRow
+	DNS      []*DNSRow
+	Failure  []*FailureRow
+	Memory   []MemoryRow
+	DNSSizes []DNSSizes
+	Scale    *ScaleResult
+}
+
+// HTTPRow is one system on one workload, every round.
+type HTTPRow struct {
+	Workload, System string
+	Rounds           []HTTPResult
+}
+
+// DNSRow is one DNS system, every round.
+type DNSRow struct {
+	Workload, System string
+	Rounds           []DNSResult
+}
+
+// FailureRow is one proxy's failure runs.
+type FailureRow struct {
+	System string
+	Rounds []FailureResult
+}
+
+// MemoryRow is a server's peak resident set over a phase, in KiB.
+type MemoryRow struct {
+	Phase, System string
+	PeakKiB       int64
+}
+
+// DNSSizes are the sizes in bytes of a system's responses to the four
+// queries of the mix.
+type DNSSizes struct {
+	System string
+	Bytes  []int
+}
+
+func newReport(h *harness) *Report {
+	return &Report{
+		Started:         time.Now(),
+		Machine:         readMachine(),
+		Versions:        readVersions(h.opts),
+		CPUs:            h.cpus,
+		Rounds:          h.opts.Rounds,
+		Duration:        h.opts.Duration,
+		FailureDuration: h.opts.FailureDuration,
+		Quick:           h.opts.Quick,
+	}
+}
+
+func (r *Report) addHTTP(workload, system string, res HTTPResult) {
+	for _, row := range r.HTTP {
+		if row.Workload == workload && row.System == system {
+			row.Rounds = append(row.Rounds, res)
+			return
+		}
+	}
+	r.HTTP = append(r.HTTP, &HTTPRow{Workload: workload, System: system, Rounds: []HTTPResult{res}})
+}
+
+func (r *Report) addDNS(workload, system string, res DNSResult) {
+	for _, row := range r.DNS {
+		if row.Workload == workload && row.System == system {
+			row.Rounds = append(row.Rounds, res)
+			return
+		}
+	}
+	r.DNS = append(r.DNS, &DNSRow{Workload: workload, System: system, Rounds: []DNSResult{res}})
+}
+
+func (r *Report) addFailure(system string, res FailureResult) {
+	for _, row := range r.Failure {
+		if row.System == system {
+			row.Rounds = append(row.Rounds, res)
+			return
+		}
+	}
+	r.Failure = append(r.Failure, &FailureRow{System: system, Rounds: []FailureResult{res}})
+}
+
+func (r *Report) addMemory(phase, system string, kib int64) {
+	r.Memory = append(r.Memory, MemoryRow{Phase: phase, System: system, PeakKiB: kib})
+}
+
+// HTTPMedian is the median of every field of a row's rounds, each taken
+// on its own.
+func (row *HTTPRow) Median() HTTPResult {
+	var m HTTPResult
+	m.RPS = median(row.Rounds, func(r HTTPResult) float64 { return r.RPS })
+	m.P50 = time.Duration(median(row.Rounds, func(r HTTPResult) float64 { return float64(r.P50) }))
+	m.P99 = time.Duration(median(row.Rounds, func(r HTTPResult) float64 { return float64(r.P99) }))
+	m.Max = time.Duration(median(row.Rounds, func(r HTTPResult) float64 { return float64(r.Max) }))
+	m.Errors = int64(median(row.Rounds, func(r HTTPResult) float64 { return float64(r.Errors) }))
+	m.ServerCPU = median(row.Rounds, func(r HTTPResult) float64 { return r.ServerCPU })
+	m.ClientCPU = median(row.Rounds, func(r HTTPResult) float64 { return r.ClientCPU })
+	return m
+}
+
+// CostUS is the median CPU time the system under test spent per request,
+// in microseconds: a figure that does not depend on which side of the
+// machine was the bottleneck.
+func (row *HTTPRow) CostUS() float64 {
+	return median(row.Rounds, func(r HTTPResult) float64 { return cost(r.ServerCPU, r.RPS) })
+}
+
+// Spread is (max-min)/median of the rounds' requests per second: how much
+// the system's own figure moved from round to round.
+func (row *HTTPRow) Spread() float64 {
+	rps := make([]float64, len(row.Rounds))
+	for i, r := range row.Rounds {
+		rps[i] = r.RPS
+	}
+	return spread(rps)
+}
+
+// Median is the median of every field of a row's rounds, each taken on its
+// own.
+func (row *DNSRow) Median() DNSResult {
+	var m DNSResult
+	m.QPS = median(row.Rounds, func(r DNSResult) float64 { return r.QPS })
+	m.Sent = int64(median(row.Rounds, func(r DNSResult) float64 { return float64(r.Sent) }))
+	m.Lost = int64(median(row.Rounds, func(r DNSResult) float64 { return float64(r.Lost) }))
+	m.AvgLatency = time.Duration(median(row.Rounds, func(r DNSResult) float64 { return float64(r.AvgLatency) }))
+	m.ServerCPU = median(row.Rounds, func(r DNSResult) float64 { return r.ServerCPU })
+	m.ClientCPU = median(row.Rounds, func(r DNSResult) float64 { return r.ClientCPU })
+	return m
+}
+
+// CostUS is the median CPU time the server spent per query, in
+// microseconds.
+func (row *DNSRow) CostUS() float64 {
+	return median(row.Rounds, func(r DNSResult) float64 { return cost(r.ServerCPU, r.QPS) })
+}
+
+// cost is CPU use over throughput, in microseconds of CPU per operation.
+func cost(cpu, perSecond float64) float64 {
+	if perSecond == 0 {
+		return 0
+	}
+	return cpu / perSecond * 1e6
+}
+
+// Spread is (max-min)/median of the rounds' queries per second.
+func (row *DNSRow) Spread() float64 {
+	qps := make([]float64, len(row.Rounds))
+	for i, r := range row.Rounds {
+		qps[i] = r.QPS
+	}
+	return spread(qps)
+}
+
+func median[T any](rounds []T, f func(T) float64) float64 {
+	if len(rounds) == 0 {
+		return 0
+	}
+	v := make([]float64, len(rounds))
+	for i, r := range rounds {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func spread(v []float64) float64 {
+	if len(v) < 2 {
+		return 0
+	}
+	m := median(v, func(x float64) float64 { return x })
+	if m == 0 {
+		return 0
+	}
+	return (slices.Max(v) - slices.Min(v)) / m
+}
+
+func (r *Report) http(workload, system string) *HTTPRow {
+	for _, row := range r.HTTP {
+		if row.Workload == workload && row.System == system {
+			return row
+		}
+	}
+	return nil
+}
+
+func (r *Report) dns(workload, system string) *DNSRow {
+	for _, row := range r.DNS {
+		if row.Workload == workload && row.System == system {
+			return row
+		}
+	}
+	return nil
+}
+
+// workloads lists the HTTP workloads in the order they ran, the scale rows
+// left out.
+func (r *Report) workloads() []string {
+	var out []string
+	for _, row := range r.HTTP {
+		if row.Workload != scaleWorkload && !slices.Contains(out, row.Workload) {
+			out = append(out, row.Workload)
+		}
+	}
+	return out
+}
+
+// systems lists the systems that ran workload, in order.
+func (r *Report) systems(workload string) []string {
+	var out []string
+	for _, row := range r.HTTP {
+		if row.Workload == workload {
+			out = append(out, row.System)
+		}
+	}
+	return out
+}
+
+// Markdown renders the report: the targets first, then every table.
+func (r *Report) Markdown() string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("### Run of %s\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"))
+	m := r.Machine
+	w("- Machine: %d CPUs (%s), %.1f GiB memory, %s, %s.\n", m.CPUs, m.Model, m.MemoryGB, m.Kernel, m.OS)
+	if r.Command != "" {
+		w("- Command: `%s`.\n", r.Command)
+	}
+	if r.CPUs.Server != "" {
+		w("- CPUs: the system under test (with the two backends behind a proxy) on CPU %s; the load generator and Consul on CPU %s (taskset).\n", r.CPUs.Server, r.CPUs.Client)
+	} else {
+		w("- CPUs: one only, nothing pinned: servers and load generators share it.\n")
+	}
+	var vs []string
+	for _, v := range r.Versions {
+		vs = append(vs, v.Name+" "+v.Version)
+	}
+	w("- Versions: %s.\n", strings.Join(vs, ", "))
+	w("- %d rounds of %s per system and workload, systems alternating within each round; medians shown.", r.Rounds, r.Duration)
+	if r.Quick {
+		w(" Quick (smoke) run: the figures mean nothing.")
+	}
+	w(" Took %s.\n\n", r.Finished.Sub(r.Started).Round(time.Second))
+
+	r.targets(w)
+	r.httpTables(w)
+	r.failureTable(w)
+	r.dnsTables(w)
+	r.memoryTable(w)
+	r.scaleTables(w)
+	return b.String()
+}
+
+type writef func(format string, args ...any)
+
+// targets is the table of the issue's targets and where the run stands.
+func (r *Report) targets(w writef) {
+	w("#### Targets\n\n| target | measured | |\n| --- | --- | --- |\n")
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**missed**"
+	}
+	small := Workloads()[0].Name
+	edge := r.http(small, "edge")
+	for _, peer := range []struct{ name, label string }{{"nginx", "nginx"}, {"haproxy", "HAProxy"}} {
+		p := r.http(small, peer.name)
+		if edge == nil || p == nil {
+			continue
+		}
+		e, q := edge.Median(), p.Median()
+		ratio := e.RPS / q.RPS
+		w("| edge ≥ 1.0× %s req/s, small responses | %.2f× (%.0f vs %.0f) | %s |\n", peer.label, ratio, e.RPS, q.RPS, verdict(ratio >= 1))
+		w("| edge p99 no worse than %s, small responses | %s vs %s | %s |\n", peer.label, ms(e.P99), ms(q.P99), verdict(e.P99 <= q.P99))
+	}
+	if f := r.http(small, "forwarder"); edge != nil && f != nil {
+		e, q := edge.Median(), f.Median()
+		ratio := e.RPS / q.RPS
+		w("| edge ≥ 0.9× bare fasthttp forwarder req/s, small responses | %.2f× (%.0f vs %.0f) | %s |\n", ratio, e.RPS, q.RPS, verdict(ratio >= 0.9))
+	}
+	for _, row := range r.Failure {
+		if row.System != "edge" {
+			continue
+		}
+		var failed []string
+		total := int64(0)
+		for _, rr := range row.Rounds {
+			failed = append(failed, fmt.Sprint(rr.Failed))
+			total += rr.Failed
+		}
+		w("| zero failed requests when a backend dies (edge) | %s failed in %d runs | %s |\n", strings.Join(failed, ", "), len(row.Rounds), verdict(total == 0))
+	}
+	d := r.dns("mix", "dnsd")
+	if n := r.dns("mix", "nsd"); d != nil && n != nil {
+		ratio := d.Median().QPS / n.Median().QPS
+		w("| dnsd ≥ 1.0× NSD queries/s | %.2f× (%.0f vs %.0f) | %s |\n", ratio, d.Median().QPS, n.Median().QPS, verdict(ratio >= 1))
+		if d.Median().ClientCPU >= clientBound || n.Median().ClientCPU >= clientBound {
+			cost := d.CostUS() / n.CostUS()
+			w("| the same by CPU per query, since dnsperf was the bottleneck: dnsd's cost ≤ NSD's | %.2f× (%.1f vs %.1f µs) | %s |\n",
+				cost, d.CostUS(), n.CostUS(), verdict(cost <= 1))
+		}
+	}
+	if k := r.dns("mix", "knot"); d != nil && k != nil {
+		ratio := d.Median().QPS / k.Median().QPS
+		w("| dnsd on the way to Knot's queries/s | %.2f× (%.0f vs %.0f) | |\n", ratio, d.Median().QPS, k.Median().QPS)
+	}
+	if s := r.Scale; s != nil {
+		few, many := r.http(scaleWorkload, tenantsLabel(s.Change[0].Tenants)), r.http(scaleWorkload, tenantsLabel(s.Tenants))
+		if few != nil && many != nil {
+			ratio := many.Median().RPS / few.Median().RPS
+			noise := max(few.Spread(), many.Spread())
+			v := verdict(abs(ratio-1) <= noise)
+			if len(few.Rounds) < 2 {
+				v = "– (one round: no noise to compare with)"
+			}
+			w("| edge req/s with %d tenants unchanged from %d, within noise | %.2f× (round-to-round spread %.0f%%) | %s |\n",
+				s.Tenants, s.Change[0].Tenants, ratio, noise*100, v)
+		}
+	}
+	w("\n")
+}
+
+func (r *Report) httpTables(w writef) {
+	w("#### HTTP\n\nRequests per second and latency of each system, median of %d rounds. Errors are failed requests per run (connection errors, timeouts, non-2xx). CPU is the CPU time used by the system under test (its backends left out) and by the load generator, in CPUs; CPU/req is the server's CPU time per request, which does not depend on which side was the bottleneck.\n\n", r.Rounds)
+	w("| workload | system | req/s | p50 | p99 | max | errors | CPU server / client | CPU/req |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, wl := range r.workloads() {
+		for _, sys := range r.systems(wl) {
+			row := r.http(wl, sys)
+			m := row.Median()
+			w("| %s | %s | %.0f | %s | %s | %s | %d | %.2f / %.2f | %.1f µs |\n", wl, sys, m.RPS, ms(m.P50), ms(m.P99), ms(m.Max), m.Errors, m.ServerCPU, m.ClientCPU, row.CostUS())
+		}
+	}
+	w("\nRatios of requests per second (in brackets: p99 latency ratio, then CPU per request ratio; below 1.00 the edge is faster or cheaper):\n\n")
+	w("| workload | edge/nginx | edge/HAProxy | edge/forwarder | edge/direct |\n| --- | ---: | ---: | ---: | ---: |\n")
+	for _, wl := range r.workloads() {
+		edge := r.http(wl, "edge")
+		if edge == nil {
+			continue
+		}
+		e := edge.Median()
+		cell := func(sys string) string {
+			p := r.http(wl, sys)
+			if p == nil {
+				return "–"
+			}
+			q := p.Median()
+			return fmt.Sprintf("%.2f× (%.2f, %.2f)", e.RPS/q.RPS, float64(e.P99)/float64(q.P99), edge.CostUS()/p.CostUS())
+		}
+		w("| %s | %s | %s | %s | %s |\n", wl, cell("nginx"), cell("haproxy"), cell("forwarder"), cell("direct"))
+	}
+	var bound []string
+	for _, row := range r.HTTP {
+		if row.Workload != scaleWorkload && row.Median().ClientCPU >= clientBound {
+			bound = append(bound, row.System+" ("+row.Workload+")")
+		}
+	}
+	r.clientBoundNote(w, bound, "request")
+	w("\n")
+}
+
+// clientBound is the load generator's CPU use above which a run measured
+// the client more than the server.
+const clientBound = 0.9
+
+// clientBoundNote says which runs the load generator limited, if any.
+func (r *Report) clientBoundNote(w writef, runs []string, unit string) {
+	if len(runs) == 0 {
+		return
+	}
+	w("\nThe load generator used %.0f%% or more of its CPU in these runs, so their throughput is the client's ceiling rather than the server's; compare CPU per %s instead: %s.\n",
+		clientBound*100, unit, strings.Join(runs, ", "))
+}
+
+func (r *Report) failureTable(w writef) {
+	if len(r.Failure) == 0 {
+		return
+	}
+	w("#### HTTP while a backend dies\n\nOne of the two backends is killed (SIGKILL) a third of the way into a %s run of small responses over 64 keep-alive connections (the Go load generator, which never retries). Each run starts a fresh proxy.\n\n", r.FailureDuration)
+	w("| proxy | requests per run | failed, each run | how they failed (all runs) | passive health as configured |\n| --- | ---: | --- | --- | --- |\n")
+	health := map[string]string{
+		"nginx":   "nginx defaults: max_fails=1 fail_timeout=10s; proxy_next_upstream error timeout (a GET that fails is tried on the other server)",
+		"haproxy": "no checks, so no passive health; retries 3, option redispatch 1 (a refused connection is retried on the other server)",
+		"edge":    "edge defaults: 3 failures eject for 5 s (doubling), 2 retries on another app server, Consul's 1 s check",
+	}
+	for _, row := range r.Failure {
+		var failed []string
+		all := map[string]int64{}
+		for _, rr := range row.Rounds {
+			failed = append(failed, fmt.Sprint(rr.Failed))
+			for k, v := range rr.Failures {
+				all[k] += v
+			}
+		}
+		reqs := median(row.Rounds, func(f FailureResult) float64 { return float64(f.Requests) })
+		how := strings.Trim(kinds(all), "()")
+		if how == "" {
+			how = "–"
+		}
+		w("| %s | %.0f | %s | %s | %s |\n", row.System, reqs, strings.Join(failed, ", "), how, health[row.System])
+	}
+	w("\n")
+}
+
+func (r *Report) dnsTables(w writef) {
+	w("#### DNS\n\ndnsperf, %s clients, up to %s queries outstanding, one query mix in turn: the pod's A (13 records), the tenant's A (CNAME to the pod, chased), the pod's MX, a missing tenant (NXDOMAIN). Median of %d rounds.\n\n", dnsperfClients, dnsperfOutstanding, r.Rounds)
+	w("| system | queries/s | lost | avg latency | CPU server / client | CPU/query | response bytes (pod A, tenant A, MX, NXDOMAIN) |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	for _, row := range r.DNS {
+		if row.Workload != "mix" {
+			continue
+		}
+		m := row.Median()
+		var sizes string
+		for _, s := range r.DNSSizes {
+			if s.System == row.System {
+				sizes = strings.Trim(strings.ReplaceAll(fmt.Sprint(s.Bytes), " ", ", "), "[]")
+			}
+		}
+		w("| %s | %.0f | %d of %d | %s | %.2f / %.2f | %.1f µs | %s |\n", row.System, m.QPS, m.Lost, m.Sent, ms(m.AvgLatency), m.ServerCPU, m.ClientCPU, row.CostUS(), sizes)
+	}
+	d := r.dns("mix", "dnsd")
+	if d != nil {
+		w("\n| ratio | queries/s | CPU per query |\n| --- | ---: | ---: |\n")
+		for _, peer := range []struct{ name, label string }{{"knot", "dnsd/Knot"}, {"nsd", "dnsd/NSD"}} {
+			if p := r.dns("mix", peer.name); p != nil {
+				w("| %s | %.2f× | %.2f× |\n", peer.label, d.Median().QPS/p.Median().QPS, d.CostUS()/p.CostUS())
+			}
+		}
+	}
+	var bound []string
+	for _, row := range r.DNS {
+		if row.Workload == "mix" && row.Median().ClientCPU >= clientBound {
+			bound = append(bound, row.System)
+		}
+	}
+	if len(bound) > 0 {
+		r.clientBoundNote(w, bound, "query")
+	}
+	w("\n")
+}
+
+func (r *Report) memoryTable(w writef) {
+	w("#### Memory\n\nPeak resident set (VmHWM) of each server over its phase; for servers of several processes (nginx's master and workers, NSD's), the sum over them.\n\n")
+	w("| phase | system | peak RSS |\n| --- | --- | ---: |\n")
+	for _, m := range r.Memory {
+		w("| %s | %s | %s |\n", m.Phase, m.System, mib(m.PeakKiB))
+	}
+	w("\n")
+}
+
+func (r *Report) scaleTables(w writef) {
+	s := r.Scale
+	if s == nil {
+		return
+	}
+	few := s.Change[0].Tenants
+	w("#### Scale: %d tenants\n\n", s.Tenants)
+	w("Writing them to Consul (transactions of %d sets, %d in flight) took %s. From its start, the edge served them all after %s and dnsd after %s.\n\n",
+		txnOps, txnWorkers, s.Write.Round(time.Millisecond), s.EdgeStart.Round(time.Millisecond), s.DnsdStart.Round(time.Millisecond))
+	w("| | %d tenants | %d tenants |\n| --- | ---: | ---: |\n", few, s.Tenants)
+	w("| KV write of a new tenant → edge routes it (median / max) | %s / %s | %s / %s |\n",
+		ms(s.Change[0].EdgeMedian), ms(s.Change[0].EdgeMax), ms(s.Change[1].EdgeMedian), ms(s.Change[1].EdgeMax))
+	w("| KV write of a new tenant → dnsd answers it (median / max) | %s / %s | %s / %s |\n",
+		ms(s.Change[0].DnsdMedian), ms(s.Change[0].DnsdMax), ms(s.Change[1].DnsdMedian), ms(s.Change[1].DnsdMax))
+	w("| edge RSS after the load (peak) | %s (%s) | %s (%s) |\n", mib(s.RSS[0].EdgeRSS), mib(s.RSS[0].EdgePeak), mib(s.RSS[1].EdgeRSS), mib(s.RSS[1].EdgePeak))
+	w("| dnsd RSS after the load (peak) | %s (%s) | %s (%s) |\n", mib(s.RSS[0].DnsdRSS), mib(s.RSS[0].DnsdPeak), mib(s.RSS[1].DnsdRSS), mib(s.RSS[1].DnsdPeak))
+	w("| Snapshot.Lookup of a tenant host | %.1f ns, %.0f allocs | %.1f ns, %.0f allocs |\n", s.Lookup[0].NsPerOp, s.Lookup[0].Allocs, s.Lookup[1].NsPerOp, s.Lookup[1].Allocs)
+	a, b := r.http(scaleWorkload, tenantsLabel(few)), r.http(scaleWorkload, tenantsLabel(s.Tenants))
+	if a != nil && b != nil {
+		w("| edge req/s, small responses (p99) | %.0f (%s) | %.0f (%s) |\n", a.Median().RPS, ms(a.Median().P99), b.Median().RPS, ms(b.Median().P99))
+	}
+	c, d := r.dns(scaleWorkload, tenantsLabel(few)), r.dns(scaleWorkload, tenantsLabel(s.Tenants))
+	if c != nil && d != nil {
+		w("| dnsd queries/s, the mix | %.0f | %.0f |\n", c.Median().QPS, d.Median().QPS)
+	}
+	w("\n")
+}
+
+// ms formats a duration in milliseconds with three significant digits.
+func ms(d time.Duration) string {
+	v := float64(d) / float64(time.Millisecond)
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f ms", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f ms", v)
+	default:
+		return fmt.Sprintf("%.2f ms", v)
+	}
+}
+
+func mib(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}

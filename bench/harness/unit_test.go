@@ -1,0 +1,175 @@
+package harness
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSplitCPUs(t *testing.T) {
+	for _, c := range []struct {
+		n              int
+		server, client string
+		count          int
+	}{
+		{1, "", "", 1},
+		{2, "0", "1", 1},
+		{4, "0-1", "2-3", 2},
+		{5, "0-1", "2-4", 2},
+	} {
+		got := SplitCPUs(c.n)
+		if got.Server != c.server || got.Client != c.client || got.ServerCount != c.count {
+			t.Errorf("SplitCPUs(%d) = %+v, want server %q client %q count %d", c.n, got, c.server, c.client, c.count)
+		}
+	}
+}
+
+func TestParseWrk(t *testing.T) {
+	out := "Running 10s test @ http://127.0.0.1:1/\n" +
+		"BENCH-RESULT {\"requests\":200000,\"duration_us\":10000000,\"bytes\":1,\"connect_errors\":0,\"read_errors\":2," +
+		"\"write_errors\":0,\"status_errors\":3,\"timeouts\":0,\"p50_us\":800,\"p99_us\":2500,\"max_us\":9000}\n"
+	r, err := parseWrk(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RPS != 20000 || r.P50 != 800*time.Microsecond || r.P99 != 2500*time.Microsecond || r.Max != 9*time.Millisecond {
+		t.Fatalf("parsed %+v", r)
+	}
+	if r.Errors != 5 || r.Failures["read"] != 2 || r.Failures["status"] != 3 || len(r.Failures) != 2 {
+		t.Fatalf("errors %d %v", r.Errors, r.Failures)
+	}
+	if _, err := parseWrk("unable to connect to 127.0.0.1:1 Connection refused\n"); err == nil {
+		t.Fatal("no error without a result line")
+	}
+}
+
+func TestParseDnsperf(t *testing.T) {
+	out := `Statistics:
+
+  Queries sent:         1000000
+  Queries completed:    999990 (100.00%)
+  Queries lost:         10 (0.00%)
+
+  Response codes:       NOERROR 749993 (75.00%), NXDOMAIN 249997 (25.00%)
+  Average packet size:  request 36, response 227
+  Run time (s):         10.000123
+  Queries per second:   99997.76
+
+  Average Latency (s):  0.001234 (min 0.000012, max 0.012345)
+  Latency StdDev (s):   0.000321
+`
+	r, err := parseDnsperf(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Sent != 1000000 || r.Lost != 10 || r.QPS != 99997.76 || r.AvgLatency != 1234*time.Microsecond {
+		t.Fatalf("parsed %+v", r)
+	}
+	if _, err := parseDnsperf("Error: no such file\n"); err == nil {
+		t.Fatal("no error for output without statistics")
+	}
+}
+
+func TestLineWatch(t *testing.T) {
+	calls := 0
+	w := &lineWatch{line: "started", fn: func() { calls++ }}
+	for _, chunk := range []string{"warming", " up\nsta", "rted\n", "started\n"} {
+		w.Write([]byte(chunk))
+	}
+	if calls != 1 {
+		t.Fatalf("fn called %d times, want once", calls)
+	}
+}
+
+// sampleReport is a report of one round where the edge misses some targets.
+func sampleReport() *Report {
+	r := &Report{Rounds: 1, Duration: time.Second, CPUs: SplitCPUs(2), Started: time.Unix(0, 0), Finished: time.Unix(60, 0)}
+	small := Workloads()[0].Name
+	r.addHTTP(small, "nginx", HTTPResult{RPS: 50000, P99: 2 * time.Millisecond, ServerCPU: 1})
+	r.addHTTP(small, "haproxy", HTTPResult{RPS: 40000, P99: 3 * time.Millisecond, ServerCPU: 1})
+	r.addHTTP(small, "forwarder", HTTPResult{RPS: 60000, P99: time.Millisecond, ServerCPU: 1})
+	r.addHTTP(small, "edge", HTTPResult{RPS: 45000, P99: 2500 * time.Microsecond, ServerCPU: 1.2})
+	r.addFailure("edge", FailureResult{Requests: 1000, Failed: 2, Failures: map[string]int64{"status 502": 2}})
+	r.addFailure("nginx", FailureResult{Requests: 1000})
+	r.addDNS("mix", "dnsd", DNSResult{QPS: 90000, ServerCPU: 0.9})
+	r.addDNS("mix", "nsd", DNSResult{QPS: 80000, ServerCPU: 0.8})
+	r.addDNS("mix", "knot", DNSResult{QPS: 120000, ServerCPU: 0.9})
+	return r
+}
+
+func TestMarkdownStatesEveryTarget(t *testing.T) {
+	md := sampleReport().Markdown()
+	for _, want := range []string{
+		"| edge ≥ 1.0× nginx req/s, small responses | 0.90× (45000 vs 50000) | **missed** |",
+		"| edge p99 no worse than nginx, small responses | 2.50 ms vs 2.00 ms | **missed** |",
+		"| edge ≥ 1.0× HAProxy req/s, small responses | 1.12× (45000 vs 40000) | met |",
+		"| edge p99 no worse than HAProxy, small responses | 2.50 ms vs 3.00 ms | met |",
+		"| edge ≥ 0.9× bare fasthttp forwarder req/s, small responses | 0.75× (45000 vs 60000) | **missed** |",
+		"| zero failed requests when a backend dies (edge) | 2 failed in 1 runs | **missed** |",
+		"| dnsd ≥ 1.0× NSD queries/s | 1.12× (90000 vs 80000) | met |",
+		"| dnsd on the way to Knot's queries/s | 0.75× (90000 vs 120000) | |",
+		"| " + Workloads()[0].Name + " | 0.90× (1.25, 1.33) | 1.12× (0.83, 1.07) | 0.75× (2.50, 1.60) | – |",
+		"| dnsd/Knot | 0.75× | 1.33× |",
+		"on CPU 0; the load generator and Consul on CPU 1",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestMedianOfRounds(t *testing.T) {
+	row := &HTTPRow{Rounds: []HTTPResult{{RPS: 300, P99: 9}, {RPS: 100, P99: 1}, {RPS: 200, P99: 5}}}
+	if m := row.Median(); m.RPS != 200 || m.P99 != 5 {
+		t.Fatalf("median %+v", m)
+	}
+	if s := row.Spread(); s != 1 {
+		t.Fatalf("spread %v, want (300-100)/200", s)
+	}
+	even := &DNSRow{Rounds: []DNSResult{{QPS: 10}, {QPS: 20}}}
+	if m := even.Median(); m.QPS != 15 {
+		t.Fatalf("median of two %v", m.QPS)
+	}
+}
+
+func TestUpdateReadme(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "README.md")
+	os.WriteFile(path, []byte("# bench\nintro\n"+readmeBegin+"\nold table\n"+readmeEnd+"\noutro\n"), 0o644)
+	if err := UpdateReadme(path, "new table\n"); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(path)
+	want := "# bench\nintro\n" + readmeBegin + "\nnew table\n" + readmeEnd + "\noutro\n"
+	if string(raw) != want {
+		t.Fatalf("README is\n%s\nwant\n%s", raw, want)
+	}
+	os.WriteFile(path, []byte("no markers\n"), 0o644)
+	if err := UpdateReadme(path, "x"); err == nil || !strings.Contains(err.Error(), "marker") {
+		t.Fatalf("error %v, want one naming the marker", err)
+	}
+}
+
+func TestOptionsNameTheBadKey(t *testing.T) {
+	bin := t.TempDir()
+	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loadgen"} {
+		os.WriteFile(filepath.Join(bin, b), nil, 0o755)
+	}
+	for _, c := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{}, "bin: required"},
+		{Options{Bin: t.TempDir(), Consul: "consul"}, "bin: no edge"},
+		{Options{Bin: bin}, "consul: required"},
+		{Options{Bin: bin, Consul: "consul", Rounds: -1}, "rounds:"},
+		{Options{Bin: bin, Consul: "consul", Tenants: 5}, "tenants:"},
+		{Options{Bin: bin, Consul: "consul", Skip: []string{"apache"}}, `skip: unknown peer "apache"`},
+	} {
+		err := c.opts.setDefaults()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: error %v, want %q", c.opts, err, c.want)
+		}
+	}
+}
