@@ -11,7 +11,7 @@ LDFLAGS := -X github.com/podedge/podedge/internal/version.version=$(VERSION)
 CONSUL_BIN = $(shell scripts/consul.sh)
 CMDS := $(wildcard */cmd/*)
 
-.PHONY: all build consul run test vet fmt clean
+.PHONY: all build consul run test bench vet fmt clean
 
 all: build
 
@@ -37,6 +37,12 @@ test: vet
 	@consul=$$(scripts/consul.sh) || exit 1; \
 	echo "using consul at $$consul"; \
 	PATH="$$(dirname $$consul):$$PATH" $(GO) test -race -count=1 -timeout 20m ./...
+
+# Side-by-side load tests against nginx, HAProxy, Knot and NSD (bench/README.md);
+# about 20 minutes. Not part of `make test`.
+bench: build
+	@consul=$$(scripts/consul.sh) || exit 1; \
+	$(BIN)/bench -bin $(BIN) -consul-bin "$$consul" -readme bench/README.md
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
