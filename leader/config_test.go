@@ -39,7 +39,7 @@ func TestConfigErrors(t *testing.T) {
 		want  string
 	}{
 		{name: "unknown key", yaml: "listne: 1.2.3.4:5\n", want: `unknown key "listne"`},
-		{name: "bad duration", yaml: "write_timeout: soon\n", want: `line 1: invalid value "soon"`},
+		{name: "bad duration", yaml: "write_timeout: soon\n", want: `line 1: write_timeout: invalid value "soon"`},
 		{name: "listen not host:port", tweak: func(c *Config) { c.Listen = "8480" }, want: `listen: "8480" is not host:port`},
 		{name: "wildcard listen without advertise", tweak: func(c *Config) { c.Listen = "0.0.0.0:8480" }, want: "advertise: required"},
 		{name: "advertise a wildcard", tweak: func(c *Config) { c.Advertise = "[::]:8480" }, want: "advertise:"},
