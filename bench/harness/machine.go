@@ -84,8 +84,10 @@ func readVersions(opts Options) []Version {
 			out = append(out, Version{name, pick(banner)})
 		}
 	}
-	edge := strings.TrimSpace(run(opts.Bin+"/edge", "-version"))
-	out = append(out, Version{"podedge", strings.TrimPrefix(edge, "edge ")})
+	// "edge 440e273 (...)": the second word is the version.
+	if f := strings.Fields(run(opts.Bin+"/edge", "-version")); len(f) > 1 {
+		out = append(out, Version{"podedge", f[1]})
+	}
 	out = append(out, Version{"Go", strings.TrimPrefix(runtime.Version(), "go")})
 	add("Consul", run(opts.Consul, "version"))
 	add("nginx", tool("nginx", "-v"))

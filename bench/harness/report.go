@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -130,16 +131,6 @@ func (row *HTTPRow) CostUS() float64 {
 	return median(row.Rounds, func(r HTTPResult) float64 { return cost(r.ServerCPU, r.RPS) })
 }
 
-// Spread is (max-min)/median of the rounds' requests per second: how much
-// the system's own figure moved from round to round.
-func (row *HTTPRow) Spread() float64 {
-	rps := make([]float64, len(row.Rounds))
-	for i, r := range row.Rounds {
-		rps[i] = r.RPS
-	}
-	return spread(rps)
-}
-
 // Median is the median of every field of a row's rounds, each taken on its
 // own.
 func (row *DNSRow) Median() DNSResult {
@@ -167,15 +158,6 @@ func cost(cpu, perSecond float64) float64 {
 	return cpu / perSecond * 1e6
 }
 
-// Spread is (max-min)/median of the rounds' queries per second.
-func (row *DNSRow) Spread() float64 {
-	qps := make([]float64, len(row.Rounds))
-	for i, r := range row.Rounds {
-		qps[i] = r.QPS
-	}
-	return spread(qps)
-}
-
 func median[T any](rounds []T, f func(T) float64) float64 {
 	if len(rounds) == 0 {
 		return 0
@@ -189,17 +171,6 @@ func median[T any](rounds []T, f func(T) float64) float64 {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-func spread(v []float64) float64 {
-	if len(v) < 2 {
-		return 0
-	}
-	m := median(v, func(x float64) float64 { return x })
-	if m == 0 {
-		return 0
-	}
-	return (slices.Max(v) - slices.Min(v)) / m
 }
 
 func (r *Report) http(workload, system string) *HTTPRow {
@@ -280,9 +251,57 @@ func (r *Report) Markdown() string {
 
 type writef func(format string, args ...any)
 
+// paired summarises the per-round ratios of a figure between two systems:
+// the runs of one round ran one after the other, so their ratio suffers
+// less from the machine's drift than a ratio of medians.
+type paired struct {
+	med, lo, hi float64
+	n           int
+}
+
+// pairRatios returns the median, least and greatest of ratio(i) over n
+// rounds.
+func pairRatios(n int, ratio func(i int) float64) paired {
+	var v []float64
+	for i := range n {
+		if x := ratio(i); !math.IsNaN(x) && !math.IsInf(x, 0) {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return paired{}
+	}
+	return paired{med: median(v, func(x float64) float64 { return x }), lo: slices.Min(v), hi: slices.Max(v), n: len(v)}
+}
+
+// String is "0.84×" or, over several rounds, "0.84× (0.79–0.91)".
+func (p paired) String() string {
+	if p.n < 2 {
+		return fmt.Sprintf("%.2f×", p.med)
+	}
+	return fmt.Sprintf("%.2f× (%.2f–%.2f)", p.med, p.lo, p.hi)
+}
+
+// httpRatio pairs a figure of a's and b's rounds.
+func httpRatio(a, b *HTTPRow, f func(HTTPResult) float64) paired {
+	return pairRatios(min(len(a.Rounds), len(b.Rounds)), func(i int) float64 { return f(a.Rounds[i]) / f(b.Rounds[i]) })
+}
+
+// dnsRatio pairs a figure of a's and b's rounds.
+func dnsRatio(a, b *DNSRow, f func(DNSResult) float64) paired {
+	return pairRatios(min(len(a.Rounds), len(b.Rounds)), func(i int) float64 { return f(a.Rounds[i]) / f(b.Rounds[i]) })
+}
+
+func rps(r HTTPResult) float64      { return r.RPS }
+func p99(r HTTPResult) float64      { return float64(r.P99) }
+func httpCost(r HTTPResult) float64 { return cost(r.ServerCPU, r.RPS) }
+func qps(r DNSResult) float64       { return r.QPS }
+func dnsCost(r DNSResult) float64   { return cost(r.ServerCPU, r.QPS) }
+
 // targets is the table of the targets and where the run stands.
+// Ratios are medians of the per-round ratios, with their range.
 func (r *Report) targets(w writef) {
-	w("#### Targets\n\n| target | measured | |\n| --- | --- | --- |\n")
+	w("#### Targets\n\nRatios are the median of the per-round ratios (systems run one after the other within a round), with the least and greatest in brackets.\n\n| target | measured | |\n| --- | --- | --- |\n")
 	verdict := func(ok bool) string {
 		if ok {
 			return "met"
@@ -297,14 +316,14 @@ func (r *Report) targets(w writef) {
 			continue
 		}
 		e, q := edge.Median(), p.Median()
-		ratio := e.RPS / q.RPS
-		w("| edge ≥ 1.0× %s req/s, small responses | %.2f× (%.0f vs %.0f) | %s |\n", peer.label, ratio, e.RPS, q.RPS, verdict(ratio >= 1))
-		w("| edge p99 no worse than %s, small responses | %s vs %s | %s |\n", peer.label, ms(e.P99), ms(q.P99), verdict(e.P99 <= q.P99))
+		ratio, lat := httpRatio(edge, p, rps), httpRatio(edge, p, p99)
+		w("| edge ≥ 1.0× %s req/s, small responses | %s; medians %.0f vs %.0f | %s |\n", peer.label, ratio, e.RPS, q.RPS, verdict(ratio.med >= 1))
+		w("| edge p99 no worse than %s, small responses | %s; medians %s vs %s | %s |\n", peer.label, lat, ms(e.P99), ms(q.P99), verdict(lat.med <= 1))
 	}
 	if f := r.http(small, "forwarder"); edge != nil && f != nil {
 		e, q := edge.Median(), f.Median()
-		ratio := e.RPS / q.RPS
-		w("| edge ≥ 0.9× bare fasthttp forwarder req/s, small responses | %.2f× (%.0f vs %.0f) | %s |\n", ratio, e.RPS, q.RPS, verdict(ratio >= 0.9))
+		ratio := httpRatio(edge, f, rps)
+		w("| edge ≥ 0.9× bare fasthttp forwarder req/s, small responses | %s; medians %.0f vs %.0f | %s |\n", ratio, e.RPS, q.RPS, verdict(ratio.med >= 0.9))
 	}
 	for _, row := range r.Failure {
 		if row.System != "edge" {
@@ -320,36 +339,34 @@ func (r *Report) targets(w writef) {
 	}
 	d := r.dns("mix", "dnsd")
 	if n := r.dns("mix", "nsd"); d != nil && n != nil {
-		ratio := d.Median().QPS / n.Median().QPS
-		w("| dnsd ≥ 1.0× NSD queries/s | %.2f× (%.0f vs %.0f) | %s |\n", ratio, d.Median().QPS, n.Median().QPS, verdict(ratio >= 1))
+		ratio := dnsRatio(d, n, qps)
+		w("| dnsd ≥ 1.0× NSD queries/s | %s; medians %.0f vs %.0f | %s |\n", ratio, d.Median().QPS, n.Median().QPS, verdict(ratio.med >= 1))
 		if d.Median().ClientCPU >= clientBound || n.Median().ClientCPU >= clientBound {
-			cost := d.CostUS() / n.CostUS()
-			w("| the same by CPU per query, since dnsperf was the bottleneck: dnsd's cost ≤ NSD's | %.2f× (%.1f vs %.1f µs) | %s |\n",
-				cost, d.CostUS(), n.CostUS(), verdict(cost <= 1))
+			c := dnsRatio(d, n, dnsCost)
+			w("| the same by CPU per query, since dnsperf was the bottleneck: dnsd's cost ≤ NSD's | %s; medians %.1f vs %.1f µs | %s |\n",
+				c, d.CostUS(), n.CostUS(), verdict(c.med <= 1))
 		}
 	}
 	if k := r.dns("mix", "knot"); d != nil && k != nil {
-		ratio := d.Median().QPS / k.Median().QPS
-		w("| dnsd on the way to Knot's queries/s | %.2f× (%.0f vs %.0f) | |\n", ratio, d.Median().QPS, k.Median().QPS)
+		w("| dnsd on the way to Knot's queries/s | %s; medians %.0f vs %.0f | |\n", dnsRatio(d, k, qps), d.Median().QPS, k.Median().QPS)
 	}
 	if s := r.Scale; s != nil {
 		few, many := r.http(scaleWorkload, tenantsLabel(s.Change[0].Tenants)), r.http(scaleWorkload, tenantsLabel(s.Tenants))
 		if few != nil && many != nil {
-			ratio := many.Median().RPS / few.Median().RPS
-			noise := max(few.Spread(), many.Spread())
-			v := verdict(abs(ratio-1) <= noise)
-			if len(few.Rounds) < 2 {
+			ratio := httpRatio(many, few, rps)
+			v := verdict(ratio.lo <= 1 && 1 <= ratio.hi)
+			if ratio.n < 2 {
 				v = "– (one round: no noise to compare with)"
 			}
-			w("| edge req/s with %d tenants unchanged from %d, within noise | %.2f× (round-to-round spread %.0f%%) | %s |\n",
-				s.Tenants, s.Change[0].Tenants, ratio, noise*100, v)
+			w("| edge req/s with %d tenants unchanged from %d, within noise (1.00 within the rounds' range) | %s | %s |\n",
+				s.Tenants, s.Change[0].Tenants, ratio, v)
 		}
 	}
 	w("\n")
 }
 
 func (r *Report) httpTables(w writef) {
-	w("#### HTTP\n\nRequests per second and latency of each system, median of %d rounds. Errors are failed requests per run (connection errors, timeouts, non-2xx). CPU is the CPU time used by the system under test (its backends left out) and by the load generator, in CPUs; CPU/req is the server's CPU time per request, which does not depend on which side was the bottleneck.\n\n", r.Rounds)
+	w("#### HTTP\n\nRequests per second and latency of each system, median of %d rounds. Errors are failed requests per run (connection errors, timeouts, non-2xx). CPU is the CPU time the kernel charged to the system under test (its backends left out) and to the load generator, in CPUs (user and system time; the network softirq work the kernel accounts apart is in neither); CPU/req is the server's CPU time per request, which does not depend on which side was the bottleneck.\n\n", r.Rounds)
 	w("| workload | system | req/s | p50 | p99 | max | errors | CPU server / client | CPU/req |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, wl := range r.workloads() {
 		for _, sys := range r.systems(wl) {
@@ -358,21 +375,19 @@ func (r *Report) httpTables(w writef) {
 			w("| %s | %s | %.0f | %s | %s | %s | %d | %.2f / %.2f | %.1f µs |\n", wl, sys, m.RPS, ms(m.P50), ms(m.P99), ms(m.Max), m.Errors, m.ServerCPU, m.ClientCPU, row.CostUS())
 		}
 	}
-	w("\nRatios of requests per second (in brackets: p99 latency ratio, then CPU per request ratio; below 1.00 the edge is faster or cheaper):\n\n")
+	w("\nRatios, edge over each system: requests per second (median of the per-round ratios, with their range), then p99 latency and CPU per request (medians of the per-round ratios; below 1.00 the edge is faster or cheaper):\n\n")
 	w("| workload | edge/nginx | edge/HAProxy | edge/forwarder | edge/direct |\n| --- | ---: | ---: | ---: | ---: |\n")
 	for _, wl := range r.workloads() {
 		edge := r.http(wl, "edge")
 		if edge == nil {
 			continue
 		}
-		e := edge.Median()
 		cell := func(sys string) string {
 			p := r.http(wl, sys)
 			if p == nil {
 				return "–"
 			}
-			q := p.Median()
-			return fmt.Sprintf("%.2f× (%.2f, %.2f)", e.RPS/q.RPS, float64(e.P99)/float64(q.P99), edge.CostUS()/p.CostUS())
+			return fmt.Sprintf("%s · p99 %.2f · CPU %.2f", httpRatio(edge, p, rps), httpRatio(edge, p, p99).med, httpRatio(edge, p, httpCost).med)
 		}
 		w("| %s | %s | %s | %s | %s |\n", wl, cell("nginx"), cell("haproxy"), cell("forwarder"), cell("direct"))
 	}
@@ -450,7 +465,7 @@ func (r *Report) dnsTables(w writef) {
 		w("\n| ratio | queries/s | CPU per query |\n| --- | ---: | ---: |\n")
 		for _, peer := range []struct{ name, label string }{{"knot", "dnsd/Knot"}, {"nsd", "dnsd/NSD"}} {
 			if p := r.dns("mix", peer.name); p != nil {
-				w("| %s | %.2f× | %.2f× |\n", peer.label, d.Median().QPS/p.Median().QPS, d.CostUS()/p.CostUS())
+				w("| %s | %s | %s |\n", peer.label, dnsRatio(d, p, qps), dnsRatio(d, p, dnsCost))
 			}
 		}
 	}
@@ -517,10 +532,3 @@ func ms(d time.Duration) string {
 }
 
 func mib(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
-
-func abs(x float64) float64 {
-	if x < 0 {
-		return -x
-	}
-	return x
-}
