@@ -55,6 +55,12 @@ type Options struct {
 	// Dir is the folder for configurations and logs. Empty means a new
 	// temporary folder, removed at the end unless the run failed.
 	Dir string
+	// ProfileDir, when set, receives CPU profiles of the edge, taken
+	// through its admin listener: one per HTTP workload during the first
+	// round (edge-<workload>.pprof; that round pays the profiler's small
+	// cost), and one of the edge with many tenants during the KV changes
+	// (edge-scale-changes.pprof). Read them with go tool pprof bin/edge.
+	ProfileDir string
 	// Progress receives a line per step. Nil discards them.
 	Progress io.Writer
 }
@@ -154,8 +160,13 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 				os.RemoveAll(h.dir)
 			}
 		}()
-	} else if err := os.MkdirAll(h.dir, 0o755); err != nil {
+	} else if err := mkdirAll(h.dir); err != nil {
 		return nil, err
+	}
+	if opts.ProfileDir != "" {
+		if err := mkdirAll(opts.ProfileDir); err != nil {
+			return nil, err
+		}
 	}
 	defer h.procs.stopAll(10 * time.Second)
 	defer func() {

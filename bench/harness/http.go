@@ -105,9 +105,18 @@ func (h *harness) httpPhase(ctx context.Context) error {
 	for round := 1; round <= h.opts.Rounds; round++ {
 		for _, w := range Workloads() {
 			for _, s := range systems {
+				var profiled <-chan error
+				if s == edge && round == 1 {
+					profiled = h.profileEdge(s, profileName("edge", w.Name), h.opts.Duration)
+				}
 				res, err := h.measureHTTP(ctx, s, w, h.opts.Duration)
 				if err != nil {
 					return fmt.Errorf("%s, %s, round %d: %w", s.name, w.Name, round, err)
+				}
+				if profiled != nil {
+					if err := <-profiled; err != nil {
+						return err
+					}
 				}
 				h.report.addHTTP(w.Name, s.name, res)
 				h.say("http round %d %-9s %-42s %9.0f req/s  p99 %-9s CPU server %.2f client %.2f  errors %d %s",

@@ -119,9 +119,20 @@ func (h *harness) scalePhase(ctx context.Context) error {
 		{len(small), mainPrefix, h.mainEdge, h.mainDnsd},
 		{n, scalePrefix, edge, dnsd},
 	} {
+		var profiled <-chan error
+		if i == 1 {
+			// The profile needs a length before the samples run: with
+			// many tenants a change and its deletion take a few seconds.
+			profiled = h.profileEdge(edge, "edge-scale-changes", time.Duration(samples)*5*time.Second)
+		}
 		cr, err := h.changeTimes(ctx, c.prefix, c.edge, c.dnsd, samples)
 		if err != nil {
 			return err
+		}
+		if profiled != nil {
+			if err := <-profiled; err != nil {
+				return err
+			}
 		}
 		cr.Tenants = c.tenants
 		res.Change[i] = cr

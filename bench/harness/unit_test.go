@@ -1,6 +1,9 @@
 package harness
 
 import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,5 +190,29 @@ func TestOptionsNameTheBadKey(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: error %v, want %q", c.opts, err, c.want)
 		}
+	}
+}
+
+func TestProfileEdgeSavesAProfile(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	dir := t.TempDir()
+	h := &harness{opts: Options{ProfileDir: dir}}
+	s := &server{admin: strings.TrimPrefix(srv.URL, "http://")}
+	if err := <-h.profileEdge(s, profileName("edge", Workloads()[0].Name), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "edge-small-64-b-64-conns.pprof")
+	if st, err := os.Stat(path); err != nil || st.Size() == 0 {
+		t.Fatalf("no profile at %s: %v", path, err)
+	}
+	// Too short a run to profile: nothing is taken, nothing fails.
+	if err := <-h.profileEdge(s, "short", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "short.pprof")); err == nil {
+		t.Fatal("a 1s run was profiled")
 	}
 }

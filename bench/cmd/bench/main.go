@@ -37,6 +37,7 @@ func main() {
 	fs.DurationVar(&opts.Duration, "duration", 10*time.Second, "length of each measured run")
 	fs.DurationVar(&opts.FailureDuration, "failure-duration", 9*time.Second, "length of each run that kills a backend")
 	fs.IntVar(&opts.Tenants, "tenants", 100_000, "tenants of the scale test")
+	fs.StringVar(&opts.ProfileDir, "profile", "", "`folder` to save CPU profiles of the edge in (one per HTTP workload, one during the KV changes)")
 	fs.StringVar(&opts.Dir, "dir", "", "`folder` for configurations and logs (default: a temporary one, removed after a successful run)")
 	fs.BoolVar(&opts.Quick, "quick", false, "smoke run: fewer KV changes timed, shorter lookup benchmark (use with short durations)")
 	readme := fs.String("readme", "", "replace the results in this README (between its bench:results markers)")
