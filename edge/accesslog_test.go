@@ -78,3 +78,56 @@ func TestAccessLogMatchesJSONHandler(t *testing.T) {
 		t.Fatalf("other record: %q %v", other.String(), err)
 	}
 }
+
+// sameAsJSONHandler fails t when the access log's own encoding of a line
+// with this path, at this time, differs from slog's JSON handler's.
+func sameAsJSONHandler(t *testing.T, path []byte, at time.Time) {
+	t.Helper()
+	x := &exchange{host: []byte("acme.example.test"), method: []byte("GET"), uri: path,
+		clientIP: []byte("192.0.2.9"), reqID: []byte("id-1"), status: 200}
+	r := slog.NewRecord(at, slog.LevelInfo, "access", 0)
+	r.AddAttrs(slog.Attr{Value: slog.AnyValue((*accessEntry)(x))})
+	var fast, std bytes.Buffer
+	h := NewAccessLogHandler(&fast)
+	for range 2 { // the second line takes the cached timestamp
+		fast.Reset()
+		if err := h.Handle(t.Context(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := slog.NewJSONHandler(&std, nil).Handle(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	if fast.String() != std.String() {
+		t.Fatalf("fast path:\n%s\nslog:\n%s", fast.String(), std.String())
+	}
+}
+
+func TestAccessLogEscapesAndTimes(t *testing.T) {
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		paris = time.FixedZone("CET", 3600)
+	}
+	base := time.Date(2026, 11, 26, 15, 54, 8, 0, time.UTC)
+	for _, ns := range []int{0, 1, 10, 120_000_000, 123_456_789, 999_999_999} {
+		for _, loc := range []*time.Location{time.UTC, paris, time.FixedZone("", -7*3600-30*60)} {
+			sameAsJSONHandler(t, []byte("/"), base.Add(time.Duration(ns)).In(loc))
+		}
+	}
+	// Every byte value at every position of an 8-byte word and around it.
+	for c := range 256 {
+		for pos := range 10 {
+			p := []byte("/abcdefghijklmnop")
+			p[pos] = byte(c)
+			sameAsJSONHandler(t, p, base)
+		}
+	}
+}
+
+func FuzzAccessLogPath(f *testing.F) {
+	f.Add([]byte("/index.html?q=1"), int64(0))
+	f.Add([]byte("/a\"b\\c\nd\x01\xff\u2028é<>&"), int64(123456789))
+	f.Fuzz(func(t *testing.T, path []byte, ns int64) {
+		sameAsJSONHandler(t, path, time.Unix(1_790_000_000, ns%1e9).UTC())
+	})
+}

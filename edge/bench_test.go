@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,5 +90,23 @@ func BenchmarkScanKeys(b *testing.B) {
 		if scanKeys(keys) == 0 {
 			b.Fatal("nothing found")
 		}
+	}
+}
+
+// BenchmarkAccessLogLine is one access log line of a typical request,
+// through the buffered writer the edge puts in front of standard output.
+func BenchmarkAccessLogLine(b *testing.B) {
+	w := newBufferedWriter(io.Discard, 64<<10, time.Hour)
+	defer w.Close()
+	a := &accessLogger{h: NewAccessLogHandler(w)}
+	x := &exchange{
+		start: time.Now(), elapsed: 1234 * time.Microsecond, status: 200, bytes: 64,
+		host: []byte("acme.example.test"), method: []byte("GET"), uri: []byte("/index.html?q=1"),
+		clientIP: []byte("192.0.2.9"), reqID: []byte("0123456789abcdef0123456789abcdef"),
+		upstreamAddr: "10.0.0.1:8080", pod: &podStats{name: "pod-1"},
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		a.log(x, x.start.Add(x.elapsed))
 	}
 }

@@ -128,11 +128,12 @@ func (x *exchange) done() {
 		return
 	}
 	p := x.p
-	x.elapsed = time.Since(x.start)
+	end := time.Now()
+	x.elapsed = end.Sub(x.start)
 	x.pod.observe(x.status, x.elapsed)
 	p.metrics.inflight.Dec()
 	if p.access != nil {
-		p.access.log(x)
+		p.access.log(x, end)
 	}
 	x.reset()
 	p.exchanges.Put(x)
