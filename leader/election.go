@@ -3,13 +3,13 @@ package leader
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/retry"
 )
 
 // LeaderState is who leads, as this replica knows it.
@@ -138,7 +138,7 @@ func (e *Elector) Run(ctx context.Context) {
 		if err := e.register(ctx); err != nil {
 			failures++
 			e.failed("register", err, failures)
-			sleep(ctx, backoff(failures))
+			retry.Sleep(ctx, backoff(failures))
 			continue
 		}
 		if !heartbeat {
@@ -149,7 +149,7 @@ func (e *Elector) Run(ctx context.Context) {
 		if err != nil {
 			failures++
 			e.failed("session", err, failures)
-			sleep(ctx, backoff(failures))
+			retry.Sleep(ctx, backoff(failures))
 			continue
 		}
 		failures = 0
@@ -271,7 +271,7 @@ func (e *Elector) campaign(ctx context.Context, sid string) {
 			// Without Consul this replica cannot know it still holds the
 			// lock; its writes would fail anyway.
 			e.set(LeaderState{Leader: e.State().Leader})
-			sleep(sctx, backoff(failures))
+			retry.Sleep(sctx, backoff(failures))
 			continue
 		}
 		failures = 0
@@ -299,7 +299,7 @@ func (e *Elector) campaign(ctx context.Context, sid string) {
 			if !ok {
 				// Another replica won, or the lock-delay of an
 				// invalidated session is still running.
-				sleep(sctx, max(e.cfg.LockDelay, 10*time.Millisecond))
+				retry.Sleep(sctx, max(e.cfg.LockDelay, 10*time.Millisecond))
 			}
 			index = 0
 		}
@@ -358,27 +358,5 @@ func (e *Elector) end(sid string) {
 }
 
 // backoff is the wait after the n-th consecutive failure: 100ms doubling
-// up to 5s, less up to a quarter at random so replicas do not retry in step.
-func backoff(n int) time.Duration {
-	d := 100 * time.Millisecond
-	for i := 1; i < n && d < 5*time.Second; i++ {
-		d *= 2
-	}
-	d = min(d, 5*time.Second)
-	return d - time.Duration(rand.Int64N(int64(d/4)+1))
-}
-
-// sleep waits for d or until ctx ends, reporting whether it waited it out.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
+// up to 5s, with jitter so that replicas do not retry in step.
+func backoff(n int) time.Duration { return retry.Backoff(100*time.Millisecond, 5*time.Second, n) }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/podedge/podedge/internal/consultest"
+	"github.com/podedge/podedge/internal/retry"
 )
 
 // failoverBound is what a failover may take in this test: the check TTL
@@ -81,7 +82,7 @@ func (s *signer) run(ctx context.Context) {
 				return
 			}
 			retried = true
-			sleep(ctx, 5*time.Millisecond) // pacing retries, as a client would
+			retry.Sleep(ctx, 5*time.Millisecond) // pacing retries, as a client would
 		}
 	}
 }

@@ -3,7 +3,6 @@ package router
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -137,22 +136,6 @@ func TestNextIndex(t *testing.T) {
 		if got := nextIndex(c.prev, c.got); got != c.want {
 			t.Errorf("nextIndex(%d, %d) = %d, want %d", c.prev, c.got, got, c.want)
 		}
-	}
-}
-
-func TestRetryBackoff(t *testing.T) {
-	base, maxWait := 100*time.Millisecond, time.Second
-	prev := time.Duration(0)
-	for f := 1; f <= 10; f++ {
-		d := retryBackoff(base, maxWait, f)
-		ceil := min(base<<(f-1), maxWait)
-		if d > ceil || d < ceil*3/4 {
-			t.Fatalf("failure %d: backoff %s outside [%s, %s]", f, d, ceil*3/4, ceil)
-		}
-		if f > 1 && ceil > prev && d < prev*3/4 {
-			t.Fatalf("backoff shrank: %s after %s", d, prev)
-		}
-		prev = d
 	}
 }
 

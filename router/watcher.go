@@ -2,12 +2,12 @@ package router
 
 import (
 	"context"
-	"math/rand/v2"
 	"reflect"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/retry"
 )
 
 // Run keeps the snapshot in step with Consul until ctx ends. It runs one
@@ -186,9 +186,9 @@ func runQuery[T any](ctx context.Context, w *watcher, slot int, name string,
 			// our index would then block for WaitTime. Start over.
 			index = 0
 			failures++
-			backoff := retryBackoff(cfg.RetryBase, cfg.RetryMax, failures)
+			backoff := retry.Backoff(cfg.RetryBase, cfg.RetryMax, failures)
 			w.r.queryResult(name, started, err, backoff)
-			if !sleep(ctx, backoff) {
+			if !retry.Sleep(ctx, backoff) {
 				return
 			}
 			continue
@@ -202,7 +202,7 @@ func runQuery[T any](ctx context.Context, w *watcher, slot int, name string,
 		}
 		// Leave a minimum gap between wake-ups, so that a value or a check
 		// flapping many times a second cannot make the router spin.
-		if !sleep(ctx, cfg.MinWait-time.Since(started)) {
+		if !retry.Sleep(ctx, cfg.MinWait-time.Since(started)) {
 			return
 		}
 	}
@@ -216,30 +216,4 @@ func nextIndex(previous, returned uint64) uint64 {
 		return 0
 	}
 	return returned
-}
-
-// retryBackoff doubles from base with each consecutive failure, up to max,
-// with up to 25% taken off at random so that many edges do not retry in step.
-func retryBackoff(base, maxWait time.Duration, failures int) time.Duration {
-	d := base
-	for i := 1; i < failures && d < maxWait; i++ {
-		d *= 2
-	}
-	d = min(d, maxWait)
-	return d - time.Duration(rand.Int64N(int64(d/4)+1))
-}
-
-// sleep waits for d or until ctx ends, reporting whether it waited it out.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/retry"
 )
 
 // ticketKeys is the value of <prefix>tls/ticket-keys: the session ticket
@@ -78,7 +79,7 @@ func (t *tickets) run(ctx context.Context) {
 				t.log.Warn("consul: reading session ticket keys failed; keeping the keys in use", "error", err.Error())
 			}
 			index = 0
-			if !sleepCtx(ctx, retryBackoff(failures)) {
+			if !retry.Sleep(ctx, retry.Backoff(watchRetryBase, watchRetryMax, failures)) {
 				return
 			}
 			continue
@@ -106,7 +107,7 @@ func (t *tickets) run(ctx context.Context) {
 		if cur == nil || time.Since(cur.Keys[0].Created) >= t.rotation+jitter {
 			if err := t.rotate(ctx, cur, modify); err != nil {
 				failures++
-				if !sleepCtx(ctx, retryBackoff(failures)) {
+				if !retry.Sleep(ctx, retry.Backoff(watchRetryBase, watchRetryMax, failures)) {
 					return
 				}
 			}

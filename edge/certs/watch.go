@@ -3,10 +3,10 @@ package certs
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/retry"
 )
 
 // Blocking query timing, as the router's: a query waits at most watchWait;
@@ -36,12 +36,12 @@ func watchList(ctx context.Context, kv *api.KV, prefix string, log *slog.Logger,
 				return
 			}
 			failures++
-			wait := retryBackoff(failures)
+			wait := retry.Backoff(watchRetryBase, watchRetryMax, failures)
 			if failures == 1 {
 				log.Warn("consul watch failed; keeping what is known", "prefix", prefix, "error", err.Error(), "retry_in", wait.String())
 			}
 			index = 0
-			if !sleepCtx(ctx, wait) {
+			if !retry.Sleep(ctx, wait) {
 				return
 			}
 			continue
@@ -58,31 +58,8 @@ func watchList(ctx context.Context, kv *api.KV, prefix string, log *slog.Logger,
 		} else {
 			index = meta.LastIndex
 		}
-		if !sleepCtx(ctx, watchMinWait-time.Since(start)) {
+		if !retry.Sleep(ctx, watchMinWait-time.Since(start)) {
 			return
 		}
-	}
-}
-
-// retryBackoff is the wait after the n-th failure in a row.
-func retryBackoff(n int) time.Duration {
-	d := watchRetryBase << min(n-1, 10)
-	d = min(d, watchRetryMax)
-	return d/2 + rand.N(d/2+1)
-}
-
-// sleepCtx waits d (nothing when d ≤ 0) and reports whether ctx is still
-// live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
