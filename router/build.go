@@ -28,10 +28,14 @@ type builder struct {
 	selector Selector
 	health   *PassiveHealth
 	clock    func() time.Time
+	// tenants is the index of the last build, reused while the tenants
+	// stay the same.
+	tenants *tenantIndex
 }
 
 // build makes a snapshot of st. The problems it returns (a custom domain
-// claimed twice, say) were resolved deterministically and are for logging.
+// claimed twice, say) were resolved deterministically and are for logging;
+// they are returned when the tenants change, not at every change of health.
 func (b *builder) build(st State) (*Snapshot, []error) {
 	now := b.clock()
 	s := emptySnapshot(b.zone)
@@ -51,38 +55,20 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 		ps.Pod, ps.Registered = p, true
 	}
 
-	s.tenants = make(map[string]*Tenant, len(st.Tenants))
-	s.tenantList = make([]*Tenant, 0, len(st.Tenants))
-	for i := range st.Tenants {
-		t := &st.Tenants[i]
-		if _, dup := s.tenants[t.Name]; dup {
-			continue
-		}
-		s.tenants[t.Name] = t
-		s.tenantList = append(s.tenantList, t)
+	// A change of health leaves the tenants as they were: the watcher
+	// passes the very same slice, which nobody modifies once published.
+	idx := b.tenants
+	if idx == nil || !sameSlice(idx.from, st.Tenants) {
+		idx = b.indexTenants(st.Tenants, s.zoneSuffix)
+		b.tenants = idx
+		problems = idx.problems
 	}
-	slices.SortFunc(s.tenantList, func(a, b *Tenant) int { return cmp.Compare(a.Name, b.Name) })
-
-	// Tenant hostnames first, so that no custom domain can take one; then
-	// custom domains, oldest claim first.
-	s.hosts = make(map[string]Route, len(s.tenantList)*2)
-	for _, t := range s.tenantList {
-		ps := pod(t.Pod)
-		ps.Tenants++
-		s.hosts[t.Name+s.zoneSuffix] = Route{Tenant: t, Pod: ps}
-	}
-	byAge := slices.Clone(s.tenantList)
-	slices.SortStableFunc(byAge, func(a, b *Tenant) int { return a.Created.Compare(b.Created) })
-	for _, t := range byAge {
-		for _, d := range t.Domains {
-			if prev, taken := s.hosts[d]; taken {
-				if prev.Tenant != t {
-					problems = append(problems, fmt.Errorf("domain %q of tenant %q is already routed to tenant %q; ignored", d, t.Name, prev.Tenant.Name))
-				}
-				continue
-			}
-			s.hosts[d] = Route{Tenant: t, Pod: s.pods[t.Pod]}
-		}
+	s.tenants = idx
+	s.slots = make([]*PodState, len(idx.pods))
+	for i, name := range idx.pods {
+		ps := pod(name)
+		ps.Tenants = idx.counts[i]
+		s.slots[i] = ps
 	}
 
 	edges := map[string][]EdgeEndpoint{}
@@ -152,4 +138,63 @@ func (b *builder) pool(key string, eps []Endpoint, cursors map[string]bool) *Poo
 	p.cursor = b.registry.cursor(key)
 	cursors[key] = true
 	return p
+}
+
+// indexTenants builds the tenant index of tenants in a zone (zoneSuffix is
+// "." + the zone without its trailing dot).
+func (b *builder) indexTenants(tenants []Tenant, zoneSuffix string) *tenantIndex {
+	idx := &tenantIndex{
+		from:   tenants,
+		byName: make(map[string]*Tenant, len(tenants)),
+		list:   make([]*Tenant, 0, len(tenants)),
+	}
+	for i := range tenants {
+		t := &tenants[i]
+		if _, dup := idx.byName[t.Name]; dup {
+			continue
+		}
+		idx.byName[t.Name] = t
+		idx.list = append(idx.list, t)
+	}
+	slices.SortFunc(idx.list, func(a, b *Tenant) int { return cmp.Compare(a.Name, b.Name) })
+
+	slot := map[string]int{}
+	slotOf := func(pod string) int {
+		i, ok := slot[pod]
+		if !ok {
+			i = len(idx.pods)
+			slot[pod] = i
+			idx.pods = append(idx.pods, pod)
+			idx.counts = append(idx.counts, 0)
+		}
+		return i
+	}
+	// Tenant hostnames first, so that no custom domain can take one; then
+	// custom domains, oldest claim first.
+	idx.hosts = make(map[string]hostRoute, len(idx.list)*2)
+	for _, t := range idx.list {
+		i := slotOf(t.Pod)
+		idx.counts[i]++
+		idx.hosts[t.Name+zoneSuffix] = hostRoute{tenant: t, slot: i}
+	}
+	byAge := slices.Clone(idx.list)
+	slices.SortStableFunc(byAge, func(a, b *Tenant) int { return a.Created.Compare(b.Created) })
+	for _, t := range byAge {
+		for _, d := range t.Domains {
+			if prev, taken := idx.hosts[d]; taken {
+				if prev.tenant != t {
+					idx.problems = append(idx.problems, fmt.Errorf("domain %q of tenant %q is already routed to tenant %q; ignored", d, t.Name, prev.tenant.Name))
+				}
+				continue
+			}
+			idx.hosts[d] = hostRoute{tenant: t, slot: slot[t.Pod]}
+		}
+	}
+	return idx
+}
+
+// sameSlice reports whether a and b are the same slice: same array, same
+// length.
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

@@ -243,7 +243,7 @@ func (r *Router) Publish(st State) *Snapshot {
 		fn(s)
 	}
 	r.once.Do(func() { close(r.ready) })
-	r.log.Debug("snapshot published", "index", s.Index, "pods", len(s.podList), "tenants", len(s.tenantList), "build", took)
+	r.log.Debug("snapshot published", "index", s.Index, "pods", len(s.podList), "tenants", len(s.tenants.list), "build", took)
 	return s
 }
 

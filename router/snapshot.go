@@ -17,12 +17,35 @@ type Snapshot struct {
 	// Synced is false only for the empty snapshot a Router starts with.
 	Synced bool
 
-	pods       map[string]*PodState
-	podList    []*PodState // sorted by name
-	tenants    map[string]*Tenant
-	tenantList []*Tenant // sorted by name
-	hosts      map[string]Route
+	pods    map[string]*PodState
+	podList []*PodState // sorted by name
+	// tenants is shared by every snapshot built from the same tenants;
+	// slots are this snapshot's pods in the order of tenants.pods.
+	tenants    *tenantIndex
+	slots      []*PodState
 	zoneSuffix string // "." + zone without its trailing dot
+}
+
+// tenantIndex is the part of a snapshot that depends on the tenants alone:
+// the tenants by name and every host that routes to one. With 100,000
+// tenants it is most of a build's cost, so a change of health, which leaves
+// the tenants as they were, reuses it rather than building it again.
+type tenantIndex struct {
+	from   []Tenant // the State.Tenants it was built from
+	byName map[string]*Tenant
+	list   []*Tenant // sorted by name
+	hosts  map[string]hostRoute
+	// pods names the pods that tenants live in, one slot each, and
+	// counts how many tenants each holds.
+	pods     []string
+	counts   []int
+	problems []error
+}
+
+// hostRoute is a route whose pod is a slot of the snapshot's pods.
+type hostRoute struct {
+	tenant *Tenant
+	slot   int
 }
 
 // PodState is a pod with what serves it.
@@ -56,8 +79,7 @@ func emptySnapshot(zone string) *Snapshot {
 	return &Snapshot{
 		Zone:       zone,
 		pods:       map[string]*PodState{},
-		tenants:    map[string]*Tenant{},
-		hosts:      map[string]Route{},
+		tenants:    &tenantIndex{byName: map[string]*Tenant{}, hosts: map[string]hostRoute{}},
 		zoneSuffix: "." + zone[:len(zone)-1],
 	}
 }
@@ -72,11 +94,18 @@ func (s *Snapshot) Lookup(host []byte) (Route, bool) {
 	if upper >= 0 {
 		var buf [maxHostLen]byte
 		h = lowerInto(&buf, h, upper)
-		r, ok := s.hosts[string(h)]
-		return r, ok
+		return s.route(s.tenants.hosts[string(h)])
 	}
-	r, ok := s.hosts[string(h)]
-	return r, ok
+	return s.route(s.tenants.hosts[string(h)])
+}
+
+// route resolves a host's entry (the zero entry when there is none) to
+// this snapshot's pod.
+func (s *Snapshot) route(h hostRoute) (Route, bool) {
+	if h.tenant == nil {
+		return Route{}, false
+	}
+	return Route{Tenant: h.tenant, Pod: s.slots[h.slot]}, true
 }
 
 // LookupString is Lookup for a string (a TLS server name, a DNS name).
@@ -87,11 +116,9 @@ func (s *Snapshot) LookupString(host string) (Route, bool) {
 	}
 	if upper >= 0 {
 		var buf [maxHostLen]byte
-		r, ok := s.hosts[string(lowerInto(&buf, h, upper))]
-		return r, ok
+		return s.route(s.tenants.hosts[string(lowerInto(&buf, h, upper))])
 	}
-	r, ok := s.hosts[h]
-	return r, ok
+	return s.route(s.tenants.hosts[h])
 }
 
 // Pod returns the named pod, or nil.
@@ -102,10 +129,10 @@ func (s *Snapshot) Pod(name string) *PodState { return s.pods[name] }
 func (s *Snapshot) Pods() []*PodState { return s.podList }
 
 // Tenant returns the named tenant, or nil.
-func (s *Snapshot) Tenant(name string) *Tenant { return s.tenants[name] }
+func (s *Snapshot) Tenant(name string) *Tenant { return s.tenants.byName[name] }
 
 // Tenants returns every tenant sorted by name. The slice must not be modified.
-func (s *Snapshot) Tenants() []*Tenant { return s.tenantList }
+func (s *Snapshot) Tenants() []*Tenant { return s.tenants.list }
 
 // Hostname is the tenant's own name in the zone, without a trailing dot
 // ("acme.example.test").

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 )
@@ -216,5 +217,83 @@ func BenchmarkLookup(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkPublish100k is a snapshot build with 100,000 tenants (a fifth
+// with a custom domain) in 100 pods: "health" is a change of health alone,
+// which reuses the tenant index; "tenants" a change of tenants, which
+// rebuilds it.
+func BenchmarkPublish100k(b *testing.B) {
+	r, _ := testRouter(b, Config{})
+	st := sampleState()
+	for i := range 100_000 {
+		t := Tenant{Name: fmt.Sprintf("tenant-%d", i), Pod: fmt.Sprintf("pod-%d", i%100)}
+		if i%5 == 0 {
+			t.Domains = []string{fmt.Sprintf("shop-%d.example.com", i)}
+		}
+		st.Tenants = append(st.Tenants, t)
+	}
+	r.Publish(st)
+	b.Run("health", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			st.Apps = slices.Clone(st.Apps) // what a health change hands over
+			r.Publish(st)
+		}
+	})
+	b.Run("tenants", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			st.Tenants = slices.Clone(st.Tenants) // what a KV change hands over
+			r.Publish(st)
+		}
+	})
+}
+
+func TestHealthChangeReusesTenantIndex(t *testing.T) {
+	r, _ := testRouter(t, Config{})
+	st := sampleState()
+	s1 := r.Publish(st)
+	route1, ok := s1.LookupString("acme.example.test")
+	if !ok {
+		t.Fatal("acme not routed")
+	}
+
+	// A change of health: same tenants, one app server fewer.
+	st.Apps = slices.Clone(st.Apps[1:])
+	s2 := r.Publish(st)
+	if s2.tenants != s1.tenants {
+		t.Fatal("a change of health rebuilt the tenant index")
+	}
+	route2, ok := s2.LookupString("acme.example.test")
+	if !ok || route2.Tenant != route1.Tenant {
+		t.Fatalf("acme: %+v, %v", route2, ok)
+	}
+	if route2.Pod == route1.Pod || route2.Pod != s2.Pod(route1.Pod.Name) {
+		t.Fatal("the route does not lead to the new snapshot's pod")
+	}
+	if route2.Pod.Apps.Len() != route1.Pod.Apps.Len()-1 || route2.Pod.Tenants != route1.Pod.Tenants {
+		t.Fatalf("pod after the change: %d apps, %d tenants; before: %d, %d",
+			route2.Pod.Apps.Len(), route2.Pod.Tenants, route1.Pod.Apps.Len(), route1.Pod.Tenants)
+	}
+
+	// A change of tenants (a new slice, as the watcher hands over): acme
+	// moves to pod-2.
+	st.Tenants = slices.Clone(st.Tenants)
+	for i := range st.Tenants {
+		if st.Tenants[i].Name == "acme" {
+			st.Tenants[i].Pod = "pod-2"
+		}
+	}
+	s3 := r.Publish(st)
+	if s3.tenants == s2.tenants {
+		t.Fatal("a change of tenants reused the old index")
+	}
+	if route3, ok := s3.LookupString("acme.example.test"); !ok || route3.Pod.Name != "pod-2" {
+		t.Fatalf("acme after the move: %+v, %v", route3, ok)
+	}
+	if s2.Tenant("acme").Pod != "pod-1" {
+		t.Fatal("the move changed an older snapshot")
 	}
 }
