@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/child"
 	"github.com/podedge/podedge/router"
 )
 
@@ -23,21 +24,21 @@ func (h *harness) startConsul(ctx context.Context) error {
 	}
 	h.consulAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	node := fmt.Sprintf("bench-%d", ports[0])
-	p, err := h.start("consul", h.cpus.Client, nil, h.opts.Consul,
+	// Consul leaves cleanly on SIGINT; SIGTERM makes a server exit 1.
+	p, err := h.startSpec(child.Spec{Name: "consul", CPUs: h.cpus.Client, Bin: h.opts.Consul, StopSignal: syscall.SIGINT, Args: []string{
 		"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
-		"-node="+node,
-		"-http-port="+strconv.Itoa(ports[0]),
-		"-serf-lan-port="+strconv.Itoa(ports[1]),
-		"-serf-wan-port="+strconv.Itoa(ports[2]),
-		"-server-port="+strconv.Itoa(ports[3]),
+		"-node=" + node,
+		"-http-port=" + strconv.Itoa(ports[0]),
+		"-serf-lan-port=" + strconv.Itoa(ports[1]),
+		"-serf-wan-port=" + strconv.Itoa(ports[2]),
+		"-server-port=" + strconv.Itoa(ports[3]),
 		"-dns-port=-1", "-grpc-port=-1",
 		"-hcl=ports { grpc_tls = -1 }",
-		"-hcl=disable_update_check = true")
+		"-hcl=disable_update_check = true",
+	}})
 	if err != nil {
 		return err
 	}
-	// Consul leaves cleanly on SIGINT; SIGTERM makes a server exit 1.
-	p.stopSig = syscall.SIGINT
 	cfg := api.DefaultConfig()
 	cfg.Address = h.consulAddr
 	if h.consul, err = api.NewClient(cfg); err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/podedge/podedge/internal/child"
 )
 
 // DNSResult is one dnsperf run.
@@ -116,7 +117,7 @@ func (h *harness) startDnsd(ctx context.Context, name, prefix string) (*server, 
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "dnsd", addr: addrs[0], admin: addrs[1], procs: []*proc{p}}
+	s := &server{name: "dnsd", addr: addrs[0], admin: addrs[1], procs: []*child.Process{p}}
 	podName := pod + ".pods." + zone
 	err = h.waitFor(ctx, time.Minute, name+" to answer "+podName+" with 13 addresses", func() bool {
 		r, err := ask(s.addr, podName, dns.TypeA)
@@ -163,7 +164,7 @@ func (h *harness) startKnot(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "knot", addr: addr, procs: []*proc{p}}
+	s := &server{name: "knot", addr: addr, procs: []*child.Process{p}}
 	return s, h.waitAnswers(ctx, s, p)
 }
 
@@ -189,12 +190,12 @@ func (h *harness) startNSD(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "nsd", addr: addr, procs: []*proc{p}}
+	s := &server{name: "nsd", addr: addr, procs: []*child.Process{p}}
 	return s, h.waitAnswers(ctx, s, p)
 }
 
 // waitAnswers waits until s answers the zone's SOA.
-func (h *harness) waitAnswers(ctx context.Context, s *server, p *proc) error {
+func (h *harness) waitAnswers(ctx context.Context, s *server, p *child.Process) error {
 	return h.waitFor(ctx, time.Minute, s.name+" to answer the SOA of "+zone, func() bool {
 		r, err := ask(s.addr, zone, dns.TypeSOA)
 		return err == nil && r.Rcode == dns.RcodeSuccess && len(r.Answer) == 1
@@ -280,11 +281,11 @@ func (h *harness) measureDNS(ctx context.Context, s *server, d time.Duration) (D
 	pgids := s.pgids()
 	before, start := cpuTicks(pgids...), time.Now()
 	var out bytes.Buffer
-	clientCPU, err := h.runClient(ctx, procSpec{name: "dnsperf", stdout: &out, bin: bin, args: []string{
+	clientCPU, err := h.runClient(ctx, child.Spec{Name: "dnsperf", Stdout: &out, Bin: bin, Args: []string{
 		"-s", ip, "-p", port, "-d", h.path("queries.txt"),
 		"-l", strconv.FormatFloat(d.Seconds(), 'f', 3, 64), "-t", "1",
 		"-c", dnsperfClients, "-T", "1", "-q", dnsperfOutstanding,
-	}})
+	}}, 0)
 	if err != nil {
 		return DNSResult{}, fmt.Errorf("dnsperf: %w: %s", err, out.String())
 	}

@@ -55,7 +55,7 @@ func (h *harness) failurePhase(ctx context.Context) error {
 	for round := 1; round <= h.opts.Rounds; round++ {
 		for _, p := range proxies {
 			run++
-			if victim.proc.exited() {
+			if victim.proc.Exited() {
 				if err := h.startBackend(victim); err != nil {
 					return err
 				}
@@ -76,7 +76,7 @@ func (h *harness) failurePhase(ctx context.Context) error {
 			h.say("failure round %d %-8s %7d requests, %d failed %s", round, p.name, res.Requests, res.Failed, kinds(res.Failures))
 		}
 	}
-	if victim.proc.exited() {
+	if victim.proc.Exited() {
 		if err := h.startBackend(victim); err != nil {
 			return err
 		}
@@ -90,7 +90,7 @@ func (h *harness) failureRun(ctx context.Context, s *server, victim *backendProc
 	killed := make(chan time.Time, 1)
 	started := func() {
 		time.AfterFunc(d/3, func() {
-			victim.proc.kill()
+			victim.proc.Kill()
 			killed <- time.Now()
 		})
 	}

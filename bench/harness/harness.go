@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/podedge/podedge/bench/configs"
+	"github.com/podedge/podedge/internal/child"
 )
 
 // Options configures a run. Zero values take the documented defaults.
@@ -208,12 +209,12 @@ func (h *harness) skip(peer string) bool { return slices.Contains(h.opts.Skip, p
 func (h *harness) bin(name string) string { return filepath.Join(h.opts.Bin, name) }
 
 // start runs a long-lived process, stopped at the end of the run.
-func (h *harness) start(name, cpus string, env []string, bin string, args ...string) (*proc, error) {
-	return h.startSpec(procSpec{name: name, cpus: cpus, env: env, bin: bin, args: args})
+func (h *harness) start(name, cpus string, env []string, bin string, args ...string) (*child.Process, error) {
+	return h.startSpec(child.Spec{Name: name, CPUs: cpus, Env: env, Bin: bin, Args: args})
 }
 
-func (h *harness) startSpec(spec procSpec) (*proc, error) {
-	p, err := startProc(spec, h.dir)
+func (h *harness) startSpec(spec child.Spec) (*child.Process, error) {
+	p, err := h.spawn(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -223,49 +224,50 @@ func (h *harness) startSpec(spec procSpec) (*proc, error) {
 
 // runClient runs a load generator on the client CPUs to its end, and
 // returns its CPU use in CPUs (1.0: one CPU busy all along). Cancelling ctx
-// kills it.
-func (h *harness) runClient(ctx context.Context, spec procSpec) (float64, error) {
-	spec.cpus = h.cpus.Client
+// kills it. interruptAfter, when positive, sends SIGINT to a client that
+// still runs after this long (wrk then stops and reports).
+func (h *harness) runClient(ctx context.Context, spec child.Spec, interruptAfter time.Duration) (float64, error) {
+	spec.CPUs = h.cpus.Client
 	start := time.Now()
-	p, err := startProc(spec, h.dir)
+	p, err := h.spawn(spec)
 	if err != nil {
 		return 0, err
 	}
 	var interrupt <-chan time.Time
-	if spec.interruptAfter > 0 {
-		t := time.NewTimer(spec.interruptAfter)
+	if interruptAfter > 0 {
+		t := time.NewTimer(interruptAfter)
 		defer t.Stop()
 		interrupt = t.C
 	}
 	for waiting := true; waiting; {
 		select {
-		case <-p.done:
+		case <-p.Done():
 			waiting = false
 		case <-interrupt:
-			_ = p.cmd.Process.Signal(syscall.SIGINT)
+			_ = p.Signal(syscall.SIGINT)
 		case <-ctx.Done():
-			p.kill()
+			p.Kill()
 			return 0, ctx.Err()
 		}
 	}
-	if err := p.cleanExit(); err != nil {
+	if err := p.CleanExit(); err != nil {
 		return 0, err
 	}
-	st := p.cmd.ProcessState
+	st := p.State()
 	return (st.UserTime() + st.SystemTime()).Seconds() / time.Since(start).Seconds(), nil
 }
 
 // waitFor polls cond every 20ms until it holds; it fails when timeout
 // passes, ctx ends or one of procs exits.
-func (h *harness) waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool, procs ...*proc) error {
+func (h *harness) waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool, procs ...*child.Process) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
 		for _, p := range procs {
-			if p.exited() {
-				return fmt.Errorf("waiting for %s: %w", what, p.failure())
+			if p.Exited() {
+				return fmt.Errorf("waiting for %s: %w", what, p.Failure())
 			}
 		}
 		select {

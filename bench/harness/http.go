@@ -12,6 +12,7 @@ import (
 
 	"github.com/podedge/podedge/bench/configs"
 	"github.com/podedge/podedge/bench/loadgen"
+	"github.com/podedge/podedge/internal/child"
 )
 
 // Workload is one way of loading an HTTP system.
@@ -186,12 +187,12 @@ func (h *harness) runWrk(ctx context.Context, s *server, w Workload, d time.Dura
 		interrupt = d
 	}
 	var out bytes.Buffer
-	cpu, err := h.runClient(ctx, procSpec{name: "wrk", env: env, stdout: &out, bin: bin, interruptAfter: interrupt, args: []string{
+	cpu, err := h.runClient(ctx, child.Spec{Name: "wrk", Env: env, Stdout: &out, Bin: bin, Args: []string{
 		"-t", strconv.Itoa(wrkThreads), "-c", strconv.Itoa(max(w.Conns, wrkThreads)),
 		"-d", strconv.Itoa(secs) + "s", "--timeout", "5s",
 		"-s", h.path("report.lua"), "-H", "Host: " + host,
 		"http://" + s.addr + w.Path,
-	}})
+	}}, interrupt)
 	if err != nil {
 		return HTTPResult{}, fmt.Errorf("wrk: %w: %s", err, out.String())
 	}
@@ -254,11 +255,11 @@ func (h *harness) loadgen(ctx context.Context, s *server, w Workload, d time.Dur
 		args = append(args, "-new-conn")
 	}
 	var out bytes.Buffer
-	spec := procSpec{name: "loadgen", stdout: &out, bin: h.bin("loadgen"), args: args}
+	spec := child.Spec{Name: "loadgen", Stdout: &out, Bin: h.bin("loadgen"), Args: args}
 	if started != nil {
-		spec.stderr = &lineWatch{line: "started", fn: started}
+		spec.Stderr = &lineWatch{line: "started", fn: started}
 	}
-	cpu, err := h.runClient(ctx, spec)
+	cpu, err := h.runClient(ctx, spec, 0)
 	if err != nil {
 		return loadgen.Result{}, 0, fmt.Errorf("loadgen: %w", err)
 	}

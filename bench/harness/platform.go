@@ -8,13 +8,14 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/podedge/podedge/internal/child"
 	"github.com/podedge/podedge/router"
 )
 
 // backendProc is one of the two app servers every HTTP system drives.
 type backendProc struct {
 	name, addr string
-	proc       *proc
+	proc       *child.Process
 }
 
 // mainTenants are the tenants of the HTTP and DNS runs: acme and nine
@@ -88,7 +89,7 @@ func (h *harness) startBackend(b *backendProc) error {
 // waitBackends waits until both backends answer and pass their Consul
 // checks.
 func (h *harness) waitBackends(ctx context.Context) error {
-	var procs []*proc
+	var procs []*child.Process
 	for _, b := range h.backends {
 		procs = append(procs, b.proc)
 	}
@@ -121,7 +122,7 @@ func newProbeClient() *http.Client {
 
 // waitServing waits until addr answers 200 for the bench's Host, through
 // both backends.
-func (h *harness) waitServing(ctx context.Context, name, addr string, p *proc) error {
+func (h *harness) waitServing(ctx context.Context, name, addr string, p *child.Process) error {
 	client := newProbeClient()
 	defer client.CloseIdleConnections()
 	seen := map[string]bool{}

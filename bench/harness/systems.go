@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/podedge/podedge/internal/child"
 )
 
 // server is a system under test: where its clients connect and the
@@ -18,14 +20,14 @@ type server struct {
 	addrs []string
 	// admin is the edge's and dnsd's admin listener.
 	admin string
-	procs []*proc
+	procs []*child.Process
 }
 
 // pgids returns the process groups of the server.
 func (s *server) pgids() []int {
 	var out []int
 	for _, p := range s.procs {
-		out = append(out, p.pid())
+		out = append(out, p.Pid())
 	}
 	return out
 }
@@ -40,7 +42,7 @@ func (s *server) rss() int64 { return groupMemKiB("VmRSS", s.pgids()...) }
 // stop stops the server's processes.
 func (s *server) stop() {
 	for _, p := range s.procs {
-		p.stop(10 * time.Second)
+		p.Stop(10 * time.Second)
 	}
 }
 
@@ -61,16 +63,16 @@ func (h *harness) startEdge(ctx context.Context, e edgeSpec) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := h.startSpec(procSpec{
-		name: e.name, cpus: h.cpus.Server, bin: h.bin("edge"),
-		stdoutFile: h.path(e.name + "-access.log"),
-		args: []string{"-config", cfg, "-pod", pod, "-http", addrs[0], "-admin", addrs[1],
+	p, err := h.startSpec(child.Spec{
+		Name: e.name, CPUs: h.cpus.Server, Bin: h.bin("edge"),
+		StdoutFile: h.path(e.name + "-access.log"),
+		Args: []string{"-config", cfg, "-pod", pod, "-http", addrs[0], "-admin", addrs[1],
 			"-public-ip", e.publicIP, "-consul", h.consulAddr, "-zone", zone},
 	})
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "edge", addr: addrs[0], admin: addrs[1], procs: []*proc{p}}
+	s := &server{name: "edge", addr: addrs[0], admin: addrs[1], procs: []*child.Process{p}}
 	if err := h.waitServing(ctx, e.name, s.addr, p); err != nil {
 		return nil, err
 	}
@@ -102,7 +104,7 @@ func (h *harness) startNginx(ctx context.Context, name string) (*server, error) 
 		return nil, err
 	}
 	// nginx stops at once on SIGTERM; its workers go with the master.
-	s := &server{name: "nginx", addr: addr, procs: []*proc{p}}
+	s := &server{name: "nginx", addr: addr, procs: []*child.Process{p}}
 	if err := h.waitServing(ctx, name, addr, p); err != nil {
 		return nil, err
 	}
@@ -126,12 +128,12 @@ func (h *harness) startHAProxy(ctx context.Context, name string) (*server, error
 	if err != nil {
 		return nil, err
 	}
-	p, err := h.startSpec(procSpec{name: name, cpus: h.cpus.Server, bin: bin,
-		stdoutFile: h.path(name + "-access.log"), args: []string{"-db", "-f", cfg}})
+	p, err := h.startSpec(child.Spec{Name: name, CPUs: h.cpus.Server, Bin: bin,
+		StdoutFile: h.path(name + "-access.log"), Args: []string{"-db", "-f", cfg}})
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "haproxy", addr: addr, procs: []*proc{p}}
+	s := &server{name: "haproxy", addr: addr, procs: []*child.Process{p}}
 	if err := h.waitServing(ctx, name, addr, p); err != nil {
 		return nil, err
 	}
@@ -149,7 +151,7 @@ func (h *harness) startForwarder(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "forwarder", addr: addr, procs: []*proc{p}}
+	s := &server{name: "forwarder", addr: addr, procs: []*child.Process{p}}
 	if err := h.waitServing(ctx, "forwarder", addr, p); err != nil {
 		return nil, err
 	}

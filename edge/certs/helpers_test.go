@@ -89,7 +89,7 @@ type testEdge struct {
 	ip        string
 	e         *edge.Edge
 	m         *Manager
-	logs      *syncBuffer // the Manager's log, JSON lines
+	logs      *consultest.SyncBuffer // the Manager's log, JSON lines
 	httpAddr  string
 	httpsAddr string
 }
@@ -100,7 +100,7 @@ type testEdge struct {
 func (p *platform) startEdge(ip string, mutate func(*Config)) *testEdge {
 	t := p.t
 	t.Helper()
-	te := &testEdge{ip: ip, logs: &syncBuffer{}}
+	te := &testEdge{ip: ip, logs: &consultest.SyncBuffer{}}
 	mc := Config{
 		Consul:       p.agent.Client,
 		Pod:          "pod-1",

@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,7 +38,7 @@ type pebble struct {
 	dir    string         // ACME directory URL
 	caFile string         // PEM of the CA of Pebble's own HTTPS (acme.ca)
 	roots  *x509.CertPool // Pebble's issuing root, from /roots/0
-	out    *syncBuffer
+	out    *consultest.SyncBuffer
 }
 
 // startPebble runs Pebble until the test ends. Random VA sleeps are off
@@ -71,7 +70,7 @@ func startPebble(t *testing.T, dnsAddr string, httpPort, tlsPort int) *pebble {
 	if err := os.WriteFile(cfgFile, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
+	out := &consultest.SyncBuffer{}
 	cmd := exec.Command(pebbleBinary, "-config", cfgFile, "-dnsserver", dnsAddr)
 	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
 	cmd.Stdout, cmd.Stderr = out, out
@@ -173,23 +172,6 @@ func writeServerCert(t *testing.T, dir string) string {
 	write("key.pem", &pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 	write("ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER})
 	return filepath.Join(dir, "ca.pem")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // loadRoots reads a PEM file of CA certificates.

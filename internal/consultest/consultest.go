@@ -38,7 +38,7 @@ type Agent struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *SyncBuffer
 	done chan struct{}
 }
 
@@ -113,7 +113,7 @@ var errPortTaken = errors.New("a port was taken")
 // start runs the agent and waits until it is ready.
 func (a *Agent) start() error {
 	a.mu.Lock()
-	out := &syncBuffer{}
+	out := &SyncBuffer{}
 	a.out = out
 	cmd := exec.Command(a.bin, a.args...)
 	cmd.Stdout, cmd.Stderr = out, out
@@ -232,18 +232,22 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent use: a child process's
+// output written by exec's copying goroutine while a test reads it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p to the buffer.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+// String returns what has been written so far.
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

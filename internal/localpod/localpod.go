@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/miekg/dns"
+	"github.com/podedge/podedge/internal/child"
 )
 
 // Options says where the programs and configuration files are.
@@ -45,7 +46,7 @@ type Platform struct {
 	consul *api.Client
 
 	mu    sync.Mutex
-	procs []*process // in start order
+	procs []*child.Process // in start order
 }
 
 // DemoTenant is the tenant Start signs up in the first pod.
@@ -95,15 +96,18 @@ func (p *Platform) say(format string, args ...any) {
 	fmt.Fprintf(p.opts.Progress, format+"\n", args...)
 }
 
+// run starts a program logging to <Logs>/<name>.log, truncated: a log holds
+// one run of the platform.
 func (p *Platform) run(name, bin string, args ...string) error {
-	proc, err := startProcess(name, p.opts.Logs, bin, args...)
-	if err != nil {
-		return err
-	}
+	spec := child.Spec{Name: name, LogDir: p.opts.Logs, Bin: bin, Args: args}
 	if name == "consul" {
 		// Consul leaves gracefully and exits 0 on SIGINT; SIGTERM makes
 		// a server exit 1 without leaving.
-		proc.stopSig = syscall.SIGINT
+		spec.StopSignal = syscall.SIGINT
+	}
+	proc, err := child.Start(spec)
+	if err != nil {
+		return err
 	}
 	p.mu.Lock()
 	p.procs = append(p.procs, proc)
@@ -233,8 +237,8 @@ func (p *Platform) waitFor(ctx context.Context, what string, cond func() bool) e
 		procs := p.procs
 		p.mu.Unlock()
 		for _, proc := range procs {
-			if proc.exited() {
-				return proc.failure()
+			if proc.Exited() {
+				return proc.Failure()
 			}
 		}
 		select {
@@ -261,8 +265,8 @@ func (p *Platform) Kill(name string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, proc := range p.procs {
-		if proc.name == name {
-			proc.kill()
+		if proc.Name() == name {
+			proc.Kill()
 			return nil
 		}
 	}
@@ -279,23 +283,25 @@ func (p *Platform) Stop() error {
 	p.mu.Unlock()
 	tiers := [][]string{{"edge"}, {"dnsd", "leader"}, {"-app-"}, {"consul"}}
 	var errs []error
-	stopped := map[*process]bool{}
+	stopped := map[*child.Process]bool{}
 	for _, tier := range tiers {
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		for _, proc := range procs {
-			if stopped[proc] || !matches(proc.name, tier) {
+			if stopped[proc] || !matches(proc.Name(), tier) {
 				continue
 			}
 			stopped[proc] = true
 			wg.Go(func() {
-				wasRunning := !proc.exited()
-				clean := proc.stop(20 * time.Second)
+				// A process that had already died (one Kill crashed) is
+				// not expected to have exited cleanly.
+				wasRunning := !proc.Exited()
+				clean := proc.Stop(20 * time.Second)
 				mu.Lock()
 				defer mu.Unlock()
 				if !clean {
-					errs = append(errs, fmt.Errorf("%s did not stop within 20s and was killed", proc.name))
-				} else if err := proc.cleanExit(); err != nil && wasRunning {
+					errs = append(errs, fmt.Errorf("%s did not stop within 20s and was killed", proc.Name()))
+				} else if err := proc.CleanExit(); err != nil && wasRunning {
 					errs = append(errs, err)
 				}
 			})
