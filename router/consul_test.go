@@ -3,6 +3,7 @@ package router
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -156,6 +157,18 @@ func TestCheckLabelAndDomain(t *testing.T) {
 	for _, bad := range []string{"", "localhost", "a..b", "-a.com", "a_b.com", strings.Repeat("a.", 130) + "com"} {
 		if _, err := NormalizeDomain(bad); err == nil {
 			t.Errorf("accepted domain %q", bad)
+		}
+	}
+}
+
+func TestWakeGapGrowsWithTheCostOfAnAnswer(t *testing.T) {
+	for _, c := range []struct{ minWait, cost, want time.Duration }{
+		{50 * time.Millisecond, time.Millisecond, 50 * time.Millisecond},         // a small prefix: MinWait
+		{50 * time.Millisecond, 0, 50 * time.Millisecond},                        // clock noise
+		{50 * time.Millisecond, 900 * time.Millisecond, 1800 * time.Millisecond}, // 100,000 tenants
+	} {
+		if got := wakeGap(c.minWait, c.cost); got != c.want {
+			t.Errorf("wakeGap(%s, %s) = %s, want %s", c.minWait, c.cost, got, c.want)
 		}
 	}
 }

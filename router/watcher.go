@@ -200,12 +200,22 @@ func runQuery[T any](ctx context.Context, w *watcher, slot int, name string,
 		if apply(v) {
 			w.notify()
 		}
-		// Leave a minimum gap between wake-ups, so that a value or a check
-		// flapping many times a second cannot make the router spin.
-		if !retry.Sleep(ctx, cfg.MinWait-time.Since(started)) {
+		// RequestTime runs until the answer's head: the rest is this
+		// process reading, decoding and applying it.
+		cost := time.Since(started) - meta.RequestTime
+		if !retry.Sleep(ctx, wakeGap(cfg.MinWait, cost)-time.Since(started)) {
 			return
 		}
 	}
+}
+
+// wakeGap is the least time from one query to the next: MinWait, so that a
+// value or a check flapping many times a second cannot make the router spin,
+// and twice what the last answer cost to take in, so that a prefix too large
+// to read in a moment, changing all the time, costs a third of a CPU at most
+// rather than all of it. Changes that arrive meanwhile are read together.
+func wakeGap(minWait, cost time.Duration) time.Duration {
+	return max(minWait, 2*cost)
 }
 
 // nextIndex is the blocking index for the next query: Consul's index, unless
