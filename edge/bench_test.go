@@ -60,6 +60,43 @@ func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
 	})
 }
 
+// BenchmarkBareForward is the floor the proxy benchmarks compare with: the
+// same request to the same in-memory upstream through a bare
+// fasthttp.HostClient, as bench/forwarder does it (no routing, health,
+// retries, header rewriting, metrics or logs).
+func BenchmarkBareForward(b *testing.B) {
+	up := fasthttputil.NewInmemoryListener()
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("text/plain")
+		ctx.SetBodyString("hello, world\n")
+	}}
+	go func() { _ = srv.Serve(up) }()
+	b.Cleanup(func() { _ = srv.Shutdown() })
+	hc := &fasthttp.HostClient{Addr: "10.0.0.1:8080", Dial: func(string) (net.Conn, error) { return up.Dial() },
+		MaxConns: 1024, NoDefaultUserAgentHeader: true, DisablePathNormalizing: true}
+	var req fasthttp.Request
+	req.Header.SetMethod("GET")
+	req.SetRequestURI("/index.html?q=1")
+	req.Header.SetHost("acme.example.test")
+	req.Header.Set("User-Agent", "bench/1.0")
+	req.Header.Set("Accept", "*/*")
+	req.Header.Set("Cookie", "session=0123456789abcdef")
+	client := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 40000}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, client, nil)
+		for pb.Next() {
+			req.CopyTo(&ctx.Request)
+			ctx.Response.Reset()
+			if err := hc.Do(&ctx.Request, &ctx.Response); err != nil || ctx.Response.StatusCode() != 200 {
+				b.Fatalf("status %d: %v", ctx.Response.StatusCode(), err)
+			}
+		}
+	})
+}
+
 // BenchmarkProxy is the request path with metrics and without an access
 // log: it must not allocate.
 func BenchmarkProxy(b *testing.B) {
