@@ -64,8 +64,13 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	kv, err := cfg.Consul.KVLister()
+	if err != nil {
+		return nil, err
+	}
 	r, err := router.New(router.Config{
 		Zone:       cfg.Zone,
+		KV:         kv,
 		Prefix:     cfg.Consul.Prefix,
 		Consistent: cfg.Consul.Consistent,
 		Logger:     log,

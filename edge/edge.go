@@ -107,8 +107,13 @@ func New(cfg Config, opts Options) (*Edge, error) {
 		}
 		e.proxy.AccessLog = NewAccessLogHandler(out)
 	}
+	kv, err := cfg.Consul.KVLister()
+	if err != nil {
+		return nil, err
+	}
 	r, err := router.New(router.Config{
 		Zone:       cfg.Zone,
+		KV:         kv,
 		Prefix:     cfg.Consul.Prefix,
 		Policy:     cfg.Policy,
 		Health:     cfg.PassiveHealth,

@@ -2,6 +2,7 @@ package router
 
 import (
 	"cmp"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/netip"
@@ -133,41 +134,58 @@ type kvDecoder[T any] struct {
 	folder string // "podedge/tenants/"
 	decode func(name string, raw []byte) (T, error)
 	cache  map[string]kvCached[T]
+	raw    []byte // scratch for base64 values
 }
 
 type kvCached[T any] struct {
+	key         string // kept so that an unchanged key costs no new string
 	modifyIndex uint64
 	value       T
 	err         error
 }
 
-// decodeAll returns the valid values sorted by key, the problems it found
-// for the first time (so a bad value is logged once, not at every change of
-// another key), and whether any key was added, removed or modified since the
-// previous call. Comparing ModifyIndexes is how it tells, not comparing the
-// decoded values, which would cost as much as decoding 100,000 of them.
-func (d *kvDecoder[T]) decodeAll(pairs api.KVPairs) (values []T, fresh []error, changed bool) {
-	next := make(map[string]kvCached[T], len(pairs))
-	out := make([]T, 0, len(pairs))
-	for _, kv := range pairs {
-		name, ok := strings.CutPrefix(kv.Key, d.folder)
+// decodeAll returns the valid values in the entries' order (by key), the
+// problems it found for the first time (so a bad value is logged once, not
+// at every change of another key), and whether any key was added, removed
+// or modified since the previous call. Comparing ModifyIndexes is how it
+// tells, not comparing the decoded values, which would cost as much as
+// decoding 100,000 of them.
+func (d *kvDecoder[T]) decodeAll(entries []KVEntry) (values []T, fresh []error, changed bool) {
+	next := make(map[string]kvCached[T], len(entries))
+	out := make([]T, 0, len(entries))
+	for i := range entries {
+		e := &entries[i]
+		c, known := d.cache[string(e.Key)]
+		if !known {
+			c.key = string(e.Key)
+		}
+		name, ok := strings.CutPrefix(c.key, d.folder)
 		if !ok || name == "" {
 			continue // the folder itself
 		}
-		c, known := d.cache[kv.Key]
-		if !known || c.modifyIndex != kv.ModifyIndex {
+		if !known || c.modifyIndex != e.ModifyIndex {
 			changed = true
-			c = kvCached[T]{modifyIndex: kv.ModifyIndex}
-			if strings.Contains(name, "/") {
-				c.err = fmt.Errorf("key %q: nested keys are not allowed under %q", kv.Key, d.folder)
-			} else if c.value, c.err = d.decode(name, kv.Value); c.err != nil {
-				c.err = fmt.Errorf("key %q: %w", kv.Key, c.err)
+			c = kvCached[T]{key: c.key, modifyIndex: e.ModifyIndex}
+			raw := e.Value
+			if e.Base64 {
+				d.raw, c.err = base64.StdEncoding.AppendDecode(d.raw[:0], e.Value)
+				raw = d.raw
+			}
+			switch {
+			case c.err != nil:
+				c.err = fmt.Errorf("key %q: value is not base64: %w", c.key, c.err)
+			case strings.Contains(name, "/"):
+				c.err = fmt.Errorf("key %q: nested keys are not allowed under %q", c.key, d.folder)
+			default:
+				if c.value, c.err = d.decode(name, raw); c.err != nil {
+					c.err = fmt.Errorf("key %q: %w", c.key, c.err)
+				}
 			}
 			if c.err != nil {
 				fresh = append(fresh, c.err)
 			}
 		}
-		next[kv.Key] = c
+		next[c.key] = c
 		if c.err == nil {
 			out = append(out, c.value)
 		}

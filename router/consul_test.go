@@ -1,6 +1,7 @@
 package router
 
 import (
+	"encoding/base64"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +95,7 @@ func TestKVDecoderSkipsMalformed(t *testing.T) {
 		{Key: "podedge/tenants/baddomain", ModifyIndex: 7, Value: []byte(`{"pod":"pod-1","domains":["bad_domain.com"]}`)},
 		{Key: "podedge/tenants/a/b", ModifyIndex: 8, Value: []byte(`{}`)},
 	}
-	got, errs, changed := d.decodeAll(pairs)
+	got, errs, changed := d.decodeAll(entriesOf(pairs))
 	if len(got) != 1 || got[0].Name != "acme" || got[0].Domains[0] != "www.acme.com" || !changed {
 		t.Fatalf("decoded %+v changed=%v", got, changed)
 	}
@@ -102,18 +103,18 @@ func TestKVDecoderSkipsMalformed(t *testing.T) {
 		t.Fatalf("problems %v, want 6", errs)
 	}
 	// The same values again: nothing new to report, same result.
-	got, errs, changed = d.decodeAll(pairs)
+	got, errs, changed = d.decodeAll(entriesOf(pairs))
 	if len(got) != 1 || len(errs) != 0 || changed {
 		t.Fatalf("second pass: %v %v changed=%v", got, errs, changed)
 	}
 	// A fixed value is picked up by its new ModifyIndex.
 	pairs[2] = &api.KVPair{Key: "podedge/tenants/broken", ModifyIndex: 9, Value: []byte(`{"pod":"pod-2"}`)}
-	got, _, changed = d.decodeAll(pairs)
+	got, _, changed = d.decodeAll(entriesOf(pairs))
 	if len(got) != 2 || !changed {
 		t.Fatalf("fixed value not decoded: %+v", got)
 	}
 	// A deleted key is a change too.
-	got, _, changed = d.decodeAll(pairs[:2])
+	got, _, changed = d.decodeAll(entriesOf(pairs[:2]))
 	if len(got) != 1 || !changed {
 		t.Fatalf("deletion not seen: %+v changed=%v", got, changed)
 	}
@@ -170,5 +171,22 @@ func TestWakeGapGrowsWithTheCostOfAnAnswer(t *testing.T) {
 		if got := wakeGap(c.minWait, c.cost); got != c.want {
 			t.Errorf("wakeGap(%s, %s) = %s, want %s", c.minWait, c.cost, got, c.want)
 		}
+	}
+}
+
+func TestKVDecoderBase64Values(t *testing.T) {
+	d := &kvDecoder[Tenant]{folder: "podedge/tenants/", decode: decodeTenant}
+	b64 := func(s string) []byte { return []byte(base64.StdEncoding.EncodeToString([]byte(s))) }
+	entries := []KVEntry{
+		{Key: []byte("podedge/tenants/acme"), ModifyIndex: 2, Value: b64(`{"name":"acme","pod":"pod-1"}`), Base64: true},
+		{Key: []byte("podedge/tenants/bad"), ModifyIndex: 3, Value: []byte("not base64!"), Base64: true},
+		{Key: []byte("podedge/tenants/beta"), ModifyIndex: 4, Value: b64(`{"pod":"pod-2"}`), Base64: true},
+	}
+	got, errs, changed := d.decodeAll(entries)
+	if len(got) != 2 || got[0].Name != "acme" || got[1].Name != "beta" || got[1].Pod != "pod-2" || !changed {
+		t.Fatalf("decoded %+v changed=%v", got, changed)
+	}
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `key "podedge/tenants/bad": value is not base64`) {
+		t.Fatalf("problems %v", errs)
 	}
 }

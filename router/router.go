@@ -37,6 +37,10 @@ type Config struct {
 	Consistent bool
 	// WaitTime bounds each blocking query. Default 60s.
 	WaitTime time.Duration
+	// KV lists the pods/ and tenants/ folders. Nil lists them through
+	// consul/api; internal/consulkv reads Consul's JSON in place, which
+	// matters with many tenants.
+	KV KVLister
 	// MinWait is the least time between two wake-ups of the same query, so
 	// that a flapping check cannot make the router spin. Default 50ms. The
 	// gap also grows to twice what the last answer cost to read and apply,

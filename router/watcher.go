@@ -19,22 +19,28 @@ func (r *Router) Run(ctx context.Context, client *api.Client) error {
 	w := &watcher{r: r, client: client, changed: make(chan struct{}, 1)}
 	pods := &kvDecoder[Pod]{folder: r.cfg.Prefix + "pods/", decode: decodePod}
 	tenants := &kvDecoder[Tenant]{folder: r.cfg.Prefix + "tenants/", decode: decodeTenant}
+	kv := r.cfg.KV
+	if kv == nil {
+		kv = apiLister{client.KV()}
+	}
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		runQuery(ctx, w, slotPods, "kv:pods", func(q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
-			return client.KV().List(pods.folder, q)
-		}, func(pairs api.KVPairs) bool {
-			v, errs, changed := pods.decodeAll(pairs)
+		runQuery(ctx, w, slotPods, "kv:pods", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+			return kv.ListKV(pods.folder, q)
+		}, func(list *KVList) bool {
+			defer list.release()
+			v, errs, changed := pods.decodeAll(list.Entries)
 			w.logSkipped(errs)
 			return store(w, &w.pods, v, slotPods, changed)
 		})
 	})
 	wg.Go(func() {
-		runQuery(ctx, w, slotTenants, "kv:tenants", func(q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
-			return client.KV().List(tenants.folder, q)
-		}, func(pairs api.KVPairs) bool {
-			v, errs, changed := tenants.decodeAll(pairs)
+		runQuery(ctx, w, slotTenants, "kv:tenants", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+			return kv.ListKV(tenants.folder, q)
+		}, func(list *KVList) bool {
+			defer list.release()
+			v, errs, changed := tenants.decodeAll(list.Entries)
 			w.logSkipped(errs)
 			return store(w, &w.tenants, v, slotTenants, changed)
 		})
@@ -201,8 +207,14 @@ func runQuery[T any](ctx context.Context, w *watcher, slot int, name string,
 			w.notify()
 		}
 		// RequestTime runs until the answer's head: the rest is this
-		// process reading, decoding and applying it.
-		cost := time.Since(started) - meta.RequestTime
+		// process reading, decoding and applying it. A first answer (index
+		// 0) is not a change to pace: it costs more than the next ones
+		// (cold buffers, everything new), and its gap would only delay the
+		// first change after a start.
+		var cost time.Duration
+		if q.WaitIndex > 0 {
+			cost = time.Since(started) - meta.RequestTime
+		}
 		if !retry.Sleep(ctx, wakeGap(cfg.MinWait, cost)-time.Since(started)) {
 			return
 		}

@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/consulkv"
+	"github.com/podedge/podedge/router"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -134,19 +136,40 @@ func (c Consul) Validate() error {
 	return nil
 }
 
-// Client returns a Consul API client for the agent. Blocking queries must
-// not be cut short, so the client has no overall timeout.
-func (c Consul) Client() (*api.Client, error) {
+// APIConfig is consul/api's configuration for the agent: its defaults and
+// CONSUL_HTTP_* environment (scheme, TLS, token) under the address and
+// token of this section.
+func (c Consul) APIConfig() *api.Config {
 	cfg := api.DefaultConfig()
 	cfg.Address = c.Address
 	if c.Token != "" {
 		cfg.Token = c.Token
 	}
-	client, err := api.NewClient(cfg)
+	return cfg
+}
+
+// Client returns a Consul API client for the agent. Blocking queries must
+// not be cut short, so the client has no overall timeout.
+func (c Consul) Client() (*api.Client, error) {
+	client, err := api.NewClient(c.APIConfig())
 	if err != nil {
 		return nil, fmt.Errorf("consul.address %q: %w", c.Address, err)
 	}
 	return client, nil
+}
+
+// KVLister returns the router's lister of KV folders for the agent: one
+// that reads Consul's JSON in place, or nil (the router's consul/api
+// default) for an agent on a unix socket.
+func (c Consul) KVLister() (router.KVLister, error) {
+	l, err := consulkv.New(c.APIConfig())
+	if err != nil {
+		return nil, fmt.Errorf("consul.address %q: %w", c.Address, err)
+	}
+	if l == nil {
+		return nil, nil
+	}
+	return l, nil
 }
 
 // Log is the log section every binary shares.
