@@ -82,7 +82,7 @@ func (h *harness) dnsPhase(ctx context.Context) error {
 		}
 	}
 	for round := 1; round <= h.opts.Rounds; round++ {
-		for _, s := range systems {
+		for _, s := range rotated(systems, round) {
 			res, err := h.measureDNS(ctx, s, h.opts.Duration)
 			if err != nil {
 				return fmt.Errorf("%s, round %d: %w", s.name, round, err)

@@ -105,7 +105,7 @@ func (h *harness) httpPhase(ctx context.Context) error {
 	}
 	for round := 1; round <= h.opts.Rounds; round++ {
 		for _, w := range Workloads() {
-			for _, s := range systems {
+			for _, s := range rotated(systems, round) {
 				var profiled <-chan error
 				if s == edge && round == 1 {
 					profiled = h.profileEdge(s, profileName("edge", w.Name), h.opts.Duration)

@@ -234,7 +234,7 @@ func (r *Report) Markdown() string {
 		vs = append(vs, v.Name+" "+v.Version)
 	}
 	w("- Versions: %s.\n", strings.Join(vs, ", "))
-	w("- %d rounds of %s per system and workload, systems alternating within each round; medians shown.", r.Rounds, r.Duration)
+	w("- %d rounds of %s per system and workload, systems alternating within each round, each round starting one system later; medians shown.", r.Rounds, r.Duration)
 	if r.Quick {
 		w(" Quick (smoke) run: the figures mean nothing.")
 	}

@@ -216,3 +216,15 @@ func TestProfileEdgeSavesAProfile(t *testing.T) {
 		t.Fatal("a 1s run was profiled")
 	}
 }
+
+func TestRotatedStartsEachRoundOneLater(t *testing.T) {
+	systems := []string{"a", "b", "c"}
+	for round, want := range map[int]string{1: "abc", 2: "bca", 3: "cab", 4: "abc"} {
+		if got := strings.Join(rotated(systems, round), ""); got != want {
+			t.Errorf("round %d: %s, want %s", round, got, want)
+		}
+	}
+	if strings.Join(systems, "") != "abc" {
+		t.Fatal("rotated changed its argument")
+	}
+}
