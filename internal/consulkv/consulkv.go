@@ -16,6 +16,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,7 +52,12 @@ type buffers struct {
 // supported: the router then lists through consul/api (New returns nil and
 // no error).
 func New(cfg *api.Config) (*Lister, error) {
-	if strings.HasPrefix(cfg.Address, "unix://") {
+	// The address may carry its scheme, as consul/api allows.
+	address, scheme := cfg.Address, cfg.Scheme
+	if s, rest, ok := strings.Cut(address, "://"); ok {
+		address, scheme = rest, s
+	}
+	if scheme == "unix" {
 		return nil, nil
 	}
 	client := cfg.HttpClient
@@ -65,14 +71,22 @@ func New(cfg *api.Config) (*Lister, error) {
 			return nil, fmt.Errorf("consul TLS settings: %w", err)
 		}
 	}
-	scheme := cfg.Scheme
 	if scheme == "" {
 		scheme = "http"
 	}
 	if scheme != "http" && scheme != "https" {
 		return nil, fmt.Errorf("consul scheme %q: want http or https", scheme)
 	}
-	return &Lister{client: client, base: url.URL{Scheme: scheme, Host: cfg.Address}, token: cfg.Token, dc: cfg.Datacenter}, nil
+	token := cfg.Token
+	if token == "" && cfg.TokenFile != "" {
+		// As consul/api does with CONSUL_HTTP_TOKEN_FILE.
+		raw, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("consul token file: %w", err)
+		}
+		token = strings.TrimSpace(string(raw))
+	}
+	return &Lister{client: client, base: url.URL{Scheme: scheme, Host: address}, token: token, dc: cfg.Datacenter}, nil
 }
 
 // ListKV lists folder recursively with the blocking query q.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -146,6 +147,19 @@ func TestBadAnswers(t *testing.T) {
 	}
 	if l, err := New(&api.Config{Address: "unix:///run/consul.sock"}); l != nil || err != nil {
 		t.Fatalf("unix socket: %v %v", l, err)
+	}
+	if l, err := New(&api.Config{Address: "https://consul.example:8501"}); err != nil || l.base.String() != "https://consul.example:8501" {
+		t.Fatalf("address with its scheme: %v %v", l, err)
+	}
+	tokenFile := t.TempDir() + "/token"
+	if err := os.WriteFile(tokenFile, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := New(&api.Config{Address: "127.0.0.1:8500", TokenFile: tokenFile}); err != nil || l.token != "from-file" {
+		t.Fatalf("token file: %v %v", l, err)
+	}
+	if _, err := New(&api.Config{Address: "127.0.0.1:8500", TokenFile: tokenFile + ".missing"}); err == nil {
+		t.Fatal("a missing token file was accepted")
 	}
 	if _, err := New(&api.Config{Address: "127.0.0.1:8500", Scheme: "ftp"}); err == nil || !strings.Contains(err.Error(), `scheme "ftp"`) {
 		t.Fatalf("bad scheme: %v", err)
