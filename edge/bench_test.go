@@ -13,9 +13,9 @@ import (
 	"github.com/valyala/fasthttp/fasthttputil"
 )
 
-// benchProxy runs the proxy handler against an in-memory upstream that
-// answers a small body, as a load test would, with metrics on.
-func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
+// benchUpstream starts an in-memory app server that answers a small body,
+// as a load test's would.
+func benchUpstream(b *testing.B) *fasthttputil.InmemoryListener {
 	up := fasthttputil.NewInmemoryListener()
 	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		ctx.SetContentType("text/plain")
@@ -23,16 +23,13 @@ func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
 	}}
 	go func() { _ = srv.Serve(up) }()
 	b.Cleanup(func() { _ = srv.Shutdown() })
-	p.Dial = func(string) (net.Conn, error) { return up.Dial() }
-	p.Metrics = NewMetrics(prometheus.NewRegistry())
-	p.Logger = slog.New(slog.DiscardHandler)
-	r, err := router.New(router.Config{Registry: p.Registry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	r.Subscribe(p.SetSnapshot)
-	r.Publish(withApps(onePod(), "10.0.0.1:8080", "10.0.0.2:8080"))
+	return up
+}
 
+// benchRequests runs serve on copies of a typical request (the usual
+// headers, a cookie; mutate may change it), in parallel, and fails on
+// anything but a 200.
+func benchRequests(b *testing.B, mutate func(*fasthttp.Request), serve func(*fasthttp.RequestCtx) error) {
 	var req fasthttp.Request
 	req.Header.SetMethod("GET")
 	req.SetRequestURI("/index.html?q=1")
@@ -52,11 +49,29 @@ func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
 		for pb.Next() {
 			req.CopyTo(&ctx.Request)
 			ctx.Response.Reset()
-			p.ServeHTTP(&ctx)
-			if ctx.Response.StatusCode() != 200 {
-				b.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
+			if err := serve(&ctx); err != nil || ctx.Response.StatusCode() != 200 {
+				b.Fatalf("status %d (%v): %s", ctx.Response.StatusCode(), err, ctx.Response.Body())
 			}
 		}
+	})
+}
+
+// benchProxy runs the proxy handler, with metrics on, against the
+// in-memory app server.
+func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
+	up := benchUpstream(b)
+	p.Dial = func(string) (net.Conn, error) { return up.Dial() }
+	p.Metrics = NewMetrics(prometheus.NewRegistry())
+	p.Logger = slog.New(slog.DiscardHandler)
+	r, err := router.New(router.Config{Registry: p.Registry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.Subscribe(p.SetSnapshot)
+	r.Publish(withApps(onePod(), "10.0.0.1:8080", "10.0.0.2:8080"))
+	benchRequests(b, mutate, func(ctx *fasthttp.RequestCtx) error {
+		p.ServeHTTP(ctx)
+		return nil
 	})
 }
 
@@ -65,35 +80,11 @@ func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
 // fasthttp.HostClient, as bench/forwarder does it (no routing, health,
 // retries, header rewriting, metrics or logs).
 func BenchmarkBareForward(b *testing.B) {
-	up := fasthttputil.NewInmemoryListener()
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		ctx.SetContentType("text/plain")
-		ctx.SetBodyString("hello, world\n")
-	}}
-	go func() { _ = srv.Serve(up) }()
-	b.Cleanup(func() { _ = srv.Shutdown() })
+	up := benchUpstream(b)
 	hc := &fasthttp.HostClient{Addr: "10.0.0.1:8080", Dial: func(string) (net.Conn, error) { return up.Dial() },
 		MaxConns: 1024, NoDefaultUserAgentHeader: true, DisablePathNormalizing: true}
-	var req fasthttp.Request
-	req.Header.SetMethod("GET")
-	req.SetRequestURI("/index.html?q=1")
-	req.Header.SetHost("acme.example.test")
-	req.Header.Set("User-Agent", "bench/1.0")
-	req.Header.Set("Accept", "*/*")
-	req.Header.Set("Cookie", "session=0123456789abcdef")
-	client := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 40000}
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		var ctx fasthttp.RequestCtx
-		ctx.Init(&req, client, nil)
-		for pb.Next() {
-			req.CopyTo(&ctx.Request)
-			ctx.Response.Reset()
-			if err := hc.Do(&ctx.Request, &ctx.Response); err != nil || ctx.Response.StatusCode() != 200 {
-				b.Fatalf("status %d: %v", ctx.Response.StatusCode(), err)
-			}
-		}
+	benchRequests(b, nil, func(ctx *fasthttp.RequestCtx) error {
+		return hc.Do(&ctx.Request, &ctx.Response)
 	})
 }
 
