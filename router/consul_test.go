@@ -162,14 +162,16 @@ func TestCheckLabelAndDomain(t *testing.T) {
 	}
 }
 
-func TestWakeGapGrowsWithTheCostOfAnAnswer(t *testing.T) {
-	for _, c := range []struct{ minWait, cost, want time.Duration }{
-		{50 * time.Millisecond, time.Millisecond, 50 * time.Millisecond},         // a small prefix: MinWait
-		{50 * time.Millisecond, 0, 50 * time.Millisecond},                        // clock noise
-		{50 * time.Millisecond, 900 * time.Millisecond, 1800 * time.Millisecond}, // 100,000 tenants
+func TestPauseGrowsWithTheCostOfAnAnswer(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct{ minWait, elapsed, cost, want time.Duration }{
+		{50 * ms, 10 * ms, 1 * ms, 40 * ms},      // a small folder: MinWait between starts
+		{50 * ms, 60 * ms, 0, 0},                 // a long block: no wait
+		{50 * ms, 1200 * ms, 400 * ms, 800 * ms}, // 100,000 tenants: twice the cost
+		{50 * ms, 60 * ms, -ms, 0},               // clock noise
 	} {
-		if got := wakeGap(c.minWait, c.cost); got != c.want {
-			t.Errorf("wakeGap(%s, %s) = %s, want %s", c.minWait, c.cost, got, c.want)
+		if got := max(pause(c.minWait, c.elapsed, c.cost), 0); got != c.want {
+			t.Errorf("pause(%s, %s, %s) = %s, want %s", c.minWait, c.elapsed, c.cost, got, c.want)
 		}
 	}
 }

@@ -42,10 +42,10 @@ type Config struct {
 	// matters with many tenants.
 	KV KVLister
 	// MinWait is the least time between two wake-ups of the same query, so
-	// that a flapping check cannot make the router spin. Default 50ms. The
-	// gap also grows to twice what the last answer cost to read and apply,
-	// so that a large prefix changing often (100,000 tenants take about a
-	// second to read) uses at most about a third of a CPU.
+	// that a flapping check cannot make the router spin. Default 50ms. After
+	// an answer that took long to read and apply (100,000 tenants: about
+	// 0.4 s), the router also waits twice that long before the next query,
+	// so that a large folder changing often uses a third of a CPU at most.
 	MinWait time.Duration
 	// RetryBase and RetryMax bound the backoff after a failed query: it
 	// doubles from RetryBase up to RetryMax. Defaults 250ms and 10s.

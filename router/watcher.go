@@ -215,19 +215,21 @@ func runQuery[T any](ctx context.Context, w *watcher, slot int, name string,
 		if q.WaitIndex > 0 {
 			cost = time.Since(started) - meta.RequestTime
 		}
-		if !retry.Sleep(ctx, wakeGap(cfg.MinWait, cost)-time.Since(started)) {
+		if !retry.Sleep(ctx, pause(cfg.MinWait, time.Since(started), cost)) {
 			return
 		}
 	}
 }
 
-// wakeGap is the least time from one query to the next: MinWait, so that a
-// value or a check flapping many times a second cannot make the router spin,
-// and twice what the last answer cost to take in, so that a prefix too large
-// to read in a moment, changing all the time, costs a third of a CPU at most
-// rather than all of it. Changes that arrive meanwhile are read together.
-func wakeGap(minWait, cost time.Duration) time.Duration {
-	return max(minWait, 2*cost)
+// pause is how long to wait before the next query, elapsed after the
+// start of the last one, whose answer cost this process cost to take in.
+// At least MinWait between two starts, so that a value or a check flapping
+// many times a second cannot make the router spin; and twice the cost
+// after it, so that a folder too large to read in a moment, changing all
+// the time, takes a third of a CPU at most rather than all of it. Changes
+// that arrive meanwhile are read together.
+func pause(minWait, elapsed, cost time.Duration) time.Duration {
+	return max(minWait-elapsed, 2*cost)
 }
 
 // nextIndex is the blocking index for the next query: Consul's index, unless
