@@ -12,13 +12,14 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/podedge/podedge/internal/child"
+	"github.com/podedge/podedge/internal/freeport"
 	"github.com/podedge/podedge/router"
 )
 
 // startConsul runs a Consul dev agent on free loopback ports and waits
 // until it has a leader and its node is in the catalog.
 func (h *harness) startConsul(ctx context.Context) error {
-	ports, err := freePorts(4)
+	ports, err := freeport.Ports(4)
 	if err != nil {
 		return err
 	}
@@ -150,36 +151,9 @@ func passing(c *api.Client, service string) int {
 	return len(entries)
 }
 
-// freePorts returns n distinct ports that were free on 127.0.0.1 for both
-// TCP and UDP a moment ago.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		held = append(held, l)
-		p := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err != nil {
-			continue // taken for UDP; keep the TCP one held so it is not picked again
-		}
-		u.Close()
-		ports = append(ports, p)
-	}
-	return ports, nil
-}
-
 // freeAddr returns one free "127.0.0.1:port".
 func freeAddr() (string, error) {
-	p, err := freePorts(1)
+	p, err := freeport.Ports(1)
 	if err != nil {
 		return "", err
 	}

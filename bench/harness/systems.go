@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podedge/podedge/internal/child"
+	"github.com/podedge/podedge/internal/freeport"
 )
 
 // server is a system under test: where its clients connect and the
@@ -181,7 +182,7 @@ func (h *harness) path(elem ...string) string {
 }
 
 func freePortsAddrs(n int) ([]string, error) {
-	ports, err := freePorts(n)
+	ports, err := freeport.Ports(n)
 	if err != nil {
 		return nil, err
 	}

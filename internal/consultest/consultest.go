@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/freeport"
 )
 
 // Agent is a running Consul dev agent.
@@ -186,30 +187,13 @@ func (a *Agent) Restart() {
 	}
 }
 
-// FreePorts returns n distinct TCP ports that were free on 127.0.0.1 (and
-// the same UDP ports, checked too) a moment ago.
+// FreePorts returns n distinct ports that were free on 127.0.0.1 for both
+// TCP and UDP a moment ago, or fails the test.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("free port: %v", err)
-		}
-		ls = append(ls, l)
-		p := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err != nil {
-			continue // taken for UDP; keep the TCP one open so it is not picked again
-		}
-		u.Close()
-		ports = append(ports, p)
+	ports, err := freeport.Ports(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
 }

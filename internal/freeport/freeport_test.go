@@ -1,0 +1,32 @@
+package freeport
+
+import (
+	"net"
+	"strconv"
+	"testing"
+)
+
+func TestPortsAreDistinctAndFree(t *testing.T) {
+	ports, err := Ports(8)
+	if err != nil || len(ports) != 8 {
+		t.Fatalf("%v %v", ports, err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] {
+			t.Fatalf("port %d twice in %v", p, ports)
+		}
+		seen[p] = true
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("tcp %s: %v", addr, err)
+		}
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			t.Fatalf("udp %s: %v", addr, err)
+		}
+		l.Close()
+		u.Close()
+	}
+}
