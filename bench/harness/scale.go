@@ -219,21 +219,23 @@ func (h *harness) changeTimes(ctx context.Context, prefix string, edge, dnsd *se
 		if err := putJSON(h.consul, prefix+"tenants/"+name, router.Tenant{Name: name, Pod: pod, Created: time.Now().UTC()}); err != nil {
 			return ChangeResult{}, err
 		}
+		// edgeStatus is the edge's answer for the new host (0: none).
+		edgeStatus := func() int {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+edge.addr+"/bytes/1", nil)
+			req.Host = hostname
+			resp, err := client.Do(req)
+			if err != nil {
+				return 0
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
 		var wg sync.WaitGroup
 		var edgeErr, dnsdErr error
 		var edgeT, dnsdT time.Duration
 		wg.Go(func() {
-			edgeT, edgeErr = pollUntil(ctx, start, func() bool {
-				req, _ := http.NewRequest(http.MethodGet, "http://"+edge.addr+"/bytes/1", nil)
-				req.Host = hostname
-				resp, err := client.Do(req)
-				if err != nil {
-					return false
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				return resp.StatusCode == http.StatusOK
-			})
+			edgeT, edgeErr = pollUntil(ctx, start, func() bool { return edgeStatus() == http.StatusOK })
 		})
 		wg.Go(func() {
 			dnsdT, dnsdErr = pollUntil(ctx, start, func() bool {
@@ -254,17 +256,7 @@ func (h *harness) changeTimes(ctx context.Context, prefix string, edge, dnsd *se
 		}
 		// Wait for the deletion to be served too, so that the rebuild it
 		// causes is over before the next sample or the next measured run.
-		if _, err := pollUntil(ctx, time.Now(), func() bool {
-			req, _ := http.NewRequest(http.MethodGet, "http://"+edge.addr+"/bytes/1", nil)
-			req.Host = hostname
-			resp, err := client.Do(req)
-			if err != nil {
-				return false
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusNotFound
-		}); err != nil {
+		if _, err := pollUntil(ctx, time.Now(), func() bool { return edgeStatus() == http.StatusNotFound }); err != nil {
 			return ChangeResult{}, fmt.Errorf("edge forgetting %s: %w", hostname, err)
 		}
 		if _, err := pollUntil(ctx, time.Now(), func() bool {
