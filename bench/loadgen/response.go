@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -32,23 +33,24 @@ func readResponse(r *bufio.Reader) (status int, closeConn bool, err error) {
 		if err != nil {
 			return 0, false, unexpected(err)
 		}
-		line = trimSpace(line)
+		line = bytes.TrimSpace(line)
 		if len(line) == 0 {
 			break
 		}
-		name, value, ok := cut(line)
+		name, value, ok := bytes.Cut(line, []byte{':'})
 		if !ok {
 			return 0, false, fmt.Errorf("%w: header line %q", errProtocol, line)
 		}
+		value = bytes.TrimSpace(value)
 		switch {
-		case equalFold(name, "content-length"):
+		case bytes.EqualFold(name, []byte("content-length")):
 			if length, ok = atoi(value); !ok {
 				return 0, false, fmt.Errorf("%w: content-length %q", errProtocol, value)
 			}
-		case equalFold(name, "transfer-encoding"):
-			chunked = equalFold(value, "chunked")
-		case equalFold(name, "connection"):
-			if equalFold(value, "close") {
+		case bytes.EqualFold(name, []byte("transfer-encoding")):
+			chunked = bytes.EqualFold(value, []byte("chunked"))
+		case bytes.EqualFold(name, []byte("connection")):
+			if bytes.EqualFold(value, []byte("close")) {
 				closeConn = true
 			}
 		}
@@ -74,7 +76,7 @@ func discardChunked(r *bufio.Reader) error {
 			return unexpected(err)
 		}
 		size := 0
-		for _, c := range trimSpace(line) {
+		for _, c := range bytes.TrimSpace(line) {
 			var d int
 			switch {
 			case c >= '0' && c <= '9':
@@ -98,7 +100,7 @@ func discardChunked(r *bufio.Reader) error {
 				if err != nil {
 					return unexpected(err)
 				}
-				if len(trimSpace(line)) == 0 {
+				if len(bytes.TrimSpace(line)) == 0 {
 					return nil
 				}
 			}
@@ -129,41 +131,4 @@ func atoi(b []byte) (int, bool) {
 		n = n*10 + int(c-'0')
 	}
 	return n, true
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
-		b = b[1:]
-	}
-	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t' || b[len(b)-1] == '\r' || b[len(b)-1] == '\n') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
-
-// cut splits a header line at its colon, trimming the value.
-func cut(line []byte) (name, value []byte, ok bool) {
-	for i, c := range line {
-		if c == ':' {
-			return line[:i], trimSpace(line[i+1:]), true
-		}
-	}
-	return nil, nil, false
-}
-
-// equalFold compares ASCII b with lower-case s, ignoring case.
-func equalFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		c := b[i]
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
 }
