@@ -227,7 +227,10 @@ func (r *Router) Subscribe(fn func(*Snapshot)) {
 }
 
 // Publish builds a snapshot of st and publishes it. The watcher calls it on
-// every change; tests and benchmarks may call it directly.
+// every change; tests and benchmarks may call it directly. The snapshot
+// keeps pointers into st's slices, and a later st holding the very same
+// Tenants slice reuses the tenant index: a caller passes new slices for new
+// data and never writes to one it has published.
 func (r *Router) Publish(st State) *Snapshot {
 	r.buildMu.Lock()
 	defer r.buildMu.Unlock()
