@@ -53,6 +53,15 @@ type Options struct {
 	Skip []string
 	// CPUs splits the machine; nil means DefaultCPUs.
 	CPUs *CPUs
+	// Apps places the two app servers: AppsWithServer (the default) runs
+	// them on the server CPUs with the proxy in front of them, so that a
+	// proxy's work includes its backends'; AppsWithClient runs them on the
+	// client CPUs with the load generator, leaving the server CPUs to the
+	// proxy alone.
+	Apps string
+	// Phases names the phases to run, among Phases(); empty runs them all.
+	// Consul and the platform always start.
+	Phases []string
 	// Dir is the folder for configurations and logs. Empty means a new
 	// temporary folder, removed at the end unless the run failed.
 	Dir string
@@ -105,6 +114,18 @@ func (o *Options) setDefaults() error {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
+	switch o.Apps {
+	case "":
+		o.Apps = AppsWithServer
+	case AppsWithServer, AppsWithClient:
+	default:
+		return fmt.Errorf("apps: %q is neither %q nor %q", o.Apps, AppsWithServer, AppsWithClient)
+	}
+	for _, p := range o.Phases {
+		if !slices.Contains(Phases(), p) {
+			return fmt.Errorf("phases: unknown phase %q (known: %s)", p, strings.Join(Phases(), ", "))
+		}
+	}
 	for _, s := range o.Skip {
 		if !slices.Contains([]string{"nginx", "haproxy", "knot", "nsd"}, s) {
 			return fmt.Errorf("skip: unknown peer %q", s)
@@ -112,6 +133,15 @@ func (o *Options) setDefaults() error {
 	}
 	return nil
 }
+
+// Where the app servers run (Options.Apps).
+const (
+	AppsWithServer = "server"
+	AppsWithClient = "client"
+)
+
+// Phases are the measuring phases of a run, in the order they run.
+func Phases() []string { return []string{"http", "failure", "dns", "scale"} }
 
 // The names the bench serves, as the platform would.
 const (
@@ -189,6 +219,9 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		{"scale", h.scalePhase},
 	}
 	for _, s := range steps {
+		if slices.Contains(Phases(), s.name) && len(opts.Phases) > 0 && !slices.Contains(opts.Phases, s.name) {
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("interrupted before %s: %w", s.name, err)
 		}

@@ -69,15 +69,19 @@ func (h *harness) setUpPlatform(ctx context.Context) error {
 			return err
 		}
 	}
-	h.say("consul at %s; backends %s and %s; server CPUs %q, client CPUs %q",
-		h.consulAddr, h.backends[0].addr, h.backends[1].addr, h.cpus.Server, h.cpus.Client)
+	h.say("consul at %s; backends %s and %s; server CPUs %q, client CPUs %q, backends on the %s CPUs",
+		h.consulAddr, h.backends[0].addr, h.backends[1].addr, h.cpus.Server, h.cpus.Client, h.opts.Apps)
 	return nil
 }
 
-// startBackend (re)starts b on its address, on the server CPUs (a proxy's
-// work includes its backends'), registered in Consul with a 1s HTTP check.
+// startBackend (re)starts b on its address, on the CPUs Options.Apps
+// names, registered in Consul with a 1s HTTP check.
 func (h *harness) startBackend(b *backendProc) error {
-	p, err := h.start(b.name, h.cpus.Server, nil, h.bin("backend"),
+	cpus := h.cpus.Server
+	if h.opts.Apps == AppsWithClient {
+		cpus = h.cpus.Client
+	}
+	p, err := h.start(b.name, cpus, nil, h.bin("backend"),
 		"-listen", b.addr, "-name", b.name, "-pod", pod, "-consul", h.consulAddr)
 	if err != nil {
 		return err

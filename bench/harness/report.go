@@ -16,6 +16,8 @@ type Report struct {
 	Machine  Machine
 	Versions []Version
 	CPUs     CPUs
+	// Apps is where the app servers ran (Options.Apps).
+	Apps     string
 	Rounds   int
 	Duration time.Duration
 	// FailureDuration is the length of each failure run.
@@ -69,6 +71,7 @@ func newReport(h *harness) *Report {
 		Machine:         readMachine(),
 		Versions:        readVersions(h.opts),
 		CPUs:            h.cpus,
+		Apps:            h.opts.Apps,
 		Rounds:          h.opts.Rounds,
 		Duration:        h.opts.Duration,
 		FailureDuration: h.opts.FailureDuration,
@@ -224,9 +227,12 @@ func (r *Report) Markdown() string {
 	if r.Command != "" {
 		w("- Command: `%s`.\n", r.Command)
 	}
-	if r.CPUs.Server != "" {
+	switch {
+	case r.CPUs.Server != "" && r.Apps == AppsWithClient:
+		w("- CPUs: the system under test on CPU %s, alone; the two backends, the load generator and Consul on CPU %s (taskset).\n", r.CPUs.Server, r.CPUs.Client)
+	case r.CPUs.Server != "":
 		w("- CPUs: the system under test (with the two backends behind a proxy) on CPU %s; the load generator and Consul on CPU %s (taskset).\n", r.CPUs.Server, r.CPUs.Client)
-	} else {
+	default:
 		w("- CPUs: one only, nothing pinned: servers and load generators share it.\n")
 	}
 	var vs []string
@@ -445,6 +451,9 @@ func (r *Report) failureTable(w writef) {
 }
 
 func (r *Report) dnsTables(w writef) {
+	if len(r.DNS) == 0 {
+		return
+	}
 	w("#### DNS\n\ndnsperf, %s clients, up to %s queries outstanding, one query mix in turn: the pod's A (13 records), the tenant's A (CNAME to the pod, chased), the pod's MX, a missing tenant (NXDOMAIN). Median of %d rounds.\n\n", dnsperfClients, dnsperfOutstanding, r.Rounds)
 	w("| system | queries/s | lost | avg latency | CPU server / client | CPU/query | response bytes (pod A, tenant A, MX, NXDOMAIN) |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, row := range r.DNS {
@@ -482,6 +491,9 @@ func (r *Report) dnsTables(w writef) {
 }
 
 func (r *Report) memoryTable(w writef) {
+	if len(r.Memory) == 0 {
+		return
+	}
 	w("#### Memory\n\nPeak resident set (VmHWM) of each server over its phase; for servers of several processes (nginx's master and workers, NSD's), the sum over them.\n\n")
 	w("| phase | system | peak RSS |\n| --- | --- | ---: |\n")
 	for _, m := range r.Memory {

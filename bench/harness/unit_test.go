@@ -132,6 +132,27 @@ func TestMarkdownStatesEveryTarget(t *testing.T) {
 	}
 }
 
+// A run of the HTTP phase alone, with the app servers beside the load
+// generator, says where they ran and leaves out the tables it has nothing
+// for.
+func TestMarkdownOfAPartialRun(t *testing.T) {
+	r := sampleReport()
+	r.Apps = AppsWithClient
+	r.DNS, r.DNSSizes, r.Memory, r.Failure, r.Scale = nil, nil, nil, nil, nil
+	md := r.Markdown()
+	if want := "the system under test on CPU 0, alone; the two backends, the load generator and Consul on CPU 1"; !strings.Contains(md, want) {
+		t.Errorf("report lacks %q:\n%s", want, md)
+	}
+	for _, absent := range []string{"#### DNS", "#### Memory", "#### HTTP while a backend dies", "dnsd ≥ 1.0× NSD"} {
+		if strings.Contains(md, absent) {
+			t.Errorf("report of the HTTP phase alone has %q:\n%s", absent, md)
+		}
+	}
+	if !strings.Contains(md, "| edge ≥ 1.0× nginx req/s, small responses |") {
+		t.Errorf("report lacks the HTTP targets:\n%s", md)
+	}
+}
+
 func TestPairedRatios(t *testing.T) {
 	a := &HTTPRow{Rounds: []HTTPResult{{RPS: 300}, {RPS: 100}, {RPS: 200}}}
 	b := &HTTPRow{Rounds: []HTTPResult{{RPS: 200}, {RPS: 100}, {RPS: 400}}}
@@ -185,6 +206,8 @@ func TestOptionsNameTheBadKey(t *testing.T) {
 		{Options{Bin: bin, Consul: "consul", Rounds: -1}, "rounds:"},
 		{Options{Bin: bin, Consul: "consul", Tenants: 5}, "tenants:"},
 		{Options{Bin: bin, Consul: "consul", Skip: []string{"apache"}}, `skip: unknown peer "apache"`},
+		{Options{Bin: bin, Consul: "consul", Apps: "elsewhere"}, `apps: "elsewhere" is neither "server" nor "client"`},
+		{Options{Bin: bin, Consul: "consul", Phases: []string{"http", "tls"}}, `phases: unknown phase "tls"`},
 	} {
 		err := c.opts.setDefaults()
 		if err == nil || !strings.Contains(err.Error(), c.want) {

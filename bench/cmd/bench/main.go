@@ -40,6 +40,8 @@ func main() {
 	fs.StringVar(&opts.ProfileDir, "profile", "", "`folder` to save CPU profiles of the edge in (one per HTTP workload, one during the KV changes)")
 	fs.StringVar(&opts.Dir, "dir", "", "`folder` for configurations and logs (default: a temporary one, removed after a successful run)")
 	fs.BoolVar(&opts.Quick, "quick", false, "smoke run: fewer KV changes timed, shorter lookup benchmark (use with short durations)")
+	fs.StringVar(&opts.Apps, "apps", harness.AppsWithServer, "where the two app servers run: `server` (on the server CPUs, with the proxy) or client (with the load generator, leaving the server CPUs to the proxy)")
+	only := fs.String("only", "", "comma-separated `phases` to run ("+strings.Join(harness.Phases(), ", ")+"); default all")
 	readme := fs.String("readme", "", "replace the results in this README (between its bench:results markers)")
 	out := fs.String("out", "", "also write the report to this `file`")
 	install := fs.Bool("install", true, "install missing Debian packages with apt-get when running as root")
@@ -56,6 +58,15 @@ func main() {
 	}
 	if fs.NArg() > 0 {
 		config.Exit(prog, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	if *only != "" {
+		opts.Phases = strings.Split(*only, ",")
+		if *readme != "" {
+			config.Exit(prog, errors.New("-readme with -only would replace the full results with part of them"))
+		}
+	}
+	if *readme != "" && opts.Apps != harness.AppsWithServer {
+		config.Exit(prog, errors.New("-readme holds the results of the default placement: write this one with -out"))
 	}
 	if opts.Consul == "" {
 		p, err := harness.LookTool("consul")
