@@ -229,7 +229,7 @@ func DefaultConfig() Config {
 		Limits: Limits{
 			MaxHeaderBytes:      16 << 10,
 			MaxBodyBytes:        100 << 20,
-			BufferBytes:         64 << 10,
+			BufferBytes:         128 << 10,
 			MaxConnsPerEndpoint: 1024,
 		},
 		Retries: Retries{
