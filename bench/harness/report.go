@@ -372,6 +372,9 @@ func (r *Report) targets(w writef) {
 }
 
 func (r *Report) httpTables(w writef) {
+	if len(r.HTTP) == 0 {
+		return
+	}
 	w("#### HTTP\n\nRequests per second and latency of each system, median of %d rounds. Errors are failed requests per run (connection errors, timeouts, non-2xx). CPU is the CPU time the kernel charged to the system under test (its backends left out) and to the load generator, in CPUs (user and system time; the network softirq work the kernel accounts apart is in neither); CPU/req is the server's CPU time per request, which does not depend on which side was the bottleneck.\n\n", r.Rounds)
 	w("| workload | system | req/s | p50 | p99 | max | errors | CPU server / client | CPU/req |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, wl := range r.workloads() {

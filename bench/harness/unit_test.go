@@ -153,6 +153,21 @@ func TestMarkdownOfAPartialRun(t *testing.T) {
 	}
 }
 
+// A run without the HTTP phase has no HTTP table and no HTTP target.
+func TestMarkdownWithoutHTTP(t *testing.T) {
+	r := sampleReport()
+	r.HTTP = nil
+	md := r.Markdown()
+	for _, absent := range []string{"#### HTTP\n", "edge ≥ 1.0× nginx"} {
+		if strings.Contains(md, absent) {
+			t.Errorf("report without the HTTP phase has %q:\n%s", absent, md)
+		}
+	}
+	if !strings.Contains(md, "#### DNS") {
+		t.Errorf("report lacks the DNS table:\n%s", md)
+	}
+}
+
 func TestPairedRatios(t *testing.T) {
 	a := &HTTPRow{Rounds: []HTTPResult{{RPS: 300}, {RPS: 100}, {RPS: 200}}}
 	b := &HTTPRow{Rounds: []HTTPResult{{RPS: 200}, {RPS: 100}, {RPS: 400}}}
