@@ -70,7 +70,7 @@ func TestBodyLimit(t *testing.T) {
 	t.Run("chunked body over the limit", func(t *testing.T) {
 		conn := rawConn(t, h.addr)
 		w := bufio.NewWriter(conn)
-		fmt.Fprintf(w, "POST / HTTP/1.1\r\nHost: acme.example.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+		fmt.Fprintf(w, "POST /chunked HTTP/1.1\r\nHost: acme.example.test\r\nTransfer-Encoding: chunked\r\n\r\n")
 		go func() {
 			for i := 0; i < 64; i++ {
 				fmt.Fprintf(w, "%x\r\n%s\r\n", 64<<10, big[:64<<10])
@@ -80,6 +80,19 @@ func TestBodyLimit(t *testing.T) {
 		}()
 		if resp := readResponse(t, conn, "POST"); resp.StatusCode != 413 {
 			t.Fatalf("got %d, want 413", resp.StatusCode)
+		}
+		// The body streamed to the app until it passed the limit; the app
+		// must see it cut there, never whole. It records the request once
+		// it stops reading the body.
+		deadline := time.Now().Add(10 * time.Second)
+		for a.lastRequest().URI != "/chunked" {
+			if time.Now().After(deadline) {
+				t.Fatal("the app never finished reading the cut request")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := a.lastRequest().BodyLen; got > 1<<20 {
+			t.Fatalf("the app read %d bytes of a body over the 1 MiB limit", got)
 		}
 	})
 	t.Run("under the limit", func(t *testing.T) {

@@ -33,7 +33,14 @@ type reqBody struct {
 	err          error
 }
 
+// Read returns a failure with no data, and again on every later call:
+// fasthttp's chunked writer drops an error that comes with data and goes on
+// reading, which would send the rest of a body over the limit to the
+// endpoint as if nothing had happened.
 func (b *reqBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
 	now := time.Now()
 	_ = b.ctx.SetReadDeadline(now.Add(b.clientBody))
 	if b.upstream != nil {
@@ -43,15 +50,16 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	b.n += int64(n)
 	switch {
 	case b.limit > 0 && b.n > b.limit:
+		// Not a byte of this read goes on: part of it is over the limit.
 		b.err = &clientError{status: fasthttp.StatusRequestEntityTooLarge, err: errBodyTooLarge}
-		return n, b.err
+		return 0, b.err
 	case err != nil && err != io.EOF:
 		status := fasthttp.StatusBadRequest
 		if isTimeout(err) {
 			status = fasthttp.StatusRequestTimeout
 		}
 		b.err = &clientError{status: status, err: err}
-		return n, b.err
+		return 0, b.err
 	}
 	return n, err
 }
