@@ -78,19 +78,28 @@ func TestWebSocketRefusedUpgradeIsPassedOn(t *testing.T) {
 
 func TestWebSocketIdleTunnelCloses(t *testing.T) {
 	ws := wsBackend(t, "ws")
-	p := &Proxy{Timeouts: Timeouts{WebSocketIdle: 300 * time.Millisecond}}
+	p := &Proxy{Timeouts: Timeouts{WebSocketIdle: time.Second}}
 	h := newHarness(t, p, onePod(ws))
 	c, err := dialWS(t, h.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The tunnel is counted once the 101 has gone out, so the handshake
+	// alone does not prove it open; an echo through it does.
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	var msg []byte
+	if err := websocket.Message.Send(c, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := websocket.Message.Receive(c, &msg); err != nil || string(msg) != "ping" {
+		t.Fatalf("echo: %q, %v", msg, err)
+	}
 	if p.Tunnels() != 1 {
 		t.Fatalf("%d tunnels open, want 1", p.Tunnels())
 	}
 	start := time.Now()
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var msg []byte
-	if err := websocket.Message.Receive(c, &msg); err == nil || time.Since(start) > 3*time.Second {
+	_ = c.SetReadDeadline(time.Now().Add(8 * time.Second))
+	if err := websocket.Message.Receive(c, &msg); err == nil || time.Since(start) > 5*time.Second {
 		t.Fatalf("idle tunnel: %v after %s, want it closed within the idle timeout", err, time.Since(start))
 	}
 }
