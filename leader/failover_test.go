@@ -40,7 +40,7 @@ func (c *cluster) live() []*proc {
 	defer c.mu.Unlock()
 	var out []*proc
 	for _, p := range c.procs {
-		if p.alive() {
+		if !p.Exited() {
 			out = append(out, p)
 		}
 	}
@@ -150,7 +150,7 @@ func TestFailover(t *testing.T) {
 			return lead != nil
 		})
 		killed := time.Now()
-		lead.signal(syscall.SIGKILL)
+		_ = lead.Signal(syscall.SIGKILL)
 		lead.wait(t, 5*time.Second)
 
 		// The first sign-up through a survivor that succeeds ends the

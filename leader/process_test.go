@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podedge/podedge/internal/child"
 	"github.com/podedge/podedge/internal/consultest"
 )
 
@@ -28,12 +29,10 @@ func buildLeader(t testing.TB) string {
 
 // proc is a leader replica running as its own process.
 type proc struct {
-	cmd  *exec.Cmd
+	*child.Process
 	addr string
 	url  string
 	out  *logBuffer
-	done chan struct{}
-	code int
 }
 
 // startProc runs the binary with args and waits until it serves with a
@@ -42,10 +41,8 @@ func startProc(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
 	p := launch(t, bin, args...)
 	consultest.WaitFor(t, 15*time.Second, "replica "+p.addr+" serving its view", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("replica exited with %d:\n%s", p.code, p.output())
-		default:
+		if p.Exited() {
+			t.Fatalf("replica exited with %d:\n%s", p.State().ExitCode(), p.output())
 		}
 		code, out, _ := tryCall("GET", p.url+"/healthz")
 		return code == 200 && out["view_synced"] == true
@@ -57,7 +54,7 @@ func startProc(t testing.TB, bin string, args ...string) *proc {
 // give one.
 func launch(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{out: &logBuffer{}, done: make(chan struct{})}
+	p := &proc{out: &logBuffer{}}
 	for i, a := range args {
 		if a == "-listen" && i+1 < len(args) {
 			p.addr = args[i+1]
@@ -68,25 +65,13 @@ func launch(t testing.TB, bin string, args ...string) *proc {
 		args = append([]string{"-listen", p.addr}, args...)
 	}
 	p.url = "http://" + p.addr
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
+	var err error
+	p.Process, err = child.Start(child.Spec{Name: "leader", LogDir: t.TempDir(), Bin: bin, Args: args, Stdout: p.out, Stderr: p.out})
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		p.cmd.Wait()
-		p.code = p.cmd.ProcessState.ExitCode()
-		close(p.done)
-	}()
 	t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
+		p.Stop(10 * time.Second)
 		if t.Failed() {
 			t.Logf("output of %s:\n%s", p.addr, p.output())
 		}
@@ -100,28 +85,15 @@ func (p *proc) output() string {
 	return p.out.b.String()
 }
 
-func (p *proc) signal(sig syscall.Signal) {
-	p.cmd.Process.Signal(sig)
-}
-
 // wait waits for the process to exit and returns its exit code.
 func (p *proc) wait(t testing.TB, timeout time.Duration) int {
 	t.Helper()
 	select {
-	case <-p.done:
-		return p.code
+	case <-p.Done():
+		return p.State().ExitCode()
 	case <-time.After(timeout):
 		t.Fatalf("%s did not exit within %s", p.addr, timeout)
 		return 0
-	}
-}
-
-func (p *proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
 	}
 }
 
@@ -144,7 +116,7 @@ func leaderOf(ps []*proc) *proc {
 	var lead *proc
 	named := ""
 	for _, p := range ps {
-		if !p.alive() {
+		if p.Exited() {
 			continue
 		}
 		code, out, err := tryCall("GET", p.url+"/v1/leader")
@@ -239,7 +211,7 @@ func TestCommandLine(t *testing.T) {
 		if out["hostname"] != "acme.file.test" {
 			t.Fatalf("hostname %v: the file's zone was not used", out["hostname"])
 		}
-		p.signal(syscall.SIGTERM)
+		_ = p.Signal(syscall.SIGTERM)
 		if code := p.wait(t, 10*time.Second); code != 0 {
 			t.Fatalf("exit %d after SIGTERM", code)
 		}
