@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/child"
 	"github.com/podedge/podedge/internal/consultest"
 )
 
@@ -76,18 +76,12 @@ log: {level: info}
 		t.Fatal(err)
 	}
 	var stdout, stderr lockedBuffer
-	cmd := exec.Command(bin, "-config", cfgFile)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	edge, err := child.Start(child.Spec{Name: "edge", LogDir: t.TempDir(), Bin: bin, Args: []string{"-config", cfgFile}, Stdout: &stdout, Stderr: &stderr})
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		edge.Kill()
 		if t.Failed() {
 			t.Logf("edge stderr:\n%s", stderr.String())
 		}
@@ -153,7 +147,7 @@ log: {level: info}
 	}
 
 	sigterm := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := edge.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	consultest.WaitFor(t, 2*time.Second, "the edge to leave consul", func() bool {
@@ -186,12 +180,9 @@ log: {level: info}
 		t.Fatalf("the in-flight request: %d %q %v; it must finish", r.code, r.body, r.err)
 	}
 	select {
-	case <-exited:
-		var ee *exec.ExitError
-		if errors.As(waitErr, &ee) {
-			t.Fatalf("edge exited with %d", ee.ExitCode())
-		} else if waitErr != nil {
-			t.Fatal(waitErr)
+	case <-edge.Done():
+		if err := edge.CleanExit(); err != nil {
+			t.Fatal(err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the edge did not exit")

@@ -16,14 +16,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/podedge/podedge/internal/child"
 	"github.com/podedge/podedge/internal/consultest"
 )
 
@@ -71,18 +70,14 @@ func startPebble(t *testing.T, dnsAddr string, httpPort, tlsPort int) *pebble {
 		t.Fatal(err)
 	}
 	out := &consultest.SyncBuffer{}
-	cmd := exec.Command(pebbleBinary, "-config", cfgFile, "-dnsserver", dnsAddr)
-	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	proc, err := child.Start(child.Spec{Name: "pebble", LogDir: dir, Bin: pebbleBinary,
+		Args: []string{"-config", cfgFile, "-dnsserver", dnsAddr},
+		Env:  []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"}, Stdout: out, Stderr: out})
+	if err != nil {
 		t.Fatalf("start pebble: %v", err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		proc.Kill()
 		if t.Failed() {
 			t.Logf("pebble output:\n%s", out.String())
 		}
@@ -97,7 +92,7 @@ func startPebble(t *testing.T, dnsAddr string, httpPort, tlsPort int) *pebble {
 	var rootPEM []byte
 	consultest.WaitFor(t, 20*time.Second, "pebble to serve its directory and root", func() bool {
 		select {
-		case <-exited:
+		case <-proc.Done():
 			t.Fatalf("pebble exited:\n%s", out.String())
 		default:
 		}
