@@ -17,11 +17,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/child"
 	"github.com/podedge/podedge/internal/freeport"
 )
 
@@ -38,9 +38,8 @@ type Agent struct {
 	node string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
+	proc *child.Process
 	out  *SyncBuffer
-	done chan struct{}
 }
 
 // Binary returns the Consul binary to run, or an error saying how to get one.
@@ -116,17 +115,13 @@ func (a *Agent) start() error {
 	a.mu.Lock()
 	out := &SyncBuffer{}
 	a.out = out
-	cmd := exec.Command(a.bin, a.args...)
-	cmd.Stdout, cmd.Stderr = out, out
 	// The agent dies with the test binary, even when the test panics.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	proc, err := child.Start(child.Spec{Name: "consul", LogDir: a.t.TempDir(), Bin: a.bin, Args: a.args, Stdout: out, Stderr: out})
+	if err != nil {
 		a.mu.Unlock()
 		return fmt.Errorf("start consul: %w", err)
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	a.cmd, a.done = cmd, done
+	a.proc = proc
 	a.mu.Unlock()
 
 	deadline := time.Now().Add(60 * time.Second)
@@ -140,9 +135,9 @@ func (a *Agent) start() error {
 			}
 		}
 		select {
-		case <-done:
+		case <-proc.Done():
 			a.mu.Lock()
-			a.cmd = nil
+			a.proc = nil
 			a.mu.Unlock()
 			if strings.Contains(out.String(), "address already in use") {
 				return fmt.Errorf("%w: %s", errPortTaken, lastLine(out.String()))
@@ -164,14 +159,13 @@ func lastLine(s string) string {
 // Stop kills the agent and waits for it to exit. It is safe to call twice.
 func (a *Agent) Stop() {
 	a.mu.Lock()
-	cmd, done := a.cmd, a.done
-	a.cmd = nil
+	proc := a.proc
+	a.proc = nil
 	a.mu.Unlock()
-	if cmd == nil {
+	if proc == nil {
 		return
 	}
-	_ = cmd.Process.Kill()
-	<-done
+	proc.Kill()
 	if a.t.Failed() {
 		a.t.Logf("consul output:\n%s", a.out.String())
 	}
