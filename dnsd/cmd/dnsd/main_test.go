@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/miekg/dns"
+	"github.com/podedge/podedge/internal/child"
 	"github.com/podedge/podedge/internal/consultest"
 )
 
@@ -93,17 +94,15 @@ func TestRun(t *testing.T) {
 	ports := consultest.FreePorts(t, 2)
 	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
-	cmd := exec.Command(bin, "-config", "../../../configs/dnsd.yaml", "-consul", agent.HTTPAddr,
-		"-zone", "platform.test", "-listen", listen, "-admin", admin)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
+	logs := &consultest.SyncBuffer{}
+	dnsd, err := child.Start(child.Spec{Name: "dnsd", LogDir: t.TempDir(), Bin: bin, Stdout: logs, Stderr: logs,
+		Args: []string{"-config", "../../../configs/dnsd.yaml", "-consul", agent.HTTPAddr,
+			"-zone", "platform.test", "-listen", listen, "-admin", admin}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	defer func() {
-		cmd.Process.Kill()
+		dnsd.Kill()
 		if t.Failed() {
 			t.Logf("dnsd output:\n%s", logs.String())
 		}
@@ -141,12 +140,12 @@ func TestRun(t *testing.T) {
 		}
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := dnsd.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
+	case <-dnsd.Done():
+		if err := dnsd.CleanExit(); err != nil {
 			t.Errorf("exit after SIGTERM: %v, want status 0", err)
 		}
 	case <-time.After(10 * time.Second):
