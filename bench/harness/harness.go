@@ -30,8 +30,8 @@ import (
 
 // Options configures a run. Zero values take the documented defaults.
 type Options struct {
-	// Bin is the folder holding the edge, dnsd, backend, forwarder and
-	// loadgen binaries (make build puts them in ./bin). Required.
+	// Bin is the folder holding the edge, dnsd, backend, forwarder,
+	// loopforwarder and loadgen binaries (make build puts them in ./bin). Required.
 	Bin string
 	// Consul is the consul binary. Required.
 	Consul string
@@ -79,7 +79,7 @@ func (o *Options) setDefaults() error {
 	if o.Bin == "" {
 		return errors.New("bin: required (the folder of make build's binaries)")
 	}
-	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loadgen"} {
+	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loopforwarder", "loadgen"} {
 		if _, err := os.Stat(filepath.Join(o.Bin, b)); err != nil {
 			return fmt.Errorf("bin: no %s in %s (run make build)", b, o.Bin)
 		}

@@ -27,7 +27,7 @@ func TestSmoke(t *testing.T) {
 	assertNothingLeft(t, opts.Dir)
 
 	peers := map[string]bool{}
-	for _, s := range []string{"nginx", "haproxy", "edge", "forwarder", "direct"} {
+	for _, s := range []string{"nginx", "haproxy", "edge", "forwarder", "loopforwarder", "direct"} {
 		peers[s] = true
 	}
 	for _, s := range opts.Skip {
@@ -160,7 +160,7 @@ func buildBinaries(t *testing.T) string {
 	}
 	bin := t.TempDir()
 	cmd := exec.Command("go", "build", "-o", bin+"/",
-		"./edge/cmd/edge", "./dnsd/cmd/dnsd", "./bench/cmd/backend", "./bench/cmd/forwarder", "./bench/cmd/loadgen")
+		"./edge/cmd/edge", "./dnsd/cmd/dnsd", "./bench/cmd/backend", "./bench/cmd/forwarder", "./bench/cmd/loopforwarder", "./bench/cmd/loadgen")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

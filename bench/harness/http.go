@@ -82,7 +82,11 @@ func (h *harness) httpPhase(ctx context.Context) error {
 		}
 		systems = append(systems, s)
 	}
-	fwd, err := h.startForwarder(ctx)
+	fwd, err := h.startForwarder(ctx, "forwarder")
+	if err != nil {
+		return err
+	}
+	loopFwd, err := h.startForwarder(ctx, "loopforwarder")
 	if err != nil {
 		return err
 	}
@@ -91,7 +95,7 @@ func (h *harness) httpPhase(ctx context.Context) error {
 		return err
 	}
 	h.mainEdge = edge
-	systems = append(systems, fwd, edge)
+	systems = append(systems, fwd, loopFwd, edge)
 	h.say("http: %d systems, %d workloads, %d rounds of %s", len(systems), len(Workloads()), h.opts.Rounds, h.opts.Duration)
 
 	// One short unmeasured run per system first, so that every one starts

@@ -385,20 +385,10 @@ func (r *Report) httpTables(w writef) {
 		}
 	}
 	w("\nRatios, edge over each system: requests per second (median of the per-round ratios, with their range), then p99 latency and CPU per request (medians of the per-round ratios; below 1.00 the edge is faster or cheaper):\n\n")
-	w("| workload | edge/nginx | edge/HAProxy | edge/forwarder | edge/direct |\n| --- | ---: | ---: | ---: | ---: |\n")
-	for _, wl := range r.workloads() {
-		edge := r.http(wl, "edge")
-		if edge == nil {
-			continue
-		}
-		cell := func(sys string) string {
-			p := r.http(wl, sys)
-			if p == nil {
-				return "–"
-			}
-			return fmt.Sprintf("%s · p99 %.2f · CPU %.2f", httpRatio(edge, p, rps), httpRatio(edge, p, p99).med, httpRatio(edge, p, httpCost).med)
-		}
-		w("| %s | %s | %s | %s | %s |\n", wl, cell("nginx"), cell("haproxy"), cell("forwarder"), cell("direct"))
+	r.ratioTable(w, "edge", "nginx", "haproxy", "forwarder", "direct")
+	if r.has("loopforwarder") {
+		w("\nThe same ratios for the loop forwarder, the bare forwarder rebuilt on epoll loops (same parser, same work): what an event-loop data path would save the edge.\n\n")
+		r.ratioTable(w, "loopforwarder", "forwarder", "nginx", "haproxy")
 	}
 	var bound []string
 	for _, row := range r.HTTP {
@@ -408,6 +398,49 @@ func (r *Report) httpTables(w writef) {
 	}
 	r.clientBoundNote(w, bound, "request")
 	w("\n")
+}
+
+// ratioTable writes sys's ratios over each of peers, per workload.
+func (r *Report) ratioTable(w writef, sys string, peers ...string) {
+	w("| workload |")
+	for _, p := range peers {
+		w(" %s/%s |", sys, systemLabel(p))
+	}
+	w("\n| --- |%s\n", strings.Repeat(" ---: |", len(peers)))
+	for _, wl := range r.workloads() {
+		row := r.http(wl, sys)
+		if row == nil {
+			continue
+		}
+		w("| %s |", wl)
+		for _, peer := range peers {
+			p := r.http(wl, peer)
+			if p == nil {
+				w(" – |")
+				continue
+			}
+			w(" %s · p99 %.2f · CPU %.2f |", httpRatio(row, p, rps), httpRatio(row, p, p99).med, httpRatio(row, p, httpCost).med)
+		}
+		w("\n")
+	}
+}
+
+// has reports whether the run measured system sys over HTTP.
+func (r *Report) has(sys string) bool {
+	for _, row := range r.HTTP {
+		if row.System == sys {
+			return true
+		}
+	}
+	return false
+}
+
+// systemLabel is how ratio headers name a system.
+func systemLabel(sys string) string {
+	if sys == "haproxy" {
+		return "HAProxy"
+	}
+	return sys
 }
 
 // clientBound is the load generator's CPU use above which a run measured

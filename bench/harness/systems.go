@@ -141,19 +141,21 @@ func (h *harness) startHAProxy(ctx context.Context, name string) (*server, error
 	return s, nil
 }
 
-// startForwarder runs the bare fasthttp forwarder on the server CPUs.
-func (h *harness) startForwarder(ctx context.Context) (*server, error) {
+// startForwarder runs a bare forwarder on the server CPUs: bin is
+// "forwarder" (fasthttp, a goroutine per connection) or "loopforwarder"
+// (the same on epoll loops).
+func (h *harness) startForwarder(ctx context.Context, bin string) (*server, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := h.start("forwarder", h.cpus.Server, nil, h.bin("forwarder"),
+	p, err := h.start(bin, h.cpus.Server, nil, h.bin(bin),
 		"-listen", addr, "-upstreams", strings.Join(h.backendAddrs(), ","))
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "forwarder", addr: addr, procs: []*child.Process{p}}
-	if err := h.waitServing(ctx, "forwarder", addr, p); err != nil {
+	s := &server{name: bin, addr: addr, procs: []*child.Process{p}}
+	if err := h.waitServing(ctx, bin, addr, p); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -95,6 +95,7 @@ func sampleReport() *Report {
 		r.addHTTP(small, "nginx", HTTPResult{RPS: 50000 * slow, P99: 2 * time.Millisecond, ServerCPU: 1})
 		r.addHTTP(small, "haproxy", HTTPResult{RPS: 40000 * slow, P99: 3 * time.Millisecond, ServerCPU: 1})
 		r.addHTTP(small, "forwarder", HTTPResult{RPS: 60000 * slow, P99: time.Millisecond, ServerCPU: 1})
+		r.addHTTP(small, "loopforwarder", HTTPResult{RPS: 75000 * slow, P99: time.Millisecond, ServerCPU: 1})
 		r.addHTTP(small, "edge", HTTPResult{RPS: 45000 * slow, P99: 2500 * time.Microsecond, ServerCPU: 1.2})
 		r.addDNS("mix", "dnsd", DNSResult{QPS: 90000 * slow, ServerCPU: 0.9, ClientCPU: 0.95})
 		r.addDNS("mix", "nsd", DNSResult{QPS: 80000 * slow, ServerCPU: 0.8, ClientCPU: 0.95})
@@ -122,6 +123,8 @@ func TestMarkdownStatesEveryTarget(t *testing.T) {
 		"| the same by CPU per query, since dnsperf was the bottleneck: dnsd's cost ≤ NSD's | 1.00× (1.00–1.00)",
 		"| dnsd on the way to Knot's queries/s | 0.75× (0.75–0.75); medians 67500 vs 90000 | |",
 		"| " + Workloads()[0].Name + " | 0.90× (0.90–0.90) · p99 1.25 · CPU 1.33 | 1.12× (1.12–1.12) · p99 0.83 · CPU 1.07 | 0.75× (0.75–0.75) · p99 2.50 · CPU 1.60 | – |",
+		"| workload | loopforwarder/forwarder | loopforwarder/nginx | loopforwarder/HAProxy |",
+		"| " + Workloads()[0].Name + " | 1.25× (1.25–1.25) · p99 1.00 · CPU 0.80 | 1.50× (1.50–1.50) · p99 0.50 · CPU 0.67 | 1.88× (1.88–1.88) · p99 0.33 · CPU 0.53 |",
 		"| dnsd/Knot | 0.75× (0.75–0.75) | 1.33× (1.33–1.33) |",
 		"so their throughput is the client's ceiling rather than the server's; compare CPU per query instead: dnsd, nsd.",
 		"on CPU 0; the load generator and Consul on CPU 1",
@@ -208,7 +211,7 @@ func TestUpdateReadme(t *testing.T) {
 
 func TestOptionsNameTheBadKey(t *testing.T) {
 	bin := t.TempDir()
-	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loadgen"} {
+	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loopforwarder", "loadgen"} {
 		os.WriteFile(filepath.Join(bin, b), nil, 0o755)
 	}
 	for _, c := range []struct {

@@ -31,7 +31,7 @@ const prog = "bench"
 func main() {
 	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
 	var opts harness.Options
-	fs.StringVar(&opts.Bin, "bin", "bin", "`folder` of make build's binaries (edge, dnsd, backend, forwarder, loadgen)")
+	fs.StringVar(&opts.Bin, "bin", "bin", "`folder` of make build's binaries (edge, dnsd, backend, forwarder, loopforwarder, loadgen)")
 	fs.StringVar(&opts.Consul, "consul-bin", "", "consul `binary` (scripts/consul.sh prints one; default: consul on PATH)")
 	fs.IntVar(&opts.Rounds, "rounds", 3, "rounds per system; medians are reported")
 	fs.DurationVar(&opts.Duration, "duration", 10*time.Second, "length of each measured run")

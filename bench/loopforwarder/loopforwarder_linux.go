@@ -1,0 +1,568 @@
+// Package loopforwarder is the bench's forwarder rebuilt on event loops: the
+// same job as bench/forwarder (every request, whatever its Host, round robin
+// over fixed upstreams through keep-alive connections; Connection headers
+// dropped both ways; fasthttp's header parser), but one goroutine per CPU
+// runs an epoll loop over all of its connections, as nginx and HAProxy do,
+// instead of one goroutine per connection on Go's poller.
+//
+// It exists to measure what such a data path would save the edge, on the
+// same machine and workloads. It is not a proxy to run: no timeouts, no
+// retries, no TLS, no health, and it forwards only what the bench sends
+// (bodies framed by Content-Length; a chunked or unframed message is
+// refused).
+package loopforwarder
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
+)
+
+// Limits of what one message may hold; past them the client gets an error
+// and its connection is closed.
+const (
+	maxHeadBytes = 64 << 10
+	maxBodyBytes = 16 << 20
+)
+
+// Forwarder is a set of event loops, one per GOMAXPROCS, each with its own
+// listening socket (SO_REUSEPORT) and epoll instance.
+type Forwarder struct {
+	addr  net.Addr
+	loops []*loop
+	wg    sync.WaitGroup
+}
+
+// Listen opens the listening sockets on addr ("ip:port"; port 0 picks one)
+// and starts the loops over upstreams, each "ip:port".
+func Listen(addr string, upstreams []string) (*Forwarder, error) {
+	if len(upstreams) == 0 {
+		return nil, errors.New("no upstreams")
+	}
+	var ups []unix.Sockaddr
+	for _, u := range upstreams {
+		ap, err := netip.ParseAddrPort(u)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %q is not ip:port", u)
+		}
+		ups = append(ups, sockaddr(ap))
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q is not ip:port", addr)
+	}
+	f := &Forwarder{}
+	fail := func(err error) (*Forwarder, error) {
+		for _, l := range f.loops {
+			l.close()
+		}
+		return nil, err
+	}
+	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
+		l, err := newLoop(ap, ups)
+		if err != nil {
+			return fail(err)
+		}
+		f.loops = append(f.loops, l)
+		if i == 0 {
+			// Port 0 picked a port: the other loops listen on the same.
+			sa, err := unix.Getsockname(l.lfd)
+			if err != nil {
+				return fail(fmt.Errorf("getsockname: %w", err))
+			}
+			ap = addrPort(sa)
+			f.addr = net.TCPAddrFromAddrPort(ap)
+		}
+	}
+	for _, l := range f.loops {
+		f.wg.Go(l.run)
+	}
+	return f, nil
+}
+
+// Addr is the address the loops listen on.
+func (f *Forwarder) Addr() net.Addr { return f.addr }
+
+// Close stops the loops and closes every connection.
+func (f *Forwarder) Close() {
+	for _, l := range f.loops {
+		l.stop()
+	}
+	f.wg.Wait()
+}
+
+// Serve runs until ctx is done.
+func (f *Forwarder) Serve(ctx context.Context) {
+	<-ctx.Done()
+	f.Close()
+}
+
+// conn is one side of a proxied exchange: a client, or an upstream
+// connection (upstream >= 0).
+type conn struct {
+	fd       int
+	upstream int
+	in       []byte // received and not yet used
+	out      []byte // still to send
+	peer     *conn  // the other side of the request in flight
+	// head is set while the request in flight is a HEAD: its response
+	// has no body whatever its Content-Length says.
+	head       bool
+	connecting bool
+	// closeAfter closes the connection once out is sent.
+	closeAfter bool
+	closed     bool
+}
+
+type loop struct {
+	ep, lfd  int
+	file     *os.File // ep, as Go's poller sees it
+	raw      syscall.RawConn
+	conns    []*conn // by file descriptor
+	ups      []unix.Sockaddr
+	idle     [][]*conn // per upstream, most recently used last
+	next     int
+	events   []unix.EpollEvent
+	bytesRd  bytes.Reader
+	br       *bufio.Reader
+	reqHead  fasthttp.RequestHeader
+	respHead fasthttp.ResponseHeader
+	stopOnce sync.Once
+}
+
+func newLoop(ap netip.AddrPort, ups []unix.Sockaddr) (*loop, error) {
+	l := &loop{ups: ups, idle: make([][]*conn, len(ups)), events: make([]unix.EpollEvent, 256), lfd: -1, ep: -1}
+	l.br = bufio.NewReaderSize(&l.bytesRd, maxHeadBytes)
+	l.respHead.SetNoDefaultContentType(true)
+	var err error
+	if l.lfd, err = listenSocket(ap); err != nil {
+		return nil, err
+	}
+	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		unix.Close(l.lfd)
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, l.lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lfd)}); err != nil {
+		l.close()
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	// The loop never blocks in epoll_wait: with nothing to do it waits for
+	// the epoll descriptor to turn readable through Go's poller, so no
+	// thread sits in a blocking syscall.
+	if err := unix.SetNonblock(l.ep, true); err != nil {
+		l.close()
+		return nil, err
+	}
+	l.file = os.NewFile(uintptr(l.ep), "epoll")
+	if l.raw, err = l.file.SyscallConn(); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func listenSocket(ap netip.AddrPort) (int, error) {
+	fd, err := unix.Socket(family(ap), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	for _, opt := range []int{unix.SO_REUSEADDR, unix.SO_REUSEPORT} {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 1); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("setsockopt: %w", err)
+		}
+	}
+	if err := unix.Bind(fd, sockaddr(ap)); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", ap, err)
+	}
+	if err := unix.Listen(fd, 4096); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen %s: %w", ap, err)
+	}
+	return fd, nil
+}
+
+// stop ends run: closing the epoll file fails its wait.
+func (l *loop) stop() {
+	l.stopOnce.Do(func() {
+		if l.file != nil {
+			l.file.Close()
+		}
+	})
+}
+
+// close releases what newLoop opened, for a loop whose run never started.
+func (l *loop) close() {
+	if l.file != nil {
+		l.file.Close()
+	} else if l.ep >= 0 {
+		unix.Close(l.ep)
+	}
+	if l.lfd >= 0 {
+		unix.Close(l.lfd)
+	}
+}
+
+func (l *loop) run() {
+	n := 0
+	harvest := func(uintptr) bool {
+		var err error
+		n, err = unix.EpollWait(l.ep, l.events, 0)
+		return err == nil && n > 0
+	}
+	for l.raw.Read(harvest) == nil {
+		for _, ev := range l.events[:n] {
+			fd := int(ev.Fd)
+			if fd == l.lfd {
+				l.accept()
+				continue
+			}
+			c := l.conns[fd]
+			if c == nil {
+				continue
+			}
+			if ev.Events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+				l.writable(c)
+			}
+			if !c.closed && ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+				l.readable(c)
+			}
+		}
+	}
+	for _, c := range l.conns {
+		if c != nil {
+			unix.Close(c.fd)
+		}
+	}
+	unix.Close(l.lfd)
+}
+
+func (l *loop) accept() {
+	for {
+		fd, _, err := unix.Accept4(l.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			return // EAGAIN: accepted all; anything else: try on the next event
+		}
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		if !l.track(&conn{fd: fd, upstream: -1}) {
+			unix.Close(fd)
+		}
+	}
+}
+
+// track registers c edge-triggered for both directions, once for its life.
+func (l *loop) track(c *conn) bool {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
+	if unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.fd, &ev) != nil {
+		return false
+	}
+	for len(l.conns) <= c.fd {
+		l.conns = append(l.conns, make([]*conn, len(l.conns)+64)...)
+	}
+	l.conns[c.fd] = c
+	return true
+}
+
+// drop closes c and, when a request is in flight, its peer: a client gone
+// mid-exchange leaves the upstream connection in an unknown state, and an
+// upstream gone mid-response leaves the client with half an answer.
+func (l *loop) drop(c *conn) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	l.conns[c.fd] = nil
+	unix.Close(c.fd)
+	if p := c.peer; p != nil {
+		c.peer, p.peer = nil, nil
+		l.drop(p)
+	}
+}
+
+// readable reads everything the socket holds. A read shorter than the room
+// it had drained the socket: no need for the read that would say EAGAIN.
+func (l *loop) readable(c *conn) {
+	for {
+		if cap(c.in)-len(c.in) < 4096 {
+			grown := make([]byte, len(c.in), 2*cap(c.in)+16384)
+			copy(grown, c.in)
+			c.in = grown
+		}
+		room := c.in[len(c.in):cap(c.in)]
+		n, err := unix.Read(c.fd, room)
+		if n > 0 {
+			c.in = c.in[:len(c.in)+n]
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if n == 0 || err != nil {
+			l.lost(c)
+			return
+		}
+		if n < len(room) {
+			break
+		}
+	}
+	if c.upstream < 0 {
+		l.serveClient(c)
+	} else {
+		l.serveUpstream(c)
+	}
+}
+
+// lost handles a connection the peer closed or reset.
+func (l *loop) lost(c *conn) {
+	if client := c.peer; c.upstream >= 0 && client != nil && len(c.in) == 0 {
+		// The app server went away before answering: the client hears so.
+		l.failUpstream(c, client, "the upstream closed the connection\n")
+		return
+	}
+	l.drop(c)
+}
+
+var headEnd = []byte("\r\n\r\n")
+
+// serveClient sends the next complete request in c.in upstream, unless one
+// is in flight or its answer is still being sent.
+func (l *loop) serveClient(c *conn) {
+	if c.closed || c.peer != nil || len(c.out) > 0 || c.closeAfter || len(c.in) == 0 {
+		return
+	}
+	end := bytes.Index(c.in, headEnd)
+	if end+len(headEnd) > maxHeadBytes || (end < 0 && len(c.in) > maxHeadBytes) {
+		l.answer(c, "431 Request Header Fields Too Large", "request head too large\n")
+		return
+	}
+	if end < 0 {
+		return
+	}
+	h := &l.reqHead
+	headLen, err := l.parse(h, c.in[:end+4])
+	if err != nil {
+		l.answer(c, "400 Bad Request", "malformed request\n")
+		return
+	}
+	bodyLen := h.ContentLength()
+	if bodyLen == -2 {
+		bodyLen = 0 // no Content-Length, not chunked: no body (RFC 9112, 6.3)
+	}
+	switch {
+	case bodyLen < 0:
+		l.answer(c, "501 Not Implemented", "only bodies with a Content-Length are forwarded\n")
+		return
+	case bodyLen > maxBodyBytes:
+		l.answer(c, "413 Request Entity Too Large", "request body too large\n")
+		return
+	case len(c.in) < headLen+bodyLen:
+		return // the rest of the body is on its way
+	}
+	c.head = h.IsHead()
+	c.closeAfter = h.ConnectionClose()
+	h.Del("Connection")
+	u := l.upstreamConn()
+	if u == nil {
+		l.answer(c, "502 Bad Gateway", "cannot reach the upstream\n")
+		return
+	}
+	u.out = h.AppendBytes(u.out[:0])
+	u.out = append(u.out, c.in[headLen:headLen+bodyLen]...)
+	c.in = c.in[:copy(c.in, c.in[headLen+bodyLen:])]
+	c.peer, u.peer = u, c
+	if !u.connecting {
+		l.flush(u)
+	}
+}
+
+// parse reads a message head from b, which holds all of it, and returns its
+// length.
+func (l *loop) parse(h interface{ Read(*bufio.Reader) error }, b []byte) (int, error) {
+	l.bytesRd.Reset(b)
+	l.br.Reset(&l.bytesRd)
+	if err := h.Read(l.br); err != nil {
+		return 0, err
+	}
+	return len(b) - l.br.Buffered(), nil
+}
+
+// upstreamConn returns an idle connection to the next upstream, or a new
+// one still connecting.
+func (l *loop) upstreamConn() *conn {
+	i := l.next
+	l.next = (l.next + 1) % len(l.ups)
+	for n := len(l.idle[i]); n > 0; n = len(l.idle[i]) {
+		u := l.idle[i][n-1]
+		l.idle[i] = l.idle[i][:n-1]
+		if !u.closed {
+			return u
+		}
+	}
+	sa := l.ups[i]
+	fd, err := unix.Socket(familyOf(sa), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	err = unix.Connect(fd, sa)
+	if err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return nil
+	}
+	u := &conn{fd: fd, upstream: i, connecting: err != nil}
+	if !l.track(u) {
+		unix.Close(fd)
+		return nil
+	}
+	return u
+}
+
+func (l *loop) writable(c *conn) {
+	if c.connecting {
+		if soErr, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
+			l.lost(c)
+			return
+		}
+		if _, err := unix.Getpeername(c.fd); err != nil {
+			return // not connected yet
+		}
+		c.connecting = false
+	}
+	if len(c.out) > 0 {
+		l.flush(c)
+	}
+}
+
+// flush sends what c.out holds; the rest waits for the socket to have room.
+func (l *loop) flush(c *conn) {
+	for len(c.out) > 0 {
+		n, err := unix.Write(c.fd, c.out)
+		if n > 0 {
+			c.out = c.out[:copy(c.out, c.out[n:])]
+			continue
+		}
+		if err == unix.EAGAIN {
+			return
+		}
+		l.lost(c)
+		return
+	}
+	if c.closeAfter {
+		l.drop(c)
+		return
+	}
+	if c.upstream < 0 {
+		l.serveClient(c) // a pipelined request may be waiting
+	}
+}
+
+// serveUpstream hands a complete response to the client.
+func (l *loop) serveUpstream(u *conn) {
+	c := u.peer
+	if c == nil {
+		l.drop(u) // an idle connection has nothing to say
+		return
+	}
+	end := bytes.Index(u.in, headEnd)
+	if end+len(headEnd) > maxHeadBytes || (end < 0 && len(u.in) > maxHeadBytes) {
+		l.failUpstream(u, c, "response head too large\n")
+		return
+	}
+	if end < 0 {
+		return
+	}
+	h := &l.respHead
+	headLen, err := l.parse(h, u.in[:end+4])
+	if err != nil {
+		l.failUpstream(u, c, "malformed response\n")
+		return
+	}
+	bodyLen := h.ContentLength()
+	status := h.StatusCode()
+	if c.head || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+		bodyLen = 0
+	}
+	switch {
+	case status < 200:
+		l.failUpstream(u, c, "interim responses are not forwarded\n")
+		return
+	case bodyLen < 0:
+		l.failUpstream(u, c, "only responses with a Content-Length are forwarded\n")
+		return
+	case bodyLen > maxBodyBytes:
+		l.failUpstream(u, c, "response too large\n")
+		return
+	case len(u.in) < headLen+bodyLen:
+		return
+	}
+	reuse := !h.ConnectionClose() && len(u.in) == headLen+bodyLen
+	h.Del("Connection")
+	c.out = h.AppendBytes(c.out)
+	c.out = append(c.out, u.in[headLen:headLen+bodyLen]...)
+	u.in = u.in[:0]
+	c.peer, u.peer = nil, nil
+	if reuse {
+		l.idle[u.upstream] = append(l.idle[u.upstream], u)
+	} else {
+		l.drop(u)
+	}
+	l.flush(c)
+}
+
+func (l *loop) failUpstream(u, c *conn, reason string) {
+	c.peer, u.peer = nil, nil
+	l.drop(u)
+	l.answer(c, "502 Bad Gateway", reason)
+}
+
+// answer sends the proxy's own response and closes the connection after it.
+func (l *loop) answer(c *conn, status, body string) {
+	c.out = append(c.out, "HTTP/1.1 "+status+"\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "+
+		strconv.Itoa(len(body))+"\r\n\r\n"+body...)
+	c.closeAfter = true
+	c.in = c.in[:0]
+	l.flush(c)
+}
+
+func family(ap netip.AddrPort) int {
+	if ap.Addr().Unmap().Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+func familyOf(sa unix.Sockaddr) int {
+	if _, ok := sa.(*unix.SockaddrInet4); ok {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if ip := ap.Addr().Unmap(); ip.Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
