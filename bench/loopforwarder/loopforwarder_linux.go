@@ -313,6 +313,10 @@ func (l *loop) readable(c *conn) {
 			l.lost(c)
 			return
 		}
+		if len(c.in) > maxHeadBytes+maxBodyBytes {
+			l.drop(c) // more than any message it forwards: a peer to stop reading
+			return
+		}
 		if n < len(room) {
 			break
 		}
