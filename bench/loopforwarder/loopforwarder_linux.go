@@ -346,17 +346,17 @@ func (l *loop) serveClient(c *conn) {
 	if c.closed || c.peer != nil || len(c.out) > 0 || c.closeAfter || len(c.in) == 0 {
 		return
 	}
-	end := bytes.Index(c.in, headEnd)
-	if end+len(headEnd) > maxHeadBytes || (end < 0 && len(c.in) > maxHeadBytes) {
+	head, tooLarge := completeHead(c.in)
+	if tooLarge {
 		l.answer(c, "431 Request Header Fields Too Large", "request head too large\n")
 		return
 	}
-	if end < 0 {
+	if head == nil {
 		return
 	}
 	h := &l.reqHead
-	headLen, err := l.parse(h, c.in[:end+4])
-	if err != nil {
+	headLen := len(head)
+	if err := l.parse(h, head); err != nil {
 		l.answer(c, "400 Bad Request", "malformed request\n")
 		return
 	}
@@ -391,15 +391,23 @@ func (l *loop) serveClient(c *conn) {
 	}
 }
 
-// parse reads a message head from b, which holds all of it, and returns its
-// length.
-func (l *loop) parse(h interface{ Read(*bufio.Reader) error }, b []byte) (int, error) {
+// completeHead returns the message head at the start of b, through its
+// blank line, or nil while it is incomplete; tooLarge when it is longer
+// than maxHeadBytes, or would be.
+func completeHead(b []byte) (head []byte, tooLarge bool) {
+	end := bytes.Index(b, headEnd)
+	if end < 0 {
+		return nil, len(b) > maxHeadBytes
+	}
+	end += len(headEnd)
+	return b[:end], end > maxHeadBytes
+}
+
+// parse reads the message head b, complete, into h.
+func (l *loop) parse(h interface{ Read(*bufio.Reader) error }, b []byte) error {
 	l.bytesRd.Reset(b)
 	l.br.Reset(&l.bytesRd)
-	if err := h.Read(l.br); err != nil {
-		return 0, err
-	}
-	return len(b) - l.br.Buffered(), nil
+	return h.Read(l.br)
 }
 
 // upstreamConn returns an idle connection to the next upstream, or a new
@@ -479,17 +487,17 @@ func (l *loop) serveUpstream(u *conn) {
 		l.drop(u) // an idle connection has nothing to say
 		return
 	}
-	end := bytes.Index(u.in, headEnd)
-	if end+len(headEnd) > maxHeadBytes || (end < 0 && len(u.in) > maxHeadBytes) {
+	head, tooLarge := completeHead(u.in)
+	if tooLarge {
 		l.failUpstream(u, c, "response head too large\n")
 		return
 	}
-	if end < 0 {
+	if head == nil {
 		return
 	}
 	h := &l.respHead
-	headLen, err := l.parse(h, u.in[:end+4])
-	if err != nil {
+	headLen := len(head)
+	if err := l.parse(h, head); err != nil {
 		l.failUpstream(u, c, "malformed response\n")
 		return
 	}
