@@ -20,12 +20,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
+	"time"
 
+	"github.com/podedge/podedge/internal/evloop"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sys/unix"
 )
@@ -47,17 +47,17 @@ type Forwarder struct {
 
 // Listen opens the listening sockets on addr ("ip:port"; port 0 picks one)
 // and starts the loops over upstreams, each "ip:port".
-func Listen(addr string, upstreams []string) (*Forwarder, error) {
+func Listen(addr string, upstreams []string, timeouts Timeouts) (*Forwarder, error) {
 	if len(upstreams) == 0 {
 		return nil, errors.New("no upstreams")
 	}
-	var ups []unix.Sockaddr
+	var ups []netip.AddrPort
 	for _, u := range upstreams {
 		ap, err := netip.ParseAddrPort(u)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %q is not ip:port", u)
 		}
-		ups = append(ups, sockaddr(ap))
+		ups = append(ups, ap)
 	}
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -71,7 +71,7 @@ func Listen(addr string, upstreams []string) (*Forwarder, error) {
 		return nil, err
 	}
 	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
-		l, err := newLoop(ap, ups)
+		l, err := newLoop(ap, ups, timeouts)
 		if err != nil {
 			return fail(err)
 		}
@@ -112,11 +112,16 @@ func (f *Forwarder) Serve(ctx context.Context) {
 // conn is one side of a proxied exchange: a client, or an upstream
 // connection (upstream >= 0).
 type conn struct {
+	l        *loop
 	fd       int
 	upstream int
 	in       []byte // received and not yet used
 	out      []byte // still to send
 	peer     *conn  // the other side of the request in flight
+	timer    *evloop.Timer
+	// reading is set once a request has begun to arrive: its read timeout
+	// runs from then, not from each new piece.
+	reading bool
 	// head is set while the request in flight is a HEAD: its response
 	// has no body whatever its Content-Length says.
 	head       bool
@@ -126,47 +131,57 @@ type conn struct {
 	closed     bool
 }
 
+// Event is the connection's readiness, from the loop.
+func (c *conn) Event(readable, writable bool) {
+	if writable {
+		c.l.writable(c)
+	}
+	if readable && !c.closed {
+		c.l.readable(c)
+	}
+}
+
 type loop struct {
-	ep, lfd  int
-	file     *os.File // ep, as Go's poller sees it
-	raw      syscall.RawConn
+	ev       *evloop.Loop
+	lfd      int
+	timeouts Timeouts
 	conns    []*conn // by file descriptor
 	ups      []unix.Sockaddr
 	idle     [][]*conn // per upstream, most recently used last
 	next     int
-	events   []unix.EpollEvent
 	bytesRd  bytes.Reader
 	br       *bufio.Reader
 	reqHead  fasthttp.RequestHeader
 	respHead fasthttp.ResponseHeader
-	stopOnce sync.Once
 }
 
-func newLoop(ap netip.AddrPort, ups []unix.Sockaddr) (*loop, error) {
-	l := &loop{ups: ups, idle: make([][]*conn, len(ups)), events: make([]unix.EpollEvent, 256), lfd: -1, ep: -1}
+// listener is the listening socket's handler.
+type listener struct{ l *loop }
+
+func (a listener) Event(readable, _ bool) {
+	if readable {
+		a.l.accept()
+	}
+}
+
+func newLoop(ap netip.AddrPort, ups []netip.AddrPort, timeouts Timeouts) (*loop, error) {
+	l := &loop{idle: make([][]*conn, len(ups)), lfd: -1, timeouts: timeouts}
+	// Each loop has sockaddrs of its own: connect(2)'s wrapper writes into
+	// them.
+	for _, u := range ups {
+		l.ups = append(l.ups, sockaddr(u))
+	}
 	l.br = bufio.NewReaderSize(&l.bytesRd, maxHeadBytes)
 	l.respHead.SetNoDefaultContentType(true)
 	var err error
 	if l.lfd, err = listenSocket(ap); err != nil {
 		return nil, err
 	}
-	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+	if l.ev, err = evloop.New(); err != nil {
 		unix.Close(l.lfd)
-		return nil, fmt.Errorf("epoll_create1: %w", err)
-	}
-	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, l.lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lfd)}); err != nil {
-		l.close()
-		return nil, fmt.Errorf("epoll_ctl: %w", err)
-	}
-	// The loop never blocks in epoll_wait: with nothing to do it waits for
-	// the epoll descriptor to turn readable through Go's poller, so no
-	// thread sits in a blocking syscall.
-	if err := unix.SetNonblock(l.ep, true); err != nil {
-		l.close()
 		return nil, err
 	}
-	l.file = os.NewFile(uintptr(l.ep), "epoll")
-	if l.raw, err = l.file.SyscallConn(); err != nil {
+	if err := l.ev.AddListener(l.lfd, listener{l}); err != nil {
 		l.close()
 		return nil, err
 	}
@@ -195,59 +210,39 @@ func listenSocket(ap netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
-// stop ends run: closing the epoll file fails its wait.
-func (l *loop) stop() {
-	l.stopOnce.Do(func() {
-		if l.file != nil {
-			l.file.Close()
-		}
-	})
-}
+// stop ends run.
+func (l *loop) stop() { l.ev.Close() }
 
 // close releases what newLoop opened, for a loop whose run never started.
 func (l *loop) close() {
-	if l.file != nil {
-		l.file.Close()
-	} else if l.ep >= 0 {
-		unix.Close(l.ep)
-	}
-	if l.lfd >= 0 {
-		unix.Close(l.lfd)
-	}
+	l.ev.Close()
+	unix.Close(l.lfd)
 }
 
 func (l *loop) run() {
-	n := 0
-	harvest := func(uintptr) bool {
-		var err error
-		n, err = unix.EpollWait(l.ep, l.events, 0)
-		return err == nil && n > 0
-	}
-	for l.raw.Read(harvest) == nil {
-		for _, ev := range l.events[:n] {
-			fd := int(ev.Fd)
-			if fd == l.lfd {
-				l.accept()
-				continue
-			}
-			c := l.conns[fd]
-			if c == nil {
-				continue
-			}
-			if ev.Events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-				l.writable(c)
-			}
-			if !c.closed && ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-				l.readable(c)
-			}
-		}
-	}
+	_ = l.ev.Run() // it only fails on a broken epoll descriptor; the loop ends either way
 	for _, c := range l.conns {
 		if c != nil {
 			unix.Close(c.fd)
 		}
 	}
 	unix.Close(l.lfd)
+}
+
+// arm (re)starts c's one timer: when it fires, c has waited too long.
+func (l *loop) arm(c *conn, d time.Duration) { l.ev.Schedule(c.timer, d) }
+
+// timedOut ends a wait that took too long: an upstream that did not answer
+// gets the client a 504; anything else is closed.
+func (c *conn) timedOut() {
+	l := c.l
+	if client := c.peer; c.upstream >= 0 && client != nil && len(c.in) == 0 {
+		c.peer, client.peer = nil, nil
+		l.drop(c)
+		l.answer(client, "504 Gateway Timeout", "the upstream did not answer in time\n")
+		return
+	}
+	l.drop(c)
 }
 
 func (l *loop) accept() {
@@ -257,16 +252,24 @@ func (l *loop) accept() {
 			return // EAGAIN: accepted all; anything else: try on the next event
 		}
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		if !l.track(&conn{fd: fd, upstream: -1}) {
+		c := l.newConn(fd, -1)
+		if !l.track(c) {
 			unix.Close(fd)
+			continue
 		}
+		l.arm(c, l.timeouts.Idle)
 	}
 }
 
-// track registers c edge-triggered for both directions, once for its life.
+func (l *loop) newConn(fd, upstream int) *conn {
+	c := &conn{l: l, fd: fd, upstream: upstream}
+	c.timer = evloop.NewTimer(c.timedOut)
+	return c
+}
+
+// track registers c with the loop for its life.
 func (l *loop) track(c *conn) bool {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
-	if unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.fd, &ev) != nil {
+	if l.ev.Add(c.fd, c) != nil {
 		return false
 	}
 	for len(l.conns) <= c.fd {
@@ -285,6 +288,8 @@ func (l *loop) drop(c *conn) {
 	}
 	c.closed = true
 	l.conns[c.fd] = nil
+	l.ev.Cancel(c.timer)
+	l.ev.Remove(c.fd)
 	unix.Close(c.fd)
 	if p := c.peer; p != nil {
 		c.peer, p.peer = nil, nil
@@ -352,6 +357,7 @@ func (l *loop) serveClient(c *conn) {
 		return
 	}
 	if head == nil {
+		l.awaitRequest(c)
 		return
 	}
 	h := &l.reqHead
@@ -372,7 +378,8 @@ func (l *loop) serveClient(c *conn) {
 		l.answer(c, "413 Request Entity Too Large", "request body too large\n")
 		return
 	case len(c.in) < headLen+bodyLen:
-		return // the rest of the body is on its way
+		l.awaitRequest(c) // the rest of the body is on its way
+		return
 	}
 	c.head = h.IsHead()
 	c.closeAfter = h.ConnectionClose()
@@ -386,8 +393,20 @@ func (l *loop) serveClient(c *conn) {
 	u.out = append(u.out, c.in[headLen:headLen+bodyLen]...)
 	c.in = c.in[:copy(c.in, c.in[headLen+bodyLen:])]
 	c.peer, u.peer = u, c
+	// The upstream's timer covers the exchange from here.
+	c.reading = false
+	l.ev.Cancel(c.timer)
+	l.arm(u, l.timeouts.Read)
 	if !u.connecting {
 		l.flush(u)
+	}
+}
+
+// awaitRequest starts the read timeout when a request begins to arrive.
+func (l *loop) awaitRequest(c *conn) {
+	if !c.reading {
+		c.reading = true
+		l.arm(c, l.timeouts.Read)
 	}
 }
 
@@ -433,7 +452,8 @@ func (l *loop) upstreamConn() *conn {
 		unix.Close(fd)
 		return nil
 	}
-	u := &conn{fd: fd, upstream: i, connecting: err != nil}
+	u := l.newConn(fd, i)
+	u.connecting = err != nil
 	if !l.track(u) {
 		unix.Close(fd)
 		return nil
@@ -466,6 +486,9 @@ func (l *loop) flush(c *conn) {
 			continue
 		}
 		if err == unix.EAGAIN {
+			if c.upstream < 0 {
+				l.arm(c, l.timeouts.Write) // the client must take its answer
+			}
 			return
 		}
 		l.lost(c)
@@ -475,8 +498,13 @@ func (l *loop) flush(c *conn) {
 		l.drop(c)
 		return
 	}
-	if c.upstream < 0 {
-		l.serveClient(c) // a pipelined request may be waiting
+	if c.upstream < 0 && c.peer == nil {
+		if len(c.in) == 0 {
+			c.reading = false
+			l.arm(c, l.timeouts.Idle)
+			return
+		}
+		l.serveClient(c) // a pipelined request is waiting
 	}
 }
 
@@ -527,6 +555,7 @@ func (l *loop) serveUpstream(u *conn) {
 	c.peer, u.peer = nil, nil
 	if reuse {
 		l.idle[u.upstream] = append(l.idle[u.upstream], u)
+		l.arm(u, l.timeouts.UpstreamIdle)
 	} else {
 		l.drop(u)
 	}

@@ -31,7 +31,7 @@ func backendAt(t *testing.T, name string) string {
 
 func start(t *testing.T, upstreams ...string) string {
 	t.Helper()
-	f, err := Listen("127.0.0.1:0", upstreams)
+	f, err := Listen("127.0.0.1:0", upstreams, DefaultTimeouts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,13 +197,69 @@ func TestDeadUpstreamIsABadGateway(t *testing.T) {
 }
 
 func TestListenRejectsBadAddresses(t *testing.T) {
-	if _, err := Listen("127.0.0.1:0", nil); err == nil {
+	if _, err := Listen("127.0.0.1:0", nil, DefaultTimeouts); err == nil {
 		t.Fatal("no upstreams accepted")
 	}
-	if _, err := Listen("127.0.0.1:0", []string{"nohost"}); err == nil {
+	if _, err := Listen("127.0.0.1:0", []string{"nohost"}, DefaultTimeouts); err == nil {
 		t.Fatal("an upstream without a port accepted")
 	}
-	if _, err := Listen("localhost", []string{"127.0.0.1:1"}); err == nil {
+	if _, err := Listen("localhost", []string{"127.0.0.1:1"}, DefaultTimeouts); err == nil {
 		t.Fatal("a listen address without a port accepted")
 	}
+}
+
+func TestTimeouts(t *testing.T) {
+	// An upstream that accepts and never answers.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	short := Timeouts{Read: 300 * time.Millisecond, Write: time.Second, Idle: 200 * time.Millisecond, UpstreamIdle: time.Second}
+	f, err := Listen("127.0.0.1:0", []string{silent.Addr().String()}, short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	addr := f.Addr().String()
+
+	start := time.Now()
+	if got := raw(t, addr, "GET / HTTP/1.1\r\nHost: t\r\n\r\n"); got != "HTTP/1.1 504 Gateway Timeout" {
+		t.Fatalf("a silent upstream answered %q, want a 504", got)
+	}
+	if waited := time.Since(start); waited < short.Read {
+		t.Fatalf("504 after %s, before the %s read timeout", waited, short.Read)
+	}
+
+	// closedWithin reports whether the forwarder closes conn, after it
+	// sent what, within 10 s; a read that returns data instead fails.
+	closedWithin := func(what string) {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if what != "" {
+			if _, err := io.WriteString(conn, what); err != nil {
+				t.Fatal(err)
+			}
+		}
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := conn.Read(make([]byte, 64))
+		if n != 0 || err != io.EOF {
+			t.Fatalf("after %q: read %d bytes, %v; want the connection closed", what, n, err)
+		}
+	}
+	closedWithin("")                              // idle: never sends a request
+	closedWithin("GET / HTTP/1.1\r\nHost: t\r\n") // a head that never ends
 }

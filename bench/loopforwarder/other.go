@@ -12,7 +12,7 @@ import (
 type Forwarder struct{}
 
 // Listen fails: the loops run on epoll, which only Linux has.
-func Listen(addr string, upstreams []string) (*Forwarder, error) {
+func Listen(addr string, upstreams []string, timeouts Timeouts) (*Forwarder, error) {
 	return nil, errors.New("loopforwarder: only on Linux (epoll)")
 }
 

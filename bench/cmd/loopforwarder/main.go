@@ -35,7 +35,7 @@ func main() {
 	if *upstreams == "" {
 		config.Exit(prog, fmt.Errorf("-upstreams: none given"))
 	}
-	f, err := loopforwarder.Listen(*listen, strings.Split(*upstreams, ","))
+	f, err := loopforwarder.Listen(*listen, strings.Split(*upstreams, ","), loopforwarder.DefaultTimeouts)
 	if err != nil {
 		config.Exit(prog, err)
 	}

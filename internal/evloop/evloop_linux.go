@@ -1,0 +1,183 @@
+// Package evloop runs many non-blocking file descriptors on one goroutine,
+// the way nginx and HAProxy run their connections: an edge-triggered epoll
+// instance delivers readiness to each descriptor's handler, and a timer
+// wheel delivers timeouts, all on the goroutine that calls Run. Nothing
+// parks per request; handlers never block.
+//
+// The loop never blocks in a system call either: it harvests epoll without
+// waiting and, when there is nothing, parks in Go's own poller until the
+// epoll descriptor turns readable (or the next timer tick is due). So the
+// Go scheduler never has to hand its processor to another thread because
+// the loop sat in epoll_wait.
+//
+// Everything but Close must be called on the loop's goroutine (from a
+// handler or a timer), or before Run.
+package evloop
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Handler receives a descriptor's events, on the loop goroutine. An error or
+// hang-up is reported as both readable and writable: the next read or write
+// says what happened.
+type Handler interface {
+	Event(readable, writable bool)
+}
+
+// Loop is one event loop. Build it with New.
+type Loop struct {
+	ep       int
+	file     *os.File // ep, as Go's poller sees it
+	raw      syscall.RawConn
+	handlers []Handler // by descriptor
+	events   []unix.EpollEvent
+	wheel    wheel
+	now      time.Time
+	closing  sync.Once
+	closed   atomic.Bool
+}
+
+// New opens the epoll instance.
+func New() (*Loop, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	// Non-blocking, the descriptor joins Go's poller, which then tells when
+	// the instance has events to harvest.
+	if err := unix.SetNonblock(ep, true); err != nil {
+		unix.Close(ep)
+		return nil, fmt.Errorf("epoll descriptor: %w", err)
+	}
+	file := os.NewFile(uintptr(ep), "epoll")
+	raw, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("epoll descriptor: %w", err)
+	}
+	l := &Loop{ep: ep, file: file, raw: raw, events: make([]unix.EpollEvent, 256), now: time.Now()}
+	l.wheel.init(l.now)
+	return l, nil
+}
+
+// Add registers fd, edge-triggered for reads and writes: the kernel reports
+// each new arrival of data and each time a full send buffer gets room, so
+// one registration lasts the descriptor's life. A new registration reports
+// the descriptor's current state once.
+func (l *Loop) Add(fd int, h Handler) error {
+	if fd < 0 {
+		return fmt.Errorf("evloop: descriptor %d", fd)
+	}
+	for len(l.handlers) <= fd {
+		l.handlers = append(l.handlers, make([]Handler, len(l.handlers)+64)...)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl add %d: %w", fd, err)
+	}
+	l.handlers[fd] = h
+	return nil
+}
+
+// AddListener registers a listening socket, level-triggered for reads: an
+// accept that stops early (too many open files) is reported again.
+func (l *Loop) AddListener(fd int, h Handler) error {
+	if fd < 0 {
+		return fmt.Errorf("evloop: descriptor %d", fd)
+	}
+	for len(l.handlers) <= fd {
+		l.handlers = append(l.handlers, make([]Handler, len(l.handlers)+64)...)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl add %d: %w", fd, err)
+	}
+	l.handlers[fd] = h
+	return nil
+}
+
+// Remove forgets fd's handler; call it before closing fd. Events already
+// harvested for fd are dropped, so a descriptor number reused later cannot
+// receive them.
+func (l *Loop) Remove(fd int) {
+	if fd >= 0 && fd < len(l.handlers) {
+		l.handlers[fd] = nil
+	}
+	// Closing the descriptor takes it out of the epoll instance; an
+	// explicit delete covers a descriptor shared with another process.
+	_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+// Now is the loop's clock, read once per round of events.
+func (l *Loop) Now() time.Time { return l.now }
+
+// Run delivers events and timers until Close, then returns nil.
+func (l *Loop) Run() error {
+	n := 0
+	harvest := func(uintptr) bool {
+		var err error
+		n, err = unix.EpollWait(l.ep, l.events, 0)
+		return err == nil && n > 0
+	}
+	for {
+		// Harvest first; wait only when there is nothing. A wait with
+		// timers armed ends when the wheel next needs a look.
+		found := false
+		// Control keeps the descriptor from being closed under the call.
+		if err := l.raw.Control(func(fd uintptr) { found = harvest(fd) }); err != nil {
+			return l.closedOr(err)
+		}
+		if !found {
+			var deadline time.Time
+			if l.wheel.pending > 0 {
+				deadline = l.wheel.wakeAt()
+			}
+			if err := l.file.SetReadDeadline(deadline); err != nil {
+				return l.closedOr(err)
+			}
+			n = 0
+			if err := l.raw.Read(harvest); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return l.closedOr(err)
+			}
+		}
+		l.now = time.Now()
+		for i := range l.events[:n] {
+			fd := int(l.events[i].Fd)
+			if fd >= len(l.handlers) || l.handlers[fd] == nil {
+				continue
+			}
+			ev := l.events[i].Events
+			broken := ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0
+			l.handlers[fd].Event(broken || ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0, broken || ev&unix.EPOLLOUT != 0)
+		}
+		l.wheel.advance(l.now)
+	}
+}
+
+// closedOr turns the error of a wait on a closed loop into nil.
+func (l *Loop) closedOr(err error) error {
+	if l.closed.Load() {
+		return nil
+	}
+	return fmt.Errorf("evloop: %w", err)
+}
+
+// Close ends Run (from any goroutine) and closes the epoll instance. The
+// handlers' descriptors stay open: closing them is their owners' business.
+func (l *Loop) Close() error {
+	var err error
+	l.closing.Do(func() {
+		l.closed.Store(true)
+		err = l.file.Close()
+	})
+	return err
+}

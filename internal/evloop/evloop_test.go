@@ -1,0 +1,170 @@
+//go:build linux
+
+package evloop
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The wheel alone, on a clock the test moves.
+func TestWheelFiresInOrderAndOnlyWhenDue(t *testing.T) {
+	l := &Loop{now: time.Unix(1000, 0)}
+	l.wheel.init(l.now)
+	var fired []string
+	timer := func(name string) *Timer { return NewTimer(func() { fired = append(fired, name) }) }
+	a, b, c, far := timer("a"), timer("b"), timer("c"), timer("far")
+	l.Schedule(c, 30*time.Millisecond)
+	l.Schedule(a, 10*time.Millisecond)
+	l.Schedule(b, 20*time.Millisecond)
+	// Due past a whole turn of the wheel: it shares a slot with nearer
+	// ticks and must wait for its own turn.
+	l.Schedule(far, wheelSlots*Tick+10*time.Millisecond)
+
+	step := func(d time.Duration) {
+		l.now = l.now.Add(d)
+		l.wheel.advance(l.now)
+	}
+	step(5 * time.Millisecond)
+	if len(fired) != 0 {
+		t.Fatalf("fired before due: %v", fired)
+	}
+	step(20 * time.Millisecond)
+	if len(fired) != 2 || fired[0] != "a" || fired[1] != "b" {
+		t.Fatalf("after 25 ms: %v, want [a b]", fired)
+	}
+	l.Cancel(c)
+	step(wheelSlots * Tick / 2)
+	if len(fired) != 2 {
+		t.Fatalf("a cancelled timer fired: %v", fired)
+	}
+	step(wheelSlots * Tick / 2)
+	if len(fired) != 3 || fired[2] != "far" {
+		t.Fatalf("after a turn: %v, want the far timer last", fired)
+	}
+	if l.wheel.pending != 0 {
+		t.Fatalf("%d timers still counted as armed", l.wheel.pending)
+	}
+}
+
+func TestWheelRearmAndCancelFromATimer(t *testing.T) {
+	l := &Loop{now: time.Unix(1000, 0)}
+	l.wheel.init(l.now)
+	count := 0
+	var victim *Timer
+	var tick *Timer
+	tick = NewTimer(func() {
+		count++
+		l.Cancel(victim) // due in the same tick: it must not fire now
+		if count < 3 {
+			l.Schedule(tick, Tick)
+		}
+	})
+	victimFired := false
+	victim = NewTimer(func() { victimFired = true })
+	l.Schedule(tick, Tick)
+	l.Schedule(victim, Tick)
+	for range 10 {
+		l.now = l.now.Add(Tick)
+		l.wheel.advance(l.now)
+	}
+	if count != 3 {
+		t.Fatalf("a timer re-armed from its own function fired %d times, want 3", count)
+	}
+	if victimFired {
+		t.Fatal("a timer cancelled by another one of the same tick fired")
+	}
+	// Schedule replaces an earlier arming rather than adding one.
+	l.Schedule(victim, time.Hour)
+	l.Schedule(victim, Tick)
+	if l.wheel.pending != 1 {
+		t.Fatalf("%d timers armed after re-scheduling one", l.wheel.pending)
+	}
+}
+
+type recorder struct {
+	fd     int
+	got    chan string
+	closed bool
+}
+
+func (r *recorder) Event(readable, writable bool) {
+	if !readable {
+		return
+	}
+	var buf [64]byte
+	n, err := unix.Read(r.fd, buf[:])
+	if n > 0 {
+		r.got <- string(buf[:n])
+	}
+	if n == 0 && err == nil && !r.closed {
+		r.closed = true
+		r.got <- "EOF"
+	}
+}
+
+// A real loop over a socket pair: events, a timer, and Close ending Run.
+func TestLoopDeliversEventsAndTimers(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	l, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{fd: fds[0], got: make(chan string, 8)}
+	if err := l.Add(fds[0], r); err != nil {
+		t.Fatal(err)
+	}
+	timerFired := make(chan time.Duration, 1)
+	var armed time.Time
+	timer := NewTimer(func() { timerFired <- l.Now().Sub(armed) })
+	armed = l.Now()
+	l.Schedule(timer, 50*time.Millisecond)
+	done := make(chan error, 1)
+	go func() { done <- l.Run() }()
+
+	if _, err := unix.Write(fds[1], []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case got := <-r.got:
+			if got != want {
+				t.Fatalf("read %q, want %q", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no event for %q", want)
+		}
+	}
+	expect("hello")
+	select {
+	case d := <-timerFired:
+		if d < 50*time.Millisecond {
+			t.Fatalf("a 50 ms timer fired after %s", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the timer never fired on an idle loop")
+	}
+	unix.Shutdown(fds[1], unix.SHUT_WR)
+	expect("EOF")
+
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after Close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after Close")
+	}
+	l.Remove(fds[0])
+	unix.Close(fds[0])
+}

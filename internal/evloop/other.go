@@ -1,0 +1,29 @@
+//go:build !linux
+
+package evloop
+
+import (
+	"errors"
+	"time"
+)
+
+// Handler receives a descriptor's events.
+type Handler interface {
+	Event(readable, writable bool)
+}
+
+// Loop needs epoll: elsewhere New fails.
+type Loop struct {
+	wheel wheel
+	now   time.Time
+}
+
+// New fails: the loop runs on epoll, which only Linux has.
+func New() (*Loop, error) { return nil, errors.New("evloop: only on Linux (epoll)") }
+
+func (l *Loop) Add(fd int, h Handler) error         { return errors.ErrUnsupported }
+func (l *Loop) AddListener(fd int, h Handler) error { return errors.ErrUnsupported }
+func (l *Loop) Remove(fd int)                       {}
+func (l *Loop) Now() time.Time                      { return l.now }
+func (l *Loop) Run() error                          { return errors.ErrUnsupported }
+func (l *Loop) Close() error                        { return nil }
