@@ -106,8 +106,9 @@ func (l *Loop) AddListener(fd int, h Handler) error {
 }
 
 // Remove forgets fd's handler; call it before closing fd. Events already
-// harvested for fd are dropped, so a descriptor number reused later cannot
-// receive them.
+// harvested for fd are dropped, unless the number is registered again in
+// the same round: the new handler then sees a readiness it does not have,
+// which costs it a read or write that says EAGAIN, nothing more.
 func (l *Loop) Remove(fd int) {
 	if fd >= 0 && fd < len(l.handlers) {
 		l.handlers[fd] = nil
@@ -126,6 +127,10 @@ func (l *Loop) Run() error {
 	harvest := func(uintptr) bool {
 		var err error
 		n, err = unix.EpollWait(l.ep, l.events, 0)
+		if err == unix.EINTR {
+			n = 0
+			return true // look again rather than wait for an edge already gone
+		}
 		return err == nil && n > 0
 	}
 	for {
