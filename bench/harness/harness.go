@@ -31,7 +31,8 @@ import (
 // Options configures a run. Zero values take the documented defaults.
 type Options struct {
 	// Bin is the folder holding the edge, dnsd, backend, forwarder,
-	// loopforwarder and loadgen binaries (make build puts them in ./bin). Required.
+	// loopforwarder and loadgen binaries (make build puts them in
+	// ./bin). Required.
 	Bin string
 	// Consul is the consul binary. Required.
 	Consul string

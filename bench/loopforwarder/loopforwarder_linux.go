@@ -51,6 +51,9 @@ func Listen(addr string, upstreams []string, timeouts Timeouts) (*Forwarder, err
 	if len(upstreams) == 0 {
 		return nil, errors.New("no upstreams")
 	}
+	if err := timeouts.check(); err != nil {
+		return nil, err
+	}
 	var ups []netip.AddrPort
 	for _, u := range upstreams {
 		ap, err := netip.ParseAddrPort(u)

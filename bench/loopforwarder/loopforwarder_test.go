@@ -206,6 +206,11 @@ func TestListenRejectsBadAddresses(t *testing.T) {
 	if _, err := Listen("localhost", []string{"127.0.0.1:1"}, DefaultTimeouts); err == nil {
 		t.Fatal("a listen address without a port accepted")
 	}
+	noIdle := DefaultTimeouts
+	noIdle.Idle = 0
+	if _, err := Listen("127.0.0.1:0", []string{"127.0.0.1:1"}, noIdle); err == nil || !strings.Contains(err.Error(), "idle timeout") {
+		t.Fatalf("a zero idle timeout: %v", err)
+	}
 }
 
 func TestTimeouts(t *testing.T) {
