@@ -6,10 +6,11 @@
 // instead of one goroutine per connection on Go's poller.
 //
 // It exists to measure what such a data path would save the edge, on the
-// same machine and workloads. It is not a proxy to run: no timeouts, no
-// retries, no TLS, no health, and it forwards only what the bench sends
-// (bodies framed by Content-Length; a chunked or unframed message is
-// refused).
+// same machine and workloads. It is not a proxy to run: it has the fasthttp
+// forwarder's timeouts (Timeouts) but no retries, no TLS, no health, and it
+// forwards only what the bench sends (bodies framed by Content-Length; a
+// chunked or unframed message is refused). The loop itself is
+// internal/evloop.
 package loopforwarder
 
 import (
