@@ -316,15 +316,15 @@ func (r *Report) targets(w writef) {
 	}
 	small := Workloads()[0].Name
 	edge := r.http(small, "edge")
-	for _, peer := range []struct{ name, label string }{{"nginx", "nginx"}, {"haproxy", "HAProxy"}} {
-		p := r.http(small, peer.name)
+	for _, peer := range []string{"nginx", "haproxy"} {
+		p := r.http(small, peer)
 		if edge == nil || p == nil {
 			continue
 		}
 		e, q := edge.Median(), p.Median()
 		ratio, lat := httpRatio(edge, p, rps), httpRatio(edge, p, p99)
-		w("| edge ≥ 1.0× %s req/s, small responses | %s; medians %.0f vs %.0f | %s |\n", peer.label, ratio, e.RPS, q.RPS, verdict(ratio.med >= 1))
-		w("| edge p99 no worse than %s, small responses | %s; medians %s vs %s | %s |\n", peer.label, lat, ms(e.P99), ms(q.P99), verdict(lat.med <= 1))
+		w("| edge ≥ 1.0× %s req/s, small responses | %s; medians %.0f vs %.0f | %s |\n", systemLabel(peer), ratio, e.RPS, q.RPS, verdict(ratio.med >= 1))
+		w("| edge p99 no worse than %s, small responses | %s; medians %s vs %s | %s |\n", systemLabel(peer), lat, ms(e.P99), ms(q.P99), verdict(lat.med <= 1))
 	}
 	if f := r.http(small, "forwarder"); edge != nil && f != nil {
 		e, q := edge.Median(), f.Median()
