@@ -80,9 +80,9 @@ func (o *Options) setDefaults() error {
 	if o.Bin == "" {
 		return errors.New("bin: required (the folder of make build's binaries)")
 	}
-	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loopforwarder", "loadgen"} {
-		if _, err := os.Stat(filepath.Join(o.Bin, b)); err != nil {
-			return fmt.Errorf("bin: no %s in %s (run make build)", b, o.Bin)
+	for _, b := range programs() {
+		if _, err := os.Stat(filepath.Join(o.Bin, b.name)); err != nil {
+			return fmt.Errorf("bin: no %s in %s (run make build)", b.name, o.Bin)
 		}
 	}
 	if o.Consul == "" {
@@ -143,6 +143,17 @@ const (
 	AppsWithServer = "server"
 	AppsWithClient = "client"
 )
+
+// program is a binary a run needs in Options.Bin, and the package (from
+// the module's root) it is built from.
+type program struct{ name, pkg string }
+
+func programs() []program {
+	return []program{
+		{"edge", "./edge/cmd/edge"}, {"dnsd", "./dnsd/cmd/dnsd"}, {"backend", "./bench/cmd/backend"},
+		{"forwarder", "./bench/cmd/forwarder"}, {"loopforwarder", "./bench/cmd/loopforwarder"}, {"loadgen", "./bench/cmd/loadgen"},
+	}
+}
 
 // Phases are the measuring phases of a run, in the order they run.
 func Phases() []string { return []string{"http", "failure", "dns", "scale"} }

@@ -159,8 +159,7 @@ func buildBinaries(t *testing.T) string {
 		t.Fatal(err)
 	}
 	bin := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", bin+"/",
-		"./edge/cmd/edge", "./dnsd/cmd/dnsd", "./bench/cmd/backend", "./bench/cmd/forwarder", "./bench/cmd/loopforwarder", "./bench/cmd/loadgen")
+	cmd := exec.Command("go", append([]string{"build", "-o", bin + "/"}, harness.ProgramPackages()...)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

@@ -211,8 +211,8 @@ func TestUpdateReadme(t *testing.T) {
 
 func TestOptionsNameTheBadKey(t *testing.T) {
 	bin := t.TempDir()
-	for _, b := range []string{"edge", "dnsd", "backend", "forwarder", "loopforwarder", "loadgen"} {
-		os.WriteFile(filepath.Join(bin, b), nil, 0o755)
+	for _, b := range programs() {
+		os.WriteFile(filepath.Join(bin, b.name), nil, 0o755)
 	}
 	for _, c := range []struct {
 		opts Options
