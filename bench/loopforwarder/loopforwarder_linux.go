@@ -239,14 +239,7 @@ func (l *loop) arm(c *conn, d time.Duration) { l.ev.Schedule(c.timer, d) }
 // timedOut ends a wait that took too long: an upstream that did not answer
 // gets the client a 504; anything else is closed.
 func (c *conn) timedOut() {
-	l := c.l
-	if client := c.peer; c.upstream >= 0 && client != nil && len(c.in) == 0 {
-		c.peer, client.peer = nil, nil
-		l.drop(c)
-		l.answer(client, "504 Gateway Timeout", "the upstream did not answer in time\n")
-		return
-	}
-	l.drop(c)
+	c.l.end(c, "504 Gateway Timeout", "the upstream did not answer in time\n")
 }
 
 func (l *loop) accept() {
@@ -339,9 +332,14 @@ func (l *loop) readable(c *conn) {
 
 // lost handles a connection the peer closed or reset.
 func (l *loop) lost(c *conn) {
+	l.end(c, "502 Bad Gateway", "the upstream closed the connection\n")
+}
+
+// end closes c. An upstream connection whose answer has not begun leaves
+// its client with status and reason instead of a closed connection.
+func (l *loop) end(c *conn, status, reason string) {
 	if client := c.peer; c.upstream >= 0 && client != nil && len(c.in) == 0 {
-		// The app server went away before answering: the client hears so.
-		l.failUpstream(c, client, "the upstream closed the connection\n")
+		l.fail(c, client, status, reason)
 		return
 	}
 	l.drop(c)
@@ -566,10 +564,14 @@ func (l *loop) serveUpstream(u *conn) {
 	l.flush(c)
 }
 
-func (l *loop) failUpstream(u, c *conn, reason string) {
+// failUpstream gives up on u's answer: its client gets a 502.
+func (l *loop) failUpstream(u, c *conn, reason string) { l.fail(u, c, "502 Bad Gateway", reason) }
+
+// fail closes upstream connection u and answers its client c.
+func (l *loop) fail(u, c *conn, status, reason string) {
 	c.peer, u.peer = nil, nil
 	l.drop(u)
-	l.answer(c, "502 Bad Gateway", reason)
+	l.answer(c, status, reason)
 }
 
 // answer sends the proxy's own response and closes the connection after it.
