@@ -74,30 +74,21 @@ func New() (*Loop, error) {
 // one registration lasts the descriptor's life. A new registration reports
 // the descriptor's current state once.
 func (l *Loop) Add(fd int, h Handler) error {
-	if fd < 0 {
-		return fmt.Errorf("evloop: descriptor %d", fd)
-	}
-	for len(l.handlers) <= fd {
-		l.handlers = append(l.handlers, make([]Handler, len(l.handlers)+64)...)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
-	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl add %d: %w", fd, err)
-	}
-	l.handlers[fd] = h
-	return nil
+	return l.add(fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, h)
 }
 
 // AddListener registers a listening socket, level-triggered for reads: an
 // accept that stops early (too many open files) is reported again.
-func (l *Loop) AddListener(fd int, h Handler) error {
+func (l *Loop) AddListener(fd int, h Handler) error { return l.add(fd, unix.EPOLLIN, h) }
+
+func (l *Loop) add(fd int, events uint32, h Handler) error {
 	if fd < 0 {
 		return fmt.Errorf("evloop: descriptor %d", fd)
 	}
 	for len(l.handlers) <= fd {
 		l.handlers = append(l.handlers, make([]Handler, len(l.handlers)+64)...)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
 	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl add %d: %w", fd, err)
 	}
@@ -105,17 +96,17 @@ func (l *Loop) AddListener(fd int, h Handler) error {
 	return nil
 }
 
-// Remove forgets fd's handler; call it before closing fd. Events already
-// harvested for fd are dropped, unless the number is registered again in
-// the same round: the new handler then sees a readiness it does not have,
-// which costs it a read or write that says EAGAIN, nothing more.
+// Remove forgets fd's handler; call it before closing fd. The close takes fd
+// out of the epoll instance, with no system call of its own, as long as no
+// duplicate of the descriptor stays open (open them close-on-exec and do not
+// dup them; a duplicate's events would reach no handler). Events already
+// harvested for fd are dropped, unless the number is registered again in the
+// same round: the new handler then sees a readiness it does not have, which
+// costs it a read or write that says EAGAIN, nothing more.
 func (l *Loop) Remove(fd int) {
 	if fd >= 0 && fd < len(l.handlers) {
 		l.handlers[fd] = nil
 	}
-	// Closing the descriptor takes it out of the epoll instance; an
-	// explicit delete covers a descriptor shared with another process.
-	_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil)
 }
 
 // Now is the loop's clock, read once per round of events.
