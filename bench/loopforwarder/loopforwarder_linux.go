@@ -149,7 +149,6 @@ type loop struct {
 	ev       *evloop.Loop
 	lfd      int
 	timeouts Timeouts
-	conns    []*conn // by file descriptor
 	ups      []unix.Sockaddr
 	idle     [][]*conn // per upstream, most recently used last
 	next     int
@@ -225,12 +224,9 @@ func (l *loop) close() {
 
 func (l *loop) run() {
 	_ = l.ev.Run() // it only fails on a broken epoll descriptor; the loop ends either way
-	for _, c := range l.conns {
-		if c != nil {
-			unix.Close(c.fd)
-		}
+	for fd := range l.ev.Descriptors() {
+		unix.Close(fd) // the connections' and the listening socket's
 	}
-	unix.Close(l.lfd)
 }
 
 // arm (re)starts c's one timer: when it fires, c has waited too long.
@@ -265,16 +261,7 @@ func (l *loop) newConn(fd, upstream int) *conn {
 }
 
 // track registers c with the loop for its life.
-func (l *loop) track(c *conn) bool {
-	if l.ev.Add(c.fd, c) != nil {
-		return false
-	}
-	for len(l.conns) <= c.fd {
-		l.conns = append(l.conns, make([]*conn, len(l.conns)+64)...)
-	}
-	l.conns[c.fd] = c
-	return true
-}
+func (l *loop) track(c *conn) bool { return l.ev.Add(c.fd, c) == nil }
 
 // drop closes c and, when a request is in flight, its peer: a client gone
 // mid-exchange leaves the upstream connection in an unknown state, and an
@@ -284,7 +271,6 @@ func (l *loop) drop(c *conn) {
 		return
 	}
 	c.closed = true
-	l.conns[c.fd] = nil
 	l.ev.Cancel(c.timer)
 	l.ev.Remove(c.fd)
 	unix.Close(c.fd)

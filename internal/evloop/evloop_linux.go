@@ -17,6 +17,7 @@ package evloop
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -106,6 +107,18 @@ func (l *Loop) add(fd int, events uint32, h Handler) error {
 func (l *Loop) Remove(fd int) {
 	if fd >= 0 && fd < len(l.handlers) {
 		l.handlers[fd] = nil
+	}
+}
+
+// Descriptors yields every registered descriptor, for an owner closing
+// them after Run.
+func (l *Loop) Descriptors() iter.Seq[int] {
+	return func(yield func(int) bool) {
+		for fd, h := range l.handlers {
+			if h != nil && !yield(fd) {
+				return
+			}
+		}
 	}
 }
 

@@ -3,6 +3,7 @@
 package evloop
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -165,6 +166,13 @@ func TestLoopDeliversEventsAndTimers(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after Close")
 	}
+	// The owner closes what is still registered once Run is over.
+	if got := slices.Collect(l.Descriptors()); !slices.Equal(got, []int{fds[0]}) {
+		t.Fatalf("registered after Run: %v, want [%d]", got, fds[0])
+	}
 	l.Remove(fds[0])
+	if got := slices.Collect(l.Descriptors()); len(got) != 0 {
+		t.Fatalf("registered after Remove: %v", got)
+	}
 	unix.Close(fds[0])
 }

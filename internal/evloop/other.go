@@ -4,6 +4,7 @@ package evloop
 
 import (
 	"errors"
+	"iter"
 	"time"
 )
 
@@ -24,6 +25,7 @@ func New() (*Loop, error) { return nil, errors.New("evloop: only on Linux (epoll
 func (l *Loop) Add(fd int, h Handler) error         { return errors.ErrUnsupported }
 func (l *Loop) AddListener(fd int, h Handler) error { return errors.ErrUnsupported }
 func (l *Loop) Remove(fd int)                       {}
+func (l *Loop) Descriptors() iter.Seq[int]          { return func(func(int) bool) {} }
 func (l *Loop) Now() time.Time                      { return l.now }
 func (l *Loop) Run() error                          { return errors.ErrUnsupported }
 func (l *Loop) Close() error                        { return nil }
