@@ -11,14 +11,13 @@ const Tick = 10 * time.Millisecond
 // wheelSlots ticks ahead waits in its slot for the right turn.
 const wheelSlots = 512
 
-// Timer calls its function on the loop goroutine once it is due. Its zero
-// value is ready to use; Schedule arms it, again and again, without
-// allocating, and Cancel disarms it.
+// Timer calls its function on the loop goroutine once it is due. NewTimer
+// makes one; Schedule arms it, again and again, without allocating, and
+// Cancel disarms it.
 type Timer struct {
 	fn         func()
-	due        int64 // tick number
-	prev, next *Timer
-	armed      bool
+	due        int64  // tick number
+	prev, next *Timer // in a slot's list while armed, nil otherwise
 }
 
 // NewTimer returns a timer that calls fn.
@@ -81,16 +80,14 @@ func (w *wheel) add(t *Timer) {
 		t.due = w.current
 	}
 	link(&w.slots[t.due%wheelSlots], t)
-	t.armed = true
 	w.pending++
 }
 
 func (w *wheel) remove(t *Timer) {
-	if !t.armed {
-		return
+	if t.next == nil {
+		return // not armed
 	}
 	unlink(t)
-	t.armed = false
 	w.pending--
 }
 
