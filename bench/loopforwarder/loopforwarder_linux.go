@@ -82,11 +82,9 @@ func Listen(addr string, upstreams []string, timeouts Timeouts) (*Forwarder, err
 		f.loops = append(f.loops, l)
 		if i == 0 {
 			// Port 0 picked a port: the other loops listen on the same.
-			sa, err := unix.Getsockname(l.lfd)
-			if err != nil {
-				return fail(fmt.Errorf("getsockname: %w", err))
+			if ap, err = evloop.LocalAddr(l.lfd); err != nil {
+				return fail(err)
 			}
-			ap = addrPort(sa)
 			f.addr = net.TCPAddrFromAddrPort(ap)
 		}
 	}
@@ -149,7 +147,7 @@ type loop struct {
 	ev       *evloop.Loop
 	lfd      int
 	timeouts Timeouts
-	ups      []unix.Sockaddr
+	ups      []netip.AddrPort
 	idle     [][]*conn // per upstream, most recently used last
 	next     int
 	bytesRd  bytes.Reader
@@ -168,16 +166,11 @@ func (a listener) Event(readable, _ bool) {
 }
 
 func newLoop(ap netip.AddrPort, ups []netip.AddrPort, timeouts Timeouts) (*loop, error) {
-	l := &loop{idle: make([][]*conn, len(ups)), lfd: -1, timeouts: timeouts}
-	// Each loop has sockaddrs of its own: connect(2)'s wrapper writes into
-	// them.
-	for _, u := range ups {
-		l.ups = append(l.ups, sockaddr(u))
-	}
+	l := &loop{idle: make([][]*conn, len(ups)), lfd: -1, timeouts: timeouts, ups: ups}
 	l.br = bufio.NewReaderSize(&l.bytesRd, maxHeadBytes)
 	l.respHead.SetNoDefaultContentType(true)
 	var err error
-	if l.lfd, err = listenSocket(ap); err != nil {
+	if l.lfd, err = evloop.Listen(ap); err != nil {
 		return nil, err
 	}
 	if l.ev, err = evloop.New(); err != nil {
@@ -189,28 +182,6 @@ func newLoop(ap netip.AddrPort, ups []netip.AddrPort, timeouts Timeouts) (*loop,
 		return nil, err
 	}
 	return l, nil
-}
-
-func listenSocket(ap netip.AddrPort) (int, error) {
-	fd, err := unix.Socket(family(ap), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
-	}
-	for _, opt := range []int{unix.SO_REUSEADDR, unix.SO_REUSEPORT} {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 1); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("setsockopt: %w", err)
-		}
-	}
-	if err := unix.Bind(fd, sockaddr(ap)); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("bind %s: %w", ap, err)
-	}
-	if err := unix.Listen(fd, 4096); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("listen %s: %w", ap, err)
-	}
-	return fd, nil
 }
 
 // stop ends run.
@@ -240,11 +211,10 @@ func (c *conn) timedOut() {
 
 func (l *loop) accept() {
 	for {
-		fd, _, err := unix.Accept4(l.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, err := evloop.Accept(l.lfd)
 		if err != nil {
 			return // EAGAIN: accepted all; anything else: try on the next event
 		}
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		c := l.newConn(fd, -1)
 		if !l.track(c) {
 			unix.Close(fd)
@@ -429,19 +399,12 @@ func (l *loop) upstreamConn() *conn {
 			return u
 		}
 	}
-	sa := l.ups[i]
-	fd, err := unix.Socket(familyOf(sa), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, connecting, err := evloop.Connect(l.ups[i])
 	if err != nil {
 		return nil
 	}
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	err = unix.Connect(fd, sa)
-	if err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return nil
-	}
 	u := l.newConn(fd, i)
-	u.connecting = err != nil
+	u.connecting = connecting
 	if !l.track(u) {
 		unix.Close(fd)
 		return nil
@@ -451,12 +414,13 @@ func (l *loop) upstreamConn() *conn {
 
 func (l *loop) writable(c *conn) {
 	if c.connecting {
-		if soErr, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
+		done, err := evloop.Connected(c.fd)
+		if err != nil {
 			l.lost(c)
 			return
 		}
-		if _, err := unix.Getpeername(c.fd); err != nil {
-			return // not connected yet
+		if !done {
+			return
 		}
 		c.connecting = false
 	}
@@ -567,35 +531,4 @@ func (l *loop) answer(c *conn, status, body string) {
 	c.closeAfter = true
 	c.in = c.in[:0]
 	l.flush(c)
-}
-
-func family(ap netip.AddrPort) int {
-	if ap.Addr().Unmap().Is4() {
-		return unix.AF_INET
-	}
-	return unix.AF_INET6
-}
-
-func familyOf(sa unix.Sockaddr) int {
-	if _, ok := sa.(*unix.SockaddrInet4); ok {
-		return unix.AF_INET
-	}
-	return unix.AF_INET6
-}
-
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
-	if ip := ap.Addr().Unmap(); ip.Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-}
-
-func addrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
-	}
-	return netip.AddrPort{}
 }

@@ -45,6 +45,15 @@ type Loop struct {
 	now      time.Time
 	closing  sync.Once
 	closed   atomic.Bool
+
+	// Functions posted from other goroutines, and the eventfd that wakes
+	// the loop to run them.
+	wake    int
+	mu      sync.Mutex // guards posted, started, ended and the eventfd's life
+	posted  []func()
+	running []func()
+	started bool
+	ended   bool
 }
 
 // New opens the epoll instance.
@@ -65,9 +74,68 @@ func New() (*Loop, error) {
 		file.Close()
 		return nil, fmt.Errorf("epoll descriptor: %w", err)
 	}
-	l := &Loop{ep: ep, file: file, raw: raw, events: make([]unix.EpollEvent, 256), now: time.Now()}
+	l := &Loop{ep: ep, file: file, raw: raw, events: make([]unix.EpollEvent, 256), now: time.Now(), wake: -1}
 	l.wheel.init(l.now)
+	if l.wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := l.add(l.wake, wakeup{l}, unix.EPOLLIN|unix.EPOLLET); err != nil {
+		unix.Close(l.wake)
+		file.Close()
+		return nil, err
+	}
 	return l, nil
+}
+
+// Post runs fn on the loop goroutine, soon; it may be called from any
+// goroutine. Functions posted after Close never run.
+func (l *Loop) Post(fn func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return
+	}
+	l.posted = append(l.posted, fn)
+	if len(l.posted) == 1 {
+		one := [8]byte{1}
+		_, _ = unix.Write(l.wake, one[:]) // fails only when the counter is full: the loop is awake anyway
+	}
+}
+
+// end closes the eventfd once nothing can use it: after Run, or at Close
+// when Run never started.
+func (l *Loop) end() {
+	if !l.ended {
+		l.ended = true
+		unix.Close(l.wake)
+	}
+}
+
+// wakeup is the eventfd's handler: it runs what was posted.
+type wakeup struct{ l *Loop }
+
+func (w wakeup) Event(bool, bool) {
+	l := w.l
+	var buf [8]byte
+	_, _ = unix.Read(l.wake, buf[:])
+	l.mu.Lock()
+	l.running, l.posted = l.posted, l.running[:0]
+	l.mu.Unlock()
+	for i, fn := range l.running {
+		fn()
+		l.running[i] = nil
+	}
+}
+
+// Detach takes fd out of the loop without closing it, for an owner that
+// hands the descriptor on (and may duplicate it) rather than closing it.
+func (l *Loop) Detach(fd int) error {
+	l.Remove(fd)
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil); err != nil {
+		return fmt.Errorf("epoll_ctl del %d: %w", fd, err)
+	}
+	return nil
 }
 
 // Add registers fd, edge-triggered for reads and writes: the kernel reports
@@ -75,14 +143,14 @@ func New() (*Loop, error) {
 // one registration lasts the descriptor's life. A new registration reports
 // the descriptor's current state once.
 func (l *Loop) Add(fd int, h Handler) error {
-	return l.add(fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, h)
+	return l.add(fd, h, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
 }
 
 // AddListener registers a listening socket, level-triggered for reads: an
 // accept that stops early (too many open files) is reported again.
-func (l *Loop) AddListener(fd int, h Handler) error { return l.add(fd, unix.EPOLLIN, h) }
+func (l *Loop) AddListener(fd int, h Handler) error { return l.add(fd, h, unix.EPOLLIN) }
 
-func (l *Loop) add(fd int, events uint32, h Handler) error {
+func (l *Loop) add(fd int, h Handler, events uint32) error {
 	if fd < 0 {
 		return fmt.Errorf("evloop: descriptor %d", fd)
 	}
@@ -115,6 +183,9 @@ func (l *Loop) Remove(fd int) {
 func (l *Loop) Descriptors() iter.Seq[int] {
 	return func(yield func(int) bool) {
 		for fd, h := range l.handlers {
+			if _, internal := h.(wakeup); internal {
+				continue
+			}
 			if h != nil && !yield(fd) {
 				return
 			}
@@ -127,6 +198,14 @@ func (l *Loop) Now() time.Time { return l.now }
 
 // Run delivers events and timers until Close, then returns nil.
 func (l *Loop) Run() error {
+	l.mu.Lock()
+	l.started = true
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.end()
+		l.mu.Unlock()
+	}()
 	n := 0
 	harvest := func(uintptr) bool {
 		var err error
@@ -187,6 +266,13 @@ func (l *Loop) Close() error {
 	l.closing.Do(func() {
 		l.closed.Store(true)
 		err = l.file.Close()
+		// Run may still be delivering a round: the eventfd goes when it
+		// returns, or here when it never started.
+		l.mu.Lock()
+		if !l.started {
+			l.end()
+		}
+		l.mu.Unlock()
 	})
 	return err
 }

@@ -176,3 +176,75 @@ func TestLoopDeliversEventsAndTimers(t *testing.T) {
 	}
 	unix.Close(fds[0])
 }
+
+// Post runs functions on the loop from other goroutines, in order; a
+// detached descriptor gets no more events and stays open for its new owner.
+func TestPostAndDetach(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	l, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{fd: fds[0], got: make(chan string, 8)}
+	if err := l.Add(fds[0], r); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Run() }()
+	defer func() {
+		l.Close()
+		<-done
+	}()
+
+	ran := make(chan int, 100)
+	for i := range 100 {
+		go l.Post(func() { ran <- i })
+	}
+	seen := map[int]bool{}
+	for range 100 {
+		select {
+		case i := <-ran:
+			seen[i] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of 100 posted functions ran", len(seen))
+		}
+	}
+
+	detached := make(chan error, 1)
+	l.Post(func() { detached <- l.Detach(fds[0]) })
+	if err := <-detached; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(fds[1], []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	// The data waits in the descriptor, still open, for whoever took it.
+	deadline := time.Now().Add(10 * time.Second)
+	var buf [16]byte
+	for {
+		n, err := unix.Read(fds[0], buf[:])
+		if n > 0 {
+			if got := string(buf[:n]); got != "after" {
+				t.Fatalf("read %q after Detach", got)
+			}
+			break
+		}
+		if err != unix.EAGAIN || time.Now().After(deadline) {
+			t.Fatalf("reading a detached descriptor: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case got := <-r.got:
+		t.Fatalf("the handler saw %q after Detach", got)
+	default:
+	}
+	if got := slices.Collect(l.Descriptors()); len(got) != 0 {
+		t.Fatalf("registered after Detach: %v", got)
+	}
+}
