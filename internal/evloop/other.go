@@ -30,5 +30,5 @@ func (l *Loop) Now() time.Time                      { return l.now }
 func (l *Loop) Run() error                          { return errors.ErrUnsupported }
 func (l *Loop) Close() error                        { return nil }
 
-func (l *Loop) Post(fn func())       {}
+func (l *Loop) Post(fn func())      {}
 func (l *Loop) Detach(fd int) error { return errors.ErrUnsupported }
