@@ -14,8 +14,6 @@
 package loopforwarder
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +25,7 @@ import (
 	"time"
 
 	"github.com/podedge/podedge/internal/evloop"
+	"github.com/podedge/podedge/internal/h1"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sys/unix"
 )
@@ -150,8 +149,7 @@ type loop struct {
 	ups      []netip.AddrPort
 	idle     [][]*conn // per upstream, most recently used last
 	next     int
-	bytesRd  bytes.Reader
-	br       *bufio.Reader
+	parser   *h1.Parser
 	reqHead  fasthttp.RequestHeader
 	respHead fasthttp.ResponseHeader
 }
@@ -167,7 +165,7 @@ func (a listener) Event(readable, _ bool) {
 
 func newLoop(ap netip.AddrPort, ups []netip.AddrPort, timeouts Timeouts) (*loop, error) {
 	l := &loop{idle: make([][]*conn, len(ups)), lfd: -1, timeouts: timeouts, ups: ups}
-	l.br = bufio.NewReaderSize(&l.bytesRd, maxHeadBytes)
+	l.parser = h1.NewParser(maxHeadBytes)
 	l.respHead.SetNoDefaultContentType(true)
 	var err error
 	if l.lfd, err = evloop.Listen(ap); err != nil {
@@ -301,15 +299,13 @@ func (l *loop) end(c *conn, status, reason string) {
 	l.drop(c)
 }
 
-var headEnd = []byte("\r\n\r\n")
-
 // serveClient sends the next complete request in c.in upstream, unless one
 // is in flight or its answer is still being sent.
 func (l *loop) serveClient(c *conn) {
 	if c.closed || c.peer != nil || len(c.out) > 0 || c.closeAfter || len(c.in) == 0 {
 		return
 	}
-	head, tooLarge := completeHead(c.in)
+	head, tooLarge := h1.CompleteHead(c.in, maxHeadBytes)
 	if tooLarge {
 		l.answer(c, "431 Request Header Fields Too Large", "request head too large\n")
 		return
@@ -320,7 +316,7 @@ func (l *loop) serveClient(c *conn) {
 	}
 	h := &l.reqHead
 	headLen := len(head)
-	if err := l.parse(h, head); err != nil {
+	if err := l.parser.Parse(h, head); err != nil {
 		l.answer(c, "400 Bad Request", "malformed request\n")
 		return
 	}
@@ -366,25 +362,6 @@ func (l *loop) awaitRequest(c *conn) {
 		c.reading = true
 		l.arm(c, l.timeouts.Read)
 	}
-}
-
-// completeHead returns the message head at the start of b, through its
-// blank line, or nil while it is incomplete; tooLarge when it is longer
-// than maxHeadBytes, or would be.
-func completeHead(b []byte) (head []byte, tooLarge bool) {
-	end := bytes.Index(b, headEnd)
-	if end < 0 {
-		return nil, len(b) > maxHeadBytes
-	}
-	end += len(headEnd)
-	return b[:end], end > maxHeadBytes
-}
-
-// parse reads the message head b, complete, into h.
-func (l *loop) parse(h interface{ Read(*bufio.Reader) error }, b []byte) error {
-	l.bytesRd.Reset(b)
-	l.br.Reset(&l.bytesRd)
-	return h.Read(l.br)
 }
 
 // upstreamConn returns an idle connection to the next upstream, or a new
@@ -467,7 +444,7 @@ func (l *loop) serveUpstream(u *conn) {
 		l.drop(u) // an idle connection has nothing to say
 		return
 	}
-	head, tooLarge := completeHead(u.in)
+	head, tooLarge := h1.CompleteHead(u.in, maxHeadBytes)
 	if tooLarge {
 		l.failUpstream(u, c, "response head too large\n")
 		return
@@ -477,7 +454,7 @@ func (l *loop) serveUpstream(u *conn) {
 	}
 	h := &l.respHead
 	headLen := len(head)
-	if err := l.parse(h, head); err != nil {
+	if err := l.parser.Parse(h, head); err != nil {
 		l.failUpstream(u, c, "malformed response\n")
 		return
 	}
