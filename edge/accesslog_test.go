@@ -12,7 +12,8 @@ import (
 )
 
 func TestAccessLogLine(t *testing.T) {
-	var out bytes.Buffer
+	// The line is written on the goroutine serving the request.
+	var out lockedBuffer
 	a := newBackend(t, "a", nil)
 	p := &Proxy{AccessLog: NewAccessLogHandler(&out)}
 	h := newHarness(t, p, onePod(a))
@@ -21,7 +22,7 @@ func TestAccessLogLine(t *testing.T) {
 		t.Fatalf("status %d", code)
 	}
 	var line map[string]any
-	if err := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &line); err != nil {
+	if err := json.Unmarshal(bytes.TrimSpace([]byte(out.String())), &line); err != nil {
 		t.Fatalf("access log %q: %v", out.String(), err)
 	}
 	want := map[string]any{

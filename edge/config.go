@@ -25,6 +25,10 @@ type Config struct {
 	Pod string `yaml:"pod"`
 	// HTTP is the plain-HTTP listener. Edges of other pods forward here.
 	HTTP string `yaml:"http"`
+	// Engine is the plain-HTTP listener's data path: EngineLoop (event
+	// loops, Linux only, the default there) or EngineFasthttp (fasthttp's
+	// server, a goroutine per connection).
+	Engine string `yaml:"engine"`
 	// HTTPS is the TLS listener, used when TLS is enabled. Empty: none.
 	HTTPS string `yaml:"https"`
 	// Admin serves /healthz, /metrics and /debug/ (loopback by default).
@@ -63,6 +67,12 @@ type Config struct {
 	RetryAfter time.Duration `yaml:"retry_after"`
 	AccessLog  AccessLog     `yaml:"access_log"`
 }
+
+// The plain-HTTP data paths (Config.Engine).
+const (
+	EngineLoop     = "loop"
+	EngineFasthttp = "fasthttp"
+)
 
 // ACME is the certificate authority the edge orders certificates from when
 // TLS is enabled.
@@ -203,6 +213,7 @@ func DefaultConfig() Config {
 		Log:             config.DefaultLog(),
 		Zone:            "example.test.",
 		HTTP:            ":80",
+		Engine:          defaultEngine,
 		Admin:           "127.0.0.1:9180",
 		ACME:            defaultACME(),
 		TLS:             defaultTLS(),
@@ -262,6 +273,12 @@ func (c *Config) Validate() error {
 	}
 	if err := checkAddr("http", c.HTTP, false); err != nil {
 		return err
+	}
+	if c.Engine != EngineLoop && c.Engine != EngineFasthttp {
+		return fmt.Errorf("engine: %q is neither %q nor %q", c.Engine, EngineLoop, EngineFasthttp)
+	}
+	if c.Engine == EngineLoop && defaultEngine != EngineLoop {
+		return fmt.Errorf("engine: %q needs Linux (epoll); use %q", EngineLoop, EngineFasthttp)
 	}
 	if err := checkAddr("https", c.HTTPS, true); err != nil {
 		return err

@@ -60,6 +60,8 @@ type Edge struct {
 
 	server   *fasthttp.Server
 	admin    *http.Server
+	loops    *loopServer // the plain-HTTP listener with engine loop
+	httpAddr net.Addr
 	httpLn   net.Listener
 	httpsLn  net.Listener
 	adminLn  net.Listener
@@ -135,22 +137,27 @@ func New(cfg Config, opts Options) (*Edge, error) {
 // runs and tests can listen on port 0.
 func (e *Edge) Listen() error {
 	var err error
-	if e.httpLn, err = net.Listen("tcp", e.cfg.HTTP); err != nil {
-		return fmt.Errorf("http: %w", err)
+	if e.cfg.Engine == EngineLoop {
+		if e.loops, err = listenLoops(e.cfg.HTTP, e.proxy, e.opts.HTTPHook, e.log); err != nil {
+			return fmt.Errorf("http: %w", err)
+		}
+		e.httpAddr = e.loops.Addr()
+	} else {
+		if e.httpLn, err = net.Listen("tcp", e.cfg.HTTP); err != nil {
+			return fmt.Errorf("http: %w", err)
+		}
+		e.httpAddr = e.httpLn.Addr()
 	}
 	if e.cfg.HTTPS != "" {
 		if e.opts.TLSConfig == nil {
 			e.log.Warn("https listener configured but TLS is not enabled; not listening", "https", e.cfg.HTTPS)
 		} else if e.httpsLn, err = net.Listen("tcp", e.cfg.HTTPS); err != nil {
-			e.httpLn.Close()
+			e.closeListeners()
 			return fmt.Errorf("https: %w", err)
 		}
 	}
 	if e.adminLn, err = net.Listen("tcp", e.cfg.Admin); err != nil {
-		e.httpLn.Close()
-		if e.httpsLn != nil {
-			e.httpsLn.Close()
-		}
+		e.closeListeners()
 		return fmt.Errorf("admin: %w", err)
 	}
 	checkAddr := e.adminLn.Addr().(*net.TCPAddr)
@@ -158,7 +165,7 @@ func (e *Edge) Listen() error {
 	if checkAddr.IP.IsUnspecified() {
 		adminHost = "127.0.0.1"
 	}
-	advertised := e.cfg.advertised(e.httpLn.Addr().String())
+	advertised := e.cfg.advertised(e.httpAddr.String())
 	e.member, err = newMembership(e.consul.Agent(), &e.cfg, advertised,
 		net.JoinHostPort(adminHost, fmt.Sprint(checkAddr.Port)), e.log.With("component", "membership"))
 	if err != nil {
@@ -175,11 +182,14 @@ func (e *Edge) closeListeners() {
 			l.Close()
 		}
 	}
+	if e.loops != nil {
+		e.loops.close()
+	}
 }
 
 // HTTPAddr, HTTPSAddr and AdminAddr are the listeners' addresses once
 // Listen returned (HTTPSAddr is nil without TLS).
-func (e *Edge) HTTPAddr() net.Addr { return e.httpLn.Addr() }
+func (e *Edge) HTTPAddr() net.Addr { return e.httpAddr }
 func (e *Edge) HTTPSAddr() net.Addr {
 	if e.httpsLn == nil {
 		return nil
@@ -226,7 +236,7 @@ func (e *Edge) handle(ctx *fasthttp.RequestCtx) {
 // shutdown_timeout, and returns nil. A listener that fails ends it early
 // with the error.
 func (e *Edge) Run(ctx context.Context) error {
-	if e.httpLn == nil {
+	if e.httpAddr == nil {
 		if err := e.Listen(); err != nil {
 			return err
 		}
@@ -256,11 +266,16 @@ func (e *Edge) Run(ctx context.Context) error {
 		}()
 	}
 	serve("admin", func() error { return e.admin.Serve(e.adminLn) })
-	serve("http", func() error { return e.server.Serve(e.httpLn) })
+	if e.loops != nil {
+		e.loops.run()
+		serve("http", func() error { return e.server.Serve(e.loops.Handoff()) })
+	} else {
+		serve("http", func() error { return e.server.Serve(e.httpLn) })
+	}
 	if e.httpsLn != nil {
 		serve("https", func() error { return e.server.Serve(tls.NewListener(e.httpsLn, e.opts.TLSConfig)) })
 	}
-	e.log.Info("edge serving", "pod", e.cfg.Pod, "http", e.httpLn.Addr().String(), "admin", e.adminLn.Addr().String(),
+	e.log.Info("edge serving", "pod", e.cfg.Pod, "http", e.httpAddr.String(), "engine", e.cfg.Engine, "admin", e.adminLn.Addr().String(),
 		"service_id", e.member.ID(), "public_ip", e.cfg.PublicIP)
 
 	var runErr error
@@ -290,6 +305,11 @@ func (e *Edge) drain(stopMembership func()) {
 
 	sctx, cancel := context.WithTimeout(context.Background(), e.cfg.ShutdownTimeout)
 	defer cancel()
+	if e.loops != nil {
+		if err := e.loops.shutdown(sctx); err != nil {
+			e.log.Warn("in-flight requests still running at shutdown_timeout; closing them", "error", err.Error())
+		}
+	}
 	if err := e.server.ShutdownWithContext(sctx); err != nil {
 		e.log.Warn("in-flight requests still running at shutdown_timeout; closing them", "error", err.Error())
 	}

@@ -68,6 +68,22 @@ func (p *Proxy) acquireExchange(ctx *fasthttp.RequestCtx) *exchange {
 	return x
 }
 
+// startAttempt makes m the endpoint of the next attempt and counts it.
+func (x *exchange) startAttempt(m *router.Member) (*upstream, error) {
+	u, ok := m.Value().(*upstream)
+	if !ok {
+		// The router was built without this proxy's Registry: a
+		// configuration error, not the endpoint's fault.
+		return nil, errNoRegistry
+	}
+	x.member, x.up, x.upstreamAddr = m, u, m.Addr
+	x.upStats = u.statsFor(x.pod.name)
+	x.attempts++
+	x.upStats.requests.Inc()
+	m.Begin()
+	return u, nil
+}
+
 // replayable reports whether req may be sent again after reaching an
 // endpoint: an idempotent method without a body.
 func (x *exchange) replayable(req *fasthttp.Request) bool {

@@ -114,20 +114,41 @@ func newHarness(t testing.TB, p *Proxy, st router.State) *harness {
 	}
 	r.Subscribe(p.SetSnapshot)
 	r.Publish(st)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	srv := p.newServer(p.ServeHTTP, quiet())
+	var ln net.Listener
+	var loops *loopServer
+	if testEngine() == EngineLoop {
+		loops, err = listenLoops("127.0.0.1:0", p, nil, quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		loops.run()
+		ln = loops.Handoff()
+	} else if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	srv := p.newServer(p.ServeHTTP, quiet())
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ln); close(done) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		if loops != nil {
+			_ = loops.shutdown(ctx)
+		}
 		_ = srv.ShutdownWithContext(ctx)
 		<-done
 	})
 	return &harness{r: r, p: p, addr: ln.Addr().String()}
+}
+
+// testEngine is the plain-HTTP data path the harness serves with:
+// EDGE_TEST_ENGINE, or the platform's default. `make test` runs the
+// package's tests with each.
+func testEngine() string {
+	if e := os.Getenv("EDGE_TEST_ENGINE"); e != "" {
+		return e
+	}
+	return defaultEngine
 }
 
 // onePod is a platform of one pod, pod-1, holding tenant acme (with the

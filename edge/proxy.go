@@ -201,14 +201,29 @@ func (p *Proxy) SetDraining(on bool) { p.draining.Store(on) }
 
 // ServeHTTP is the fasthttp.RequestHandler.
 func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
+	x, v := p.begin(ctx)
+	p.end(ctx, x, p.serve(ctx, x, v))
+}
+
+// begin starts an exchange for the request in ctx, with the routing view to
+// serve it from.
+func (p *Proxy) begin(ctx *fasthttp.RequestCtx) (*exchange, *view) {
 	p.init()
 	p.metrics.inflight.Inc()
 	x := p.acquireExchange(ctx)
 	v := p.view.Load()
 	x.pod = v.none
-	if err := p.serve(ctx, x, v); err != nil {
-		p.fail(ctx, x, err)
-	} else if err := p.finishResponse(ctx, x); err != nil {
+	return x, v
+}
+
+// end readies the response in ctx, an endpoint's or, after err, the error
+// path's, and lets go of the handler's hold on x. failed tells that the
+// error path wrote the response.
+func (p *Proxy) end(ctx *fasthttp.RequestCtx, x *exchange, err error) (failed bool) {
+	if err == nil {
+		err = p.finishResponse(ctx, x)
+	}
+	if err != nil {
 		p.fail(ctx, x, err)
 	}
 	x.status = ctx.Response.StatusCode()
@@ -220,10 +235,24 @@ func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	}
 	x.body.ctx = nil
 	x.done()
+	return err != nil
 }
 
 // serve routes and forwards the request; an error goes down the error path.
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
+	pool, err := p.route(ctx, x, v)
+	if err != nil {
+		return err
+	}
+	if x.upgrade {
+		return p.tunnel(ctx, x, pool)
+	}
+	return p.forward(ctx, x, pool)
+}
+
+// route finds the pool that serves the request, its pod's apps or, for a
+// tenant of another pod, that pod's edges, and readies the request for it.
+func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view) (*router.Pool, error) {
 	h := &ctx.Request.Header
 	x.found = scanKeys(h.PeekKeys())
 	if x.found&hRequestID != 0 {
@@ -235,15 +264,15 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
 		x.reqID = appendRequestID(x.reqID[:0])
 	}
 	if h.IsConnect() {
-		return &clientError{status: fasthttp.StatusMethodNotAllowed, err: errConnect}
+		return nil, &clientError{status: fasthttp.StatusMethodNotAllowed, err: errConnect}
 	}
 	if v.snap == nil {
-		return errUnknownHost
+		return nil, errUnknownHost
 	}
 	host := ctx.Host()
 	route, ok := v.snap.Lookup(host)
 	if !ok || route.Pod == nil {
-		return errUnknownHost
+		return nil, errUnknownHost
 	}
 	if s := v.pods[route.Pod]; s != nil {
 		x.pod = s
@@ -251,12 +280,12 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
 	pool, local := route.Pod.Apps, p.Pod == "" || route.Pod.Name == p.Pod
 	if !local {
 		if x.found&hVia != 0 && viaHasEdge(h.PeekAll("Via")) {
-			return errLoop
+			return nil, errLoop
 		}
 		pool = route.Pod.EdgePool
 	}
 	if pool.Len() == 0 {
-		return errNoEndpoint
+		return nil, errNoEndpoint
 	}
 	if !bytes.EqualFold(host, h.Host()) {
 		// An absolute-form request target names the host (RFC 9112
@@ -264,12 +293,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
 		h.SetHostBytes(host)
 	}
 	if err := p.prepareRequest(ctx, x, v, local); err != nil {
-		return err
+		return nil, err
 	}
-	if x.upgrade {
-		return p.tunnel(ctx, x, pool)
-	}
-	return p.forward(ctx, x, pool)
+	return pool, nil
 }
 
 // forward sends the request to an endpoint of pool, and on failure to
@@ -293,31 +319,33 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, pool *router.Pool
 			return nil
 		}
 		last = err
-		if !p.mayRetry(x, &ctx.Request, err) {
+		if !p.retry(x, &ctx.Request, err) {
 			return err
 		}
-		if !p.budget.withdraw(time.Now()) {
-			p.metrics.budgetExhausted.Inc()
-			return err
-		}
-		x.pod.retries.Inc()
 	}
+}
+
+// retry reports whether a failed attempt goes on to another endpoint: the
+// policy allows it and the budget has room.
+func (p *Proxy) retry(x *exchange, req *fasthttp.Request, err error) bool {
+	if !p.mayRetry(x, req, err) {
+		return false
+	}
+	if !p.budget.withdraw(time.Now()) {
+		p.metrics.budgetExhausted.Inc()
+		return false
+	}
+	x.pod.retries.Inc()
+	return true
 }
 
 // attempt runs the request once on m. A streamed response leaves the
 // verdict on m to the stream's end.
 func (p *Proxy) attempt(ctx *fasthttp.RequestCtx, x *exchange, m *router.Member) error {
-	u, ok := m.Value().(*upstream)
-	if !ok {
-		// The router was built without this proxy's Registry: a
-		// configuration error, not the endpoint's fault.
-		return errNoRegistry
+	u, err := x.startAttempt(m)
+	if err != nil {
+		return err
 	}
-	x.member, x.up, x.upstreamAddr = m, u, m.Addr
-	x.upStats = u.statsFor(x.pod.name)
-	x.attempts++
-	x.upStats.requests.Inc()
-	m.Begin()
 	streaming, err := u.roundTrip(x, &ctx.Request, &ctx.Response)
 	if err == nil {
 		x.upStatus = ctx.Response.StatusCode()
@@ -401,6 +429,12 @@ func (p *Proxy) ServerError(ctx *fasthttp.RequestCtx, err error) {
 	case err == fasthttp.ErrBodyTooLarge:
 		status = fasthttp.StatusRequestEntityTooLarge
 	}
+	p.refuse(ctx, status, err)
+}
+
+// refuse answers a request that could not be read with status, counted but
+// never routed.
+func (p *Proxy) refuse(ctx *fasthttp.RequestCtx, status int, err error) {
 	p.metrics.serverErrors.WithLabelValues(strconv.Itoa(status)).Inc()
 	ctx.Response.Reset()
 	writeError(ctx, status, err, nil)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,10 @@ type upstream struct {
 	p     *Proxy
 	hc    *fasthttp.HostClient
 	conns connOps
+	// ap is addr parsed, for the event loops' own connections, which count
+	// against limits.max_conns_per_endpoint in loopConns.
+	ap        netip.AddrPort
+	loopConns atomic.Int32
 	// stats are the metric children for the pod that last used the
 	// address; an address moving to another pod rebinds them.
 	stats atomic.Pointer[upstreamStats]
@@ -33,6 +38,7 @@ type upstream struct {
 
 func (p *Proxy) newUpstream(addr string) *upstream {
 	u := &upstream{addr: addr, p: p}
+	u.ap, _ = netip.ParseAddrPort(addr) // not ip:port: the loops refuse it (errNotIPPort)
 	u.hc = &fasthttp.HostClient{
 		Addr:                     addr,
 		Dial:                     u.dial,

@@ -133,12 +133,12 @@ type conn struct {
 }
 
 // Event is the connection's readiness, from the loop.
-func (c *conn) Event(readable, writable bool) {
-	if writable {
+func (c *conn) Event(ev evloop.Events) {
+	if ev.Has(evloop.Writable) {
 		c.l.writable(c)
 	}
-	if readable && !c.closed {
-		c.l.readable(c)
+	if ev.Has(evloop.Readable) && !c.closed {
+		c.l.readable(c, ev.Has(evloop.PeerClosed))
 	}
 }
 
@@ -157,8 +157,8 @@ type loop struct {
 // listener is the listening socket's handler.
 type listener struct{ l *loop }
 
-func (a listener) Event(readable, _ bool) {
-	if readable {
+func (a listener) Event(ev evloop.Events) {
+	if ev.Has(evloop.Readable) {
 		a.l.accept()
 	}
 }
@@ -249,8 +249,9 @@ func (l *loop) drop(c *conn) {
 }
 
 // readable reads everything the socket holds. A read shorter than the room
-// it had drained the socket: no need for the read that would say EAGAIN.
-func (l *loop) readable(c *conn) {
+// it had drained the socket: no need for the read that would say EAGAIN,
+// unless the peer closed (toEOF), whose end of file may follow the data.
+func (l *loop) readable(c *conn, toEOF bool) {
 	for {
 		if cap(c.in)-len(c.in) < 4096 {
 			grown := make([]byte, len(c.in), 2*cap(c.in)+16384)
@@ -273,7 +274,7 @@ func (l *loop) readable(c *conn) {
 			l.drop(c) // more than any message it forwards: a peer to stop reading
 			return
 		}
-		if n < len(room) {
+		if n < len(room) && !toEOF {
 			break
 		}
 	}

@@ -27,12 +27,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Handler receives a descriptor's events, on the loop goroutine. An error or
-// hang-up is reported as both readable and writable: the next read or write
-// says what happened.
+// Handler receives a descriptor's events, on the loop goroutine.
 type Handler interface {
-	Event(readable, writable bool)
+	Event(ev Events)
 }
+
+// Events is what epoll reported for a descriptor. An error or hang-up is
+// reported as both Readable and Writable: the next read or write says what
+// happened.
+type Events uint8
+
+const (
+	// Readable: data to read, or an end of file or error to meet.
+	Readable Events = 1 << iota
+	// Writable: room in the send buffer, or an error to meet.
+	Writable
+	// PeerClosed: the peer sends nothing more. The end of file may sit
+	// behind the data of the same event, which a read shorter than its
+	// buffer would otherwise take as the end of what there is to read:
+	// read until the end of file.
+	PeerClosed
+)
+
+// Has reports whether e holds every event of x.
+func (e Events) Has(x Events) bool { return e&x == x }
 
 // Loop is one event loop. Build it with New.
 type Loop struct {
@@ -115,7 +133,7 @@ func (l *Loop) end() {
 // wakeup is the eventfd's handler: it runs what was posted.
 type wakeup struct{ l *Loop }
 
-func (w wakeup) Event(bool, bool) {
+func (w wakeup) Event(Events) {
 	l := w.l
 	var buf [8]byte
 	_, _ = unix.Read(l.wake, buf[:])
@@ -176,6 +194,14 @@ func (l *Loop) Remove(fd int) {
 	if fd >= 0 && fd < len(l.handlers) {
 		l.handlers[fd] = nil
 	}
+}
+
+// Handler returns fd's handler, nil when none.
+func (l *Loop) Handler(fd int) Handler {
+	if fd >= 0 && fd < len(l.handlers) {
+		return l.handlers[fd]
+	}
+	return nil
 }
 
 // Descriptors yields every registered descriptor, for an owner closing
@@ -243,12 +269,27 @@ func (l *Loop) Run() error {
 			if fd >= len(l.handlers) || l.handlers[fd] == nil {
 				continue
 			}
-			ev := l.events[i].Events
-			broken := ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0
-			l.handlers[fd].Event(broken || ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0, broken || ev&unix.EPOLLOUT != 0)
+			l.handlers[fd].Event(eventsOf(l.events[i].Events))
 		}
 		l.wheel.advance(l.now)
 	}
+}
+
+func eventsOf(ev uint32) Events {
+	var e Events
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		e = Readable | Writable | PeerClosed
+	}
+	if ev&unix.EPOLLIN != 0 {
+		e |= Readable
+	}
+	if ev&unix.EPOLLRDHUP != 0 {
+		e |= Readable | PeerClosed
+	}
+	if ev&unix.EPOLLOUT != 0 {
+		e |= Writable
+	}
+	return e
 }
 
 // closedOr turns the error of a wait on a closed loop into nil.

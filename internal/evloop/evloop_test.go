@@ -91,8 +91,8 @@ type recorder struct {
 	closed bool
 }
 
-func (r *recorder) Event(readable, writable bool) {
-	if !readable {
+func (r *recorder) Event(ev Events) {
+	if !ev.Has(Readable) {
 		return
 	}
 	var buf [64]byte

@@ -10,8 +10,20 @@ import (
 
 // Handler receives a descriptor's events.
 type Handler interface {
-	Event(readable, writable bool)
+	Event(ev Events)
 }
+
+// Events is what the loop reports for a descriptor.
+type Events uint8
+
+const (
+	Readable Events = 1 << iota
+	Writable
+	PeerClosed
+)
+
+// Has reports whether e holds every event of x.
+func (e Events) Has(x Events) bool { return e&x == x }
 
 // Loop needs epoll: elsewhere New fails.
 type Loop struct {
@@ -30,5 +42,6 @@ func (l *Loop) Now() time.Time                      { return l.now }
 func (l *Loop) Run() error                          { return errors.ErrUnsupported }
 func (l *Loop) Close() error                        { return nil }
 
-func (l *Loop) Post(fn func())      {}
-func (l *Loop) Detach(fd int) error { return errors.ErrUnsupported }
+func (l *Loop) Handler(fd int) Handler { return nil }
+func (l *Loop) Post(fn func())         {}
+func (l *Loop) Detach(fd int) error    { return errors.ErrUnsupported }

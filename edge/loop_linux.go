@@ -1,0 +1,767 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/podedge/podedge/internal/evloop"
+	"github.com/podedge/podedge/internal/h1"
+	"github.com/podedge/podedge/router"
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
+)
+
+// defaultEngine is the plain-HTTP data path on Linux.
+const defaultEngine = EngineLoop
+
+// loopServer is the plain-HTTP listener on event loops, as nginx and HAProxy
+// run theirs: one goroutine per CPU runs an epoll loop (internal/evloop) over
+// its own listening socket (SO_REUSEPORT) and every connection it accepted,
+// client and endpoint alike. No goroutine parks per request, and timeouts are
+// timers on the loop's wheel rather than deadlines on each connection.
+//
+// The proxy's logic is the fasthttp path's own: the loop parses each request
+// head into a fasthttp.RequestCtx and hands it to the same routing, header
+// rules, passive health, retry policy, error path, metrics and access log.
+// What the loop does itself is the I/O: it buffers request bodies of up to
+// limits.buffer_bytes, sends the request to a pooled or new connection of
+// its own to the endpoint, and relays the response, buffered when small and
+// streamed (with flow control) when large, chunked or ended by the
+// connection's close.
+//
+// A connection whose request the loop does not take (a chunked or larger
+// body, Expect: 100-continue, an Upgrade, HTTP/1.0) leaves the loop at that
+// request, with the bytes already read, for the fasthttp server, which serves
+// it for the rest of its life.
+type loopServer struct {
+	p       *Proxy
+	hook    func(*fasthttp.RequestCtx) bool
+	handoff *handoffListener
+	log     *slog.Logger
+	fastLog fasthttp.Logger
+	loops   []*edgeLoop
+	addr    *net.TCPAddr
+	wg      sync.WaitGroup
+	// clients counts the client connections the loops hold, for the drain.
+	clients atomic.Int64
+}
+
+// listenLoops opens one listening socket and loop per CPU on addr.
+func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, log *slog.Logger) (*loopServer, error) {
+	p.init()
+	tcp, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	ip, _ := netip.AddrFromSlice(tcp.IP)
+	if !ip.IsValid() {
+		ip = netip.IPv6Unspecified() // every address, IPv4 included
+	}
+	ap := netip.AddrPortFrom(ip.Unmap(), uint16(tcp.Port))
+	s := &loopServer{p: p, hook: hook, log: log.With("component", "loop")}
+	s.fastLog = fasthttpLogger{s.log}
+	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
+		l, err := s.newLoop(ap)
+		if err != nil {
+			s.closeLoops()
+			return nil, err
+		}
+		s.loops = append(s.loops, l)
+		if i == 0 {
+			// Port 0 picked a port: the other loops listen on the same.
+			if ap, err = evloop.LocalAddr(l.lfd); err != nil {
+				s.closeLoops()
+				return nil, err
+			}
+			s.addr = net.TCPAddrFromAddrPort(ap)
+		}
+	}
+	s.handoff = newHandoffListener(s.addr)
+	return s, nil
+}
+
+// Handoff is the listener that yields the connections the loops hand over,
+// for the fasthttp server to Serve.
+func (s *loopServer) Handoff() net.Listener { return s.handoff }
+
+// Addr is the address the loops listen on.
+func (s *loopServer) Addr() net.Addr { return s.addr }
+
+// close releases a server whose loops never ran.
+func (s *loopServer) close() {
+	s.closeLoops()
+	s.handoff.Close()
+}
+
+// closeLoops releases loops whose run never started.
+func (s *loopServer) closeLoops() {
+	for _, l := range s.loops {
+		l.ev.Close()
+		unix.Close(l.lfd)
+	}
+}
+
+// run starts the loops.
+func (s *loopServer) run() {
+	for _, l := range s.loops {
+		s.wg.Go(l.run)
+	}
+}
+
+// shutdown stops accepting, closes idle connections, lets the exchanges in
+// flight finish (their responses carry Connection: close, the proxy is
+// draining) until ctx ends, then closes whatever is left and stops the loops.
+func (s *loopServer) shutdown(ctx context.Context) error {
+	for _, l := range s.loops {
+		l.ev.Post(l.stopAccepting)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for s.clients.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("%d connections still open: %w", s.clients.Load(), ctx.Err())
+			break wait
+		case <-tick.C:
+		}
+	}
+	for _, l := range s.loops {
+		l.ev.Close()
+	}
+	s.wg.Wait()
+	return err
+}
+
+// edgeLoop is one event loop and what only its goroutine touches.
+type edgeLoop struct {
+	s        *loopServer
+	p        *Proxy
+	ev       *evloop.Loop
+	lfd      int
+	parser   *h1.Parser
+	idle     map[*upstream][]*upConn // most recently used last
+	free     []*loopExchange
+	draining bool
+}
+
+func (s *loopServer) newLoop(ap netip.AddrPort) (*edgeLoop, error) {
+	p := s.p
+	l := &edgeLoop{s: s, p: p, lfd: -1, idle: map[*upstream][]*upConn{}}
+	l.parser = h1.NewParser(max(p.Limits.MaxHeaderBytes, 4096))
+	var err error
+	if l.lfd, err = evloop.Listen(ap); err != nil {
+		return nil, err
+	}
+	if l.ev, err = evloop.New(); err != nil {
+		unix.Close(l.lfd)
+		return nil, err
+	}
+	if err := l.ev.AddListener(l.lfd, acceptor{l}); err != nil {
+		l.ev.Close()
+		unix.Close(l.lfd)
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *edgeLoop) run() {
+	if err := l.ev.Run(); err != nil {
+		l.s.log.Error("event loop failed; its connections are closed", "error", err.Error())
+	}
+	for fd := range l.ev.Descriptors() {
+		unix.Close(fd)
+	}
+	// What was open is closed now.
+	l.s.clients.Store(0)
+}
+
+// stopAccepting closes the listening socket and the idle client
+// connections; the others close after their exchange.
+func (l *edgeLoop) stopAccepting() {
+	l.draining = true
+	if l.lfd >= 0 {
+		l.ev.Remove(l.lfd)
+		unix.Close(l.lfd)
+		l.lfd = -1
+	}
+	for _, c := range l.clientsIdle() {
+		l.dropClient(c)
+	}
+}
+
+// clientsIdle lists the client connections between requests.
+func (l *edgeLoop) clientsIdle() []*clientConn {
+	var idle []*clientConn
+	for fd := range l.ev.Descriptors() {
+		if c, ok := l.ev.Handler(fd).(*clientConn); ok && c.ex == nil && len(c.out) == 0 && len(c.in) == 0 {
+			idle = append(idle, c)
+		}
+	}
+	return idle
+}
+
+type acceptor struct{ l *edgeLoop }
+
+func (a acceptor) Event(ev evloop.Events) {
+	if ev.Has(evloop.Readable) {
+		a.l.accept()
+	}
+}
+
+func (l *edgeLoop) accept() {
+	for l.lfd >= 0 {
+		fd, err := evloop.Accept(l.lfd)
+		if err != nil {
+			if err != unix.EAGAIN && err != unix.EINTR && err != unix.ECONNABORTED {
+				l.s.log.Warn("accept failed", "error", err.Error())
+			}
+			return
+		}
+		c := &clientConn{l: l, fd: fd}
+		c.timer = evloop.NewTimer(c.timedOut)
+		peer := evloop.PeerAddr(fd)
+		local, _ := evloop.LocalAddr(fd)
+		c.addrs.remote = net.TCPAddrFromAddrPort(netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()))
+		c.addrs.local = net.TCPAddrFromAddrPort(local)
+		if err := l.ev.Add(fd, c); err != nil {
+			unix.Close(fd)
+			continue
+		}
+		l.s.clients.Add(1)
+		c.state = clientIdle
+		l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
+	}
+}
+
+// clientState is where a client connection is between its reads and writes.
+type clientState uint8
+
+const (
+	clientIdle     clientState = iota // between requests
+	clientReading                     // a request has begun to arrive
+	clientExchange                    // a request is with an endpoint
+)
+
+// clientConn is a client's connection while the loop holds it.
+type clientConn struct {
+	l     *edgeLoop
+	fd    int
+	in    []byte // received and not yet served
+	out   []byte // still to send
+	timer *evloop.Timer
+	addrs connAddrs
+	state clientState
+	ex    *loopExchange // the exchange in flight
+	// eof: the client sent all it will; closeAfter: close once out is sent.
+	eof, closeAfter, closed bool
+	// unread: data is waiting in the socket that was left there while an
+	// exchange was in flight and in was full enough.
+	unread bool
+	// peerClosed: epoll said the client closed; its end of file is still
+	// to be read.
+	peerClosed bool
+}
+
+func (c *clientConn) Event(ev evloop.Events) {
+	if ev.Has(evloop.Writable) && !c.closed {
+		c.l.flushClient(c)
+	}
+	if ev.Has(evloop.PeerClosed) {
+		c.peerClosed = true
+	}
+	if ev.Has(evloop.Readable) && !c.closed {
+		c.l.readClient(c)
+	}
+}
+
+// maxPipelined bounds what a client may send ahead while its exchange is in
+// flight; the rest stays in the socket until the exchange is done.
+const maxPipelined = 64 << 10
+
+func (l *edgeLoop) readClient(c *clientConn) {
+	if c.ex != nil && len(c.in) >= maxPipelined {
+		c.unread = true
+		return
+	}
+	c.unread = false
+	_, err := readInto(c.fd, &c.in, l.p.Limits.MaxHeaderBytes+l.p.Limits.BufferBytes+maxPipelined, c.peerClosed)
+	switch err {
+	case nil:
+	case errBufferFull:
+		c.unread = true
+	case io.EOF:
+		if c.ex != nil {
+			// The client left while its request was being served: as
+			// nginx does, the exchange is abandoned (499), not finished
+			// for no one. A request that came with the end of file is
+			// still served.
+			l.dropClient(c)
+			return
+		}
+		c.eof = true
+	default:
+		l.dropClient(c)
+		return
+	}
+	if c.ex == nil {
+		l.serveClient(c)
+	}
+}
+
+var errBufferFull = errors.New("buffer full")
+
+// readInto reads what the socket holds into *buf, growing it up to limit
+// bytes. A read shorter than the room it had drained the socket: no need for
+// the read that would say EAGAIN, unless the peer closed (toEOF), whose end
+// of file may sit behind the data. It returns how many bytes it read and
+// io.EOF at end of file, errBufferFull at the limit, or the read's error.
+func readInto(fd int, buf *[]byte, limit int, toEOF bool) (int, error) {
+	total := 0
+	for {
+		b := *buf
+		if cap(b)-len(b) < 4096 {
+			if len(b) >= limit {
+				return total, errBufferFull
+			}
+			grown := make([]byte, len(b), min(max(2*cap(b), 16<<10), limit+4096))
+			copy(grown, b)
+			b = grown
+		}
+		room := b[len(b):cap(b)]
+		n, err := unix.Read(fd, room)
+		if n > 0 {
+			b = b[:len(b)+n]
+			total += n
+		}
+		*buf = b
+		switch {
+		case err == unix.EAGAIN:
+			return total, nil
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return total, err
+		case n == 0:
+			return total, io.EOF
+		case n < len(room) && !toEOF:
+			return total, nil
+		}
+	}
+}
+
+// serveClient starts on the next request in c.in, if it is complete and the
+// connection is free for it.
+func (l *edgeLoop) serveClient(c *clientConn) {
+	for !c.closed && c.ex == nil && len(c.out) == 0 && !c.closeAfter {
+		if len(c.in) == 0 {
+			if c.eof {
+				l.dropClient(c)
+			}
+			return
+		}
+		if !l.startRequest(c) {
+			return
+		}
+	}
+}
+
+// startRequest parses the request at the start of c.in and starts its
+// exchange. It returns false when the request is incomplete or the
+// connection left the loop; true when the request was answered at once (the
+// caller may go on to the next one) or went to an endpoint.
+func (l *edgeLoop) startRequest(c *clientConn) bool {
+	p := l.p
+	head, tooLarge := h1.CompleteHead(c.in, p.Limits.MaxHeaderBytes)
+	if tooLarge {
+		l.refuse(c, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeadTooLarge)
+		return false
+	}
+	if head == nil {
+		l.awaitRequest(c, p.Timeouts.ClientHeader, c.eof)
+		return false
+	}
+	ex := l.acquire(c)
+	ctx := &ex.ctx
+	req := &ctx.Request
+	if err := l.parser.Parse(&req.Header, head); err != nil {
+		l.release(ex)
+		l.refuse(c, fasthttp.StatusBadRequest, err)
+		return false
+	}
+	h := &req.Header
+	bodyLen := h.ContentLength()
+	if bodyLen == -2 {
+		bodyLen = 0 // neither Content-Length nor chunked: no body (RFC 9112, 6.3)
+	}
+	if bodyLen < 0 || bodyLen > p.Limits.BufferBytes || !h.IsHTTP11() ||
+		scanKeys(h.PeekKeys())&(hUpgrade|hExpect) != 0 {
+		l.release(ex)
+		l.handOff(c)
+		return false
+	}
+	if len(c.in) < len(head)+bodyLen {
+		l.release(ex)
+		l.awaitRequest(c, p.Timeouts.ClientBody, c.eof)
+		return false
+	}
+	ex.reqLen = len(head) + bodyLen
+	if bodyLen > 0 {
+		req.SetBodyRaw(c.in[len(head):ex.reqLen])
+	}
+	ex.head = h.IsHead()
+	c.closeAfter = h.ConnectionClose()
+	c.ex, c.state = ex, clientExchange
+	l.ev.Cancel(c.timer)
+
+	if l.s.hook != nil && l.s.hook(ctx) {
+		l.sendOwn(ex)
+		return true
+	}
+	x, v := p.begin(ctx)
+	ex.x = x
+	pool, err := p.route(ctx, x, v)
+	if err == nil && x.upgrade {
+		err = errUpgradeOnLoop // handed off above; never here
+	}
+	if err != nil {
+		l.finish(ex, err)
+		return true
+	}
+	p.budget.request(l.ev.Now())
+	ex.pool = pool
+	l.nextAttempt(ex)
+	return c.ex == nil
+}
+
+var (
+	errHeadTooLarge  = errors.New("request head larger than limits.max_header_bytes")
+	errUpgradeOnLoop = errors.New("an upgrade reached the event loop")
+	errClientGone    = errors.New("the client closed the connection before the response")
+)
+
+// awaitRequest starts the read timeout once a request has begun to arrive.
+// A client that stopped sending (eof) with half a request is done.
+func (l *edgeLoop) awaitRequest(c *clientConn, d time.Duration, eof bool) {
+	if eof {
+		l.dropClient(c)
+		return
+	}
+	if c.state != clientReading {
+		c.state = clientReading
+		l.ev.Schedule(c.timer, d)
+	}
+}
+
+// refuse answers a request that could not be read and closes the
+// connection after it.
+func (l *edgeLoop) refuse(c *clientConn, status int, err error) {
+	ex := l.acquire(c)
+	l.p.refuse(&ex.ctx, status, err)
+	c.closeAfter = true
+	c.in = c.in[:0]
+	c.ex = ex
+	l.sendOwn(ex)
+}
+
+// sendOwn sends a response the edge wrote itself (an error, the HTTP hook's
+// answer) and ends the exchange.
+func (l *edgeLoop) sendOwn(ex *loopExchange) {
+	resp := &ex.ctx.Response
+	if !noBody(resp.StatusCode()) && !ex.head {
+		resp.Header.SetContentLength(len(resp.Body()))
+	}
+	l.sendResponse(ex, true)
+	l.endExchange(ex)
+}
+
+// sendResponse appends the response head in ex.ctx to the client's output
+// and, with body, its buffered body.
+func (l *edgeLoop) sendResponse(ex *loopExchange, body bool) {
+	c := ex.c
+	resp := &ex.ctx.Response
+	if c.closeAfter || l.draining {
+		resp.Header.SetConnectionClose()
+	}
+	if resp.Header.ConnectionClose() {
+		c.closeAfter = true
+	}
+	c.out = resp.Header.AppendBytes(c.out)
+	if body && !ex.head && !noBody(resp.StatusCode()) {
+		c.out = append(c.out, resp.Body()...)
+	}
+}
+
+// noBody reports whether a response with status has no body whatever its
+// head says (RFC 9110, sections 6.4.1).
+func noBody(status int) bool {
+	return status < 200 || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified
+}
+
+// finish ends an exchange whose response is buffered, or which failed with
+// err before its response began: the proxy's end path readies the response
+// (the error's, after err), which then goes to the client.
+func (l *edgeLoop) finish(ex *loopExchange, err error) {
+	failed := l.p.end(&ex.ctx, ex.x, err)
+	ex.x = nil
+	if failed {
+		l.sendOwn(ex)
+		return
+	}
+	l.sendResponse(ex, true)
+	l.endExchange(ex)
+}
+
+// endExchange is the end of the request in flight on its client
+// connection: the request leaves c.in, the response is on its way out, and
+// the next request, if any, may start once it is sent.
+func (l *edgeLoop) endExchange(ex *loopExchange) {
+	c := ex.c
+	if ex.up != nil {
+		l.releaseUpstream(ex.up)
+		ex.up = nil
+	}
+	if !c.closed && ex.reqLen > 0 {
+		c.in = c.in[:copy(c.in, c.in[ex.reqLen:])]
+	}
+	c.ex = nil
+	c.state = clientIdle
+	l.release(ex)
+	if !c.closed {
+		l.flushClient(c)
+	}
+}
+
+// flushClient sends what c.out holds; the rest waits for room in the socket,
+// under the write timeout.
+func (l *edgeLoop) flushClient(c *clientConn) {
+	if err := flush(c.fd, &c.out); err != nil {
+		l.dropClient(c)
+		return
+	}
+	if len(c.out) > 0 {
+		l.ev.Schedule(c.timer, l.p.Timeouts.ClientWrite)
+		return
+	}
+	if ex := c.ex; ex != nil {
+		// A streamed response: its endpoint may go on.
+		l.ev.Cancel(c.timer)
+		if ex.up != nil && ex.up.paused {
+			ex.up.paused = false
+			l.readUpstream(ex.up)
+		}
+		return
+	}
+	if c.closeAfter {
+		l.dropClient(c)
+		return
+	}
+	c.state = clientIdle
+	l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
+	if len(c.in) > 0 || c.eof {
+		l.serveClient(c) // a pipelined request, or the end
+	}
+	if c.unread && !c.closed {
+		l.readClient(c)
+	}
+}
+
+// flush writes *out to fd until it is sent or the socket is full.
+func flush(fd int, out *[]byte) error {
+	b := *out
+	sent := 0
+	for sent < len(b) {
+		n, err := unix.Write(fd, b[sent:])
+		if n > 0 {
+			sent += n
+			continue
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err == nil {
+			err = unix.EIO
+		}
+		return err
+	}
+	*out = b[:copy(b, b[sent:])]
+	return nil
+}
+
+// timedOut ends a wait that took too long: a request head or body that does
+// not arrive gets 408, anything else is closed.
+func (c *clientConn) timedOut() {
+	l := c.l
+	if c.state == clientReading && c.ex == nil && len(c.out) == 0 {
+		l.refuse(c, fasthttp.StatusRequestTimeout, os.ErrDeadlineExceeded)
+		return
+	}
+	l.dropClient(c)
+}
+
+// dropClient closes c and abandons its exchange, if one is in flight: the
+// endpoint's connection goes too, with no verdict on the endpoint.
+func (l *edgeLoop) dropClient(c *clientConn) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	l.ev.Cancel(c.timer)
+	l.ev.Remove(c.fd)
+	unix.Close(c.fd)
+	l.s.clients.Add(-1)
+	if ex := c.ex; ex != nil {
+		if up := ex.up; up != nil {
+			ex.up = nil
+			up.ex = nil
+			l.dropUpstream(up)
+		}
+		if x := ex.x; x != nil {
+			if x.member != nil && ex.attemptOpen {
+				x.member.Done()
+			}
+			x.err = errClientGone
+			x.status = statusClientGone
+			if l.p.access != nil && !ex.streaming {
+				x.record(&ex.ctx) // a streamed response's was, at its head
+			}
+			x.done()
+			ex.x = nil
+		}
+		c.ex = nil
+		l.release(ex)
+	}
+}
+
+// statusClientGone is what the access log and metrics record for a request
+// whose client left before its response was sent, as nginx does.
+const statusClientGone = 499
+
+// handOff gives the connection, with the bytes already read, to the
+// fasthttp server, which serves it from here on.
+func (l *edgeLoop) handOff(c *clientConn) {
+	c.closed = true
+	l.ev.Cancel(c.timer)
+	l.s.clients.Add(-1)
+	if err := l.ev.Detach(c.fd); err != nil {
+		unix.Close(c.fd)
+		l.s.log.Warn("could not hand a connection over; closed it", "error", err.Error())
+		return
+	}
+	f := os.NewFile(uintptr(c.fd), "client")
+	nc, err := net.FileConn(f) // a duplicate of the descriptor, on Go's poller
+	f.Close()
+	if err != nil {
+		l.s.log.Warn("could not hand a connection over; closed it", "error", err.Error())
+		return
+	}
+	l.s.handoff.push(&prefixedConn{Conn: nc, prefix: append([]byte(nil), c.in...)})
+}
+
+// prefixedConn is a connection whose first bytes were read already.
+type prefixedConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixedConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// connAddrs is the net.Conn a RequestCtx of the loop carries: its
+// addresses, for the client's address and the access log; nothing reads or
+// writes through it.
+type connAddrs struct {
+	local, remote *net.TCPAddr
+}
+
+func (a *connAddrs) Read([]byte) (int, error)         { return 0, errNotAConn }
+func (a *connAddrs) Write([]byte) (int, error)        { return 0, errNotAConn }
+func (a *connAddrs) Close() error                     { return nil }
+func (a *connAddrs) LocalAddr() net.Addr              { return a.local }
+func (a *connAddrs) RemoteAddr() net.Addr             { return a.remote }
+func (a *connAddrs) SetDeadline(time.Time) error      { return nil }
+func (a *connAddrs) SetReadDeadline(time.Time) error  { return nil }
+func (a *connAddrs) SetWriteDeadline(time.Time) error { return nil }
+
+var errNotAConn = errors.New("the event loop owns this connection")
+
+// loopExchange is a request in flight on a loop, pooled per loop.
+type loopExchange struct {
+	ctx fasthttp.RequestCtx
+	exchangeState
+}
+
+// exchangeState is what a loopExchange clears for its next request.
+type exchangeState struct {
+	x    *exchange
+	c    *clientConn
+	up   *upConn
+	pool *router.Pool
+	// tried are the members tried so far; stale counts fresh connections
+	// tried after pooled ones turned out dead.
+	tried       uint64
+	stale       int
+	attemptOpen bool  // an attempt on x.member awaits its verdict
+	last        error // the last attempt's failure
+	reqLen      int   // the request's bytes at the start of c.in
+	head        bool  // a HEAD request: no response body
+	upStatus    int
+	bodyBytes   int64 // of a streamed response, relayed so far
+	// The response body while it streams.
+	stream    streamMode
+	left      int64 // bytes left, with streamLength
+	chunked   h1.Chunked
+	streaming bool
+}
+
+type streamMode uint8
+
+const (
+	streamLength  streamMode = iota // Content-Length, longer than buffer_bytes
+	streamChunked                   // chunked, relayed as it is
+	streamToClose                   // delimited by the connection's end
+)
+
+func (l *edgeLoop) acquire(c *clientConn) *loopExchange {
+	var ex *loopExchange
+	if n := len(l.free); n > 0 {
+		ex = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		ex = &loopExchange{}
+		ex.ctx.Response.Header.SetNoDefaultContentType(true)
+	}
+	ex.c = c
+	ex.ctx.Init2(&c.addrs, l.s.fastLog, false)
+	return ex
+}
+
+func (l *edgeLoop) release(ex *loopExchange) {
+	ex.ctx.Request.Reset()
+	ex.ctx.Response.Reset()
+	ex.ctx.Response.Header.SetNoDefaultContentType(true)
+	ex.exchangeState = exchangeState{}
+	if len(l.free) < 1024 {
+		l.free = append(l.free, ex)
+	}
+}

@@ -1,0 +1,487 @@
+package edge
+
+import (
+	"errors"
+	"io"
+	"os"
+	"slices"
+
+	"github.com/podedge/podedge/internal/evloop"
+	"github.com/podedge/podedge/internal/h1"
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
+)
+
+// upConn is a loop's connection to an endpoint. Each loop keeps its own
+// pool of them per endpoint (edgeLoop.idle), so that nothing is shared
+// between loops but the count against limits.max_conns_per_endpoint.
+type upConn struct {
+	l     *edgeLoop
+	fd    int
+	u     *upstream
+	in    []byte // received and not yet relayed
+	out   []byte // the request, still to send
+	timer *evloop.Timer
+	ex    *loopExchange // the exchange in flight; nil while idle
+	// connecting: the connection is not yet established; reused: it served
+	// an exchange before this one; sent: the request is written; gotByte:
+	// the response has begun; headDone: its head is parsed; reusable: it
+	// may serve another exchange; paused: a streamed body waits for the
+	// client to take what it was given; idle: it is in the loop's pool.
+	connecting, reused, sent, gotByte, headDone, reusable, paused, idle, closed bool
+	// peerClosed: epoll said the endpoint closed; its end of file is still
+	// to be read.
+	peerClosed bool
+}
+
+func (up *upConn) Event(ev evloop.Events) {
+	if ev.Has(evloop.Writable) && !up.closed {
+		up.l.writableUpstream(up)
+	}
+	if ev.Has(evloop.PeerClosed) {
+		up.peerClosed = true
+	}
+	if ev.Has(evloop.Readable) && !up.closed {
+		up.l.readUpstream(up)
+	}
+}
+
+// errNotIPPort is an endpoint whose address the loop cannot connect to
+// without a name lookup, which it does not make.
+var errNotIPPort = errors.New("endpoint address is not ip:port")
+
+// nextAttempt sends the request to the next endpoint the pool picks.
+func (l *edgeLoop) nextAttempt(ex *loopExchange) {
+	x := ex.x
+	m := ex.pool.Pick(ex.tried)
+	if m == nil {
+		err := ex.last
+		if err == nil {
+			err = errNoEndpoint
+		}
+		l.finish(ex, err)
+		return
+	}
+	ex.tried |= m.Bit()
+	u, err := x.startAttempt(m)
+	if err != nil {
+		l.finish(ex, err)
+		return
+	}
+	ex.attemptOpen = true
+	l.send(ex, u)
+}
+
+// failed ends the attempt in flight with err: the request goes on to
+// another endpoint when the retry policy and budget allow, or fails.
+func (l *edgeLoop) failed(ex *loopExchange, err error) {
+	x := ex.x
+	ex.attemptOpen = false
+	x.endAttempt(err)
+	ex.last = err
+	if l.p.retry(x, &ex.ctx.Request, err) {
+		l.nextAttempt(ex)
+		return
+	}
+	l.finish(ex, err)
+}
+
+// send writes the request to a connection to u: a pooled one, or a new one
+// once it is established.
+func (l *edgeLoop) send(ex *loopExchange, u *upstream) {
+	up, err := l.upstreamConn(u)
+	if err != nil {
+		l.failed(ex, err)
+		return
+	}
+	ex.up, up.ex = up, ex
+	up.sent, up.gotByte, up.headDone, up.reusable = false, false, false, false
+	req := &ex.ctx.Request
+	up.out = req.Header.AppendBytes(up.out[:0])
+	up.out = append(up.out, req.Body()...)
+	if up.connecting {
+		l.ev.Schedule(up.timer, l.p.Timeouts.Dial)
+		return
+	}
+	l.writeUpstream(up)
+}
+
+// upstreamConn returns the loop's most recently used idle connection to u,
+// or a new one, perhaps still connecting.
+func (l *edgeLoop) upstreamConn(u *upstream) (*upConn, error) {
+	if list := l.idle[u]; len(list) > 0 {
+		up := list[len(list)-1]
+		l.idle[u] = list[:len(list)-1]
+		up.idle, up.reused = false, true
+		l.ev.Cancel(up.timer)
+		return up, nil
+	}
+	if !u.ap.IsValid() {
+		return nil, &DialError{Addr: u.addr, Err: errNotIPPort}
+	}
+	if int(u.loopConns.Load()) >= l.p.Limits.MaxConnsPerEndpoint {
+		return nil, errNoFreeConns
+	}
+	fd, connecting, err := evloop.Connect(u.ap)
+	if err != nil {
+		return nil, &DialError{Addr: u.addr, Err: err}
+	}
+	up := &upConn{l: l, fd: fd, u: u, connecting: connecting}
+	up.timer = evloop.NewTimer(up.timedOut)
+	if err := l.ev.Add(fd, up); err != nil {
+		unix.Close(fd)
+		return nil, &DialError{Addr: u.addr, Err: err}
+	}
+	u.loopConns.Add(1)
+	return up, nil
+}
+
+func (l *edgeLoop) writableUpstream(up *upConn) {
+	if up.connecting {
+		done, err := evloop.Connected(up.fd)
+		if err != nil {
+			l.upstreamFailed(up, &DialError{Addr: up.u.addr, Err: err})
+			return
+		}
+		if !done {
+			return
+		}
+		up.connecting = false
+	}
+	if up.ex != nil && !up.sent {
+		l.writeUpstream(up)
+	}
+}
+
+// writeUpstream sends the request; a body that does not fit the socket
+// waits for room, each wait bounded by upstream_idle.
+func (l *edgeLoop) writeUpstream(up *upConn) {
+	if err := flush(up.fd, &up.out); err != nil {
+		l.upstreamError(up, err)
+		return
+	}
+	if len(up.out) > 0 {
+		l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
+		return
+	}
+	up.sent = true
+	if !up.gotByte {
+		l.ev.Schedule(up.timer, l.p.Timeouts.ResponseHeader)
+	}
+}
+
+// readUpstream reads the endpoint's answer and relays it.
+func (l *edgeLoop) readUpstream(up *upConn) {
+	if up.ex == nil {
+		l.dropUpstream(up) // an idle connection has nothing to say: it closed, or it is broken
+		return
+	}
+	limit := l.p.Limits.MaxHeaderBytes + l.p.Limits.BufferBytes
+	for !up.closed && up.ex != nil && !up.paused {
+		n, err := readInto(up.fd, &up.in, limit, up.peerClosed)
+		eof := err == io.EOF
+		if err != nil && !eof && err != errBufferFull {
+			l.upstreamError(up, err)
+			return
+		}
+		if n > 0 {
+			up.gotByte = true
+		}
+		l.relay(up, eof)
+		if err != errBufferFull {
+			return // the socket is drained, or closed
+		}
+	}
+}
+
+// relay moves what up.in holds toward the client: the response head once it
+// is whole, then the body, whole when short, streamed otherwise.
+func (l *edgeLoop) relay(up *upConn, eof bool) {
+	ex := up.ex
+	if !up.headDone && !l.readHead(up, eof) {
+		return
+	}
+	if ex.streaming {
+		l.pump(up, eof)
+		return
+	}
+	// A body short enough to buffer, read whole under response_header.
+	need := int(ex.left)
+	if len(up.in) < need {
+		if eof {
+			l.upstreamError(up, io.ErrUnexpectedEOF)
+		}
+		return
+	}
+	resp := &ex.ctx.Response
+	if need > 0 {
+		resp.SetBodyRaw(up.in[:need])
+	}
+	up.reusable = !eof && len(up.in) == need && !resp.Header.ConnectionClose()
+	ex.attemptOpen = false
+	ex.x.endAttempt(nil)
+	l.finish(ex, nil)
+}
+
+// readHead parses the response head at the start of up.in, skipping interim
+// responses; it returns true once the head is parsed and removed from
+// up.in, with ex.left or ex.stream saying how the body is framed.
+func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
+	ex := up.ex
+	resp := &ex.ctx.Response
+	for {
+		head, tooLarge := h1.CompleteHead(up.in, l.p.Limits.MaxHeaderBytes)
+		if tooLarge {
+			l.upstreamError(up, errRespHeadTooLarge)
+			return false
+		}
+		if head == nil {
+			if eof {
+				l.upstreamError(up, io.EOF)
+			}
+			return false
+		}
+		if err := l.parser.Parse(&resp.Header, head); err != nil {
+			l.upstreamError(up, err)
+			return false
+		}
+		up.in = up.in[:copy(up.in, up.in[len(head):])]
+		status := resp.StatusCode()
+		if status == fasthttp.StatusSwitchingProtocols {
+			l.upstreamError(up, errUnaskedSwitch)
+			return false
+		}
+		if status >= 200 {
+			break
+		}
+		// An interim response (100 Continue, 103 Early Hints) is not
+		// passed on: the edge answered Expect itself.
+		resp.Header.Reset()
+		resp.Header.SetNoDefaultContentType(true)
+	}
+	up.headDone = true
+	status := resp.StatusCode()
+	ex.upStatus = status
+	ex.x.upStatus = status
+	l.ev.Schedule(up.timer, l.p.Timeouts.ResponseHeader)
+	cl := resp.Header.ContentLength()
+	if ex.head || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+		cl = 0
+	}
+	if cl >= 0 && cl <= l.p.Limits.BufferBytes {
+		ex.left = int64(cl)
+		return true
+	}
+	return l.startStream(up, cl)
+}
+
+var (
+	errRespHeadTooLarge = errors.New("response head larger than limits.max_header_bytes")
+	errUnaskedSwitch    = errors.New("switched protocols without being asked to")
+)
+
+// streamHighWater is how much of a streamed body may wait for the client
+// before the loop stops reading the endpoint.
+const streamHighWater = 256 << 10
+
+// startStream sends the response head to the client and starts relaying a
+// body that is too long to buffer, chunked, or ended by the connection's
+// close. The exchange is recorded when the body ends.
+func (l *edgeLoop) startStream(up *upConn, cl int) bool {
+	ex := up.ex
+	x := ex.x
+	resp := &ex.ctx.Response
+	switch {
+	case cl == -1:
+		ex.stream = streamChunked
+	case cl == -2:
+		ex.stream = streamToClose
+	default:
+		ex.stream, ex.left = streamLength, int64(cl)
+	}
+	ex.streaming = true
+	x.refs.Add(1) // the stream's hold, let go when the body ends
+	if l.p.end(&ex.ctx, x, nil) {
+		// The error path replaced the response: the body is not relayed.
+		ex.attemptOpen = false
+		x.member.Done()
+		x.done()
+		ex.x = nil
+		ex.streaming = false
+		l.sendOwn(ex)
+		return false
+	}
+	switch ex.stream {
+	case streamChunked:
+		resp.Header.SetContentLength(-1) // relayed as it comes, chunk framing and all
+	case streamToClose:
+		resp.Header.SetConnectionClose()
+	}
+	l.sendResponse(ex, false)
+	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
+	return true
+}
+
+// pump relays the body bytes in up.in to the client, stopping the reads
+// from the endpoint while the client has streamHighWater bytes to take.
+func (l *edgeLoop) pump(up *upConn, eof bool) {
+	ex := up.ex
+	c := ex.c
+	n, done := len(up.in), false
+	switch ex.stream {
+	case streamLength:
+		n = int(min(int64(n), ex.left))
+		ex.left -= int64(n)
+		done = ex.left == 0
+	case streamChunked:
+		var err error
+		if n, done, err = ex.chunked.Scan(up.in); err != nil {
+			l.upstreamError(up, err)
+			return
+		}
+	case streamToClose:
+		done = eof
+	}
+	c.out = append(c.out, up.in[:n]...)
+	ex.bodyBytes += int64(n)
+	up.in = up.in[:copy(up.in, up.in[n:])]
+	if !done && eof {
+		l.upstreamError(up, io.ErrUnexpectedEOF)
+		return
+	}
+	if done {
+		x := ex.x
+		up.reusable = ex.stream != streamToClose && !eof && len(up.in) == 0 && !ex.ctx.Response.Header.ConnectionClose()
+		ex.attemptOpen = false
+		x.endAttempt(nil)
+		x.bytes = ex.bodyBytes
+		x.done()
+		ex.x = nil
+		l.endExchange(ex)
+		return
+	}
+	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
+	if err := flush(c.fd, &c.out); err != nil {
+		l.dropClient(c)
+		return
+	}
+	if len(c.out) > 0 {
+		l.ev.Schedule(c.timer, l.p.Timeouts.ClientWrite)
+	}
+	if len(c.out) >= streamHighWater {
+		up.paused = true // flushClient resumes it
+	}
+}
+
+// upstreamError ends the attempt on up with a failure of the connection,
+// at the stage the exchange had reached.
+func (l *edgeLoop) upstreamError(up *upConn, err error) {
+	st := stageWait
+	switch {
+	case up.headDone:
+		st = stageBody
+	case up.gotByte:
+		st = stageHead
+	case !up.sent:
+		st = stageWrite
+	}
+	l.upstreamFailed(up, &UpstreamError{Addr: up.u.addr, stage: st, Err: err})
+}
+
+// upstreamFailed closes up and settles its exchange: a request whose
+// response has begun to reach the client can only be cut off; one on a
+// pooled connection the endpoint had closed is sent again on a fresh one
+// when it can be replayed; any other goes to the retry policy.
+func (l *edgeLoop) upstreamFailed(up *upConn, err error) {
+	ex := up.ex
+	reused := up.reused
+	if ex != nil {
+		ex.up, up.ex = nil, nil
+	}
+	l.dropUpstream(up)
+	if ex == nil {
+		return
+	}
+	x := ex.x
+	if ex.streaming {
+		ex.attemptOpen = false
+		x.endAttempt(err)
+		x.err = err
+		x.bytes = ex.bodyBytes
+		x.done()
+		ex.x = nil
+		l.dropClient(ex.c)
+		return
+	}
+	if ue, ok := err.(*UpstreamError); ok && reused && ue.beforeResponse() && !ue.Timeout() && isReset(ue.Err) {
+		// The endpoint closed a pooled connection as it was used: not the
+		// endpoint's fault. The loop's other idle connections to it are
+		// older still.
+		l.closeIdle(up.u)
+		if x.replayable(&ex.ctx.Request) && ex.stale < maxStaleRetries {
+			ex.stale++
+			l.send(ex, up.u)
+			return
+		}
+		ue.stale = true
+	}
+	l.failed(ex, err)
+}
+
+// timedOut ends a wait on the endpoint that took too long; an idle
+// connection past upstream_keepalive is closed.
+func (up *upConn) timedOut() {
+	l := up.l
+	switch {
+	case up.ex == nil:
+		l.dropUpstream(up)
+	case up.connecting:
+		l.upstreamFailed(up, &DialError{Addr: up.u.addr, Err: os.ErrDeadlineExceeded})
+	default:
+		l.upstreamError(up, os.ErrDeadlineExceeded)
+	}
+}
+
+// releaseUpstream pools a connection whose exchange is over, or closes it.
+func (l *edgeLoop) releaseUpstream(up *upConn) {
+	up.ex = nil
+	if up.closed {
+		return
+	}
+	if !up.reusable || l.draining {
+		l.dropUpstream(up)
+		return
+	}
+	up.in, up.out = up.in[:0], up.out[:0]
+	up.idle = true
+	l.idle[up.u] = append(l.idle[up.u], up)
+	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamKeepalive)
+}
+
+// dropUpstream closes up, taking it out of the pool if it is there.
+func (l *edgeLoop) dropUpstream(up *upConn) {
+	if up.closed {
+		return
+	}
+	up.closed = true
+	l.ev.Cancel(up.timer)
+	l.ev.Remove(up.fd)
+	unix.Close(up.fd)
+	up.u.loopConns.Add(-1)
+	if up.idle {
+		up.idle = false
+		list := slices.DeleteFunc(l.idle[up.u], func(o *upConn) bool { return o == up })
+		if len(list) == 0 {
+			delete(l.idle, up.u)
+		} else {
+			l.idle[up.u] = list
+		}
+	}
+}
+
+// closeIdle closes the loop's idle connections to u.
+func (l *edgeLoop) closeIdle(u *upstream) {
+	for _, up := range slices.Clone(l.idle[u]) {
+		l.dropUpstream(up)
+	}
+}
