@@ -242,12 +242,16 @@ func (l *Loop) Run() error {
 		}
 		return err == nil && n > 0
 	}
+	// Made once: a closure passed to Control escapes, and would cost an
+	// allocation per round.
+	found := false
+	harvestNow := func(fd uintptr) { found = harvest(fd) }
 	for {
 		// Harvest first; wait only when there is nothing. A wait with
 		// timers armed ends when the wheel next needs a look.
-		found := false
+		found = false
 		// Control keeps the descriptor from being closed under the call.
-		if err := l.raw.Control(func(fd uintptr) { found = harvest(fd) }); err != nil {
+		if err := l.raw.Control(harvestNow); err != nil {
 			return l.closedOr(err)
 		}
 		if !found {
