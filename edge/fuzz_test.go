@@ -17,32 +17,50 @@ import (
 	"github.com/valyala/fasthttp/fasthttputil"
 )
 
+// fuzzSeeds are requests of every kind the edge treats apart.
+var fuzzSeeds = []string{
+	"GET / HTTP/1.1\r\nHost: acme.example.test\r\n\r\n",
+	"GET /a?b=c HTTP/1.1\r\nHost: unknown.example\r\n\r\n",
+	"POST /x HTTP/1.1\r\nHost: acme.example.test\r\nContent-Length: 5\r\n\r\nhello",
+	"POST /x HTTP/1.1\r\nHost: acme.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+	"HEAD / HTTP/1.0\r\nHost: acme.com\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\nGET /2 HTTP/1.1\r\nHost: acme.com\r\n\r\n",
+	"HEAD / HTTP/1.1\r\nHost: acme.com\r\n\r\nGET /2 HTTP/1.1\r\nHost: acme.com\r\nContent-Length: 2\r\n\r\nhi",
+	"GET / HTTP/1.1\r\nHost: acme.example.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+	"GET http://evil.example/ HTTP/1.1\r\nHost: globex.example.test\r\nVia: 1.1 podedge\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: globex.example.test\r\nX-Forwarded-For: 1.2.3.4\r\nX-Request-Id: \x01\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: acme.example.test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+	"CONNECT acme.example.test:443 HTTP/1.1\r\nHost: acme.example.test\r\n\r\n",
+	"\x00\xff\r\n\r\n garbage",
+}
+
+// fuzzApp is the fuzz tests' app server: it answers every request with a
+// hop-by-hop header to drop and a short body.
+func fuzzApp(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.Set("Connection", "X-Drop")
+	ctx.Response.Header.Set("X-Drop", "1")
+	ctx.SetBodyString("app says hi\n")
+}
+
+// fuzzState is pod-1 (tenant acme) served by app, and pod-2 (tenant globex)
+// served by the edge at otherEdge.
+func fuzzState(app, otherEdge string) router.State {
+	st := withApps(onePod(), app)
+	st.Pods = append(st.Pods, router.Pod{Name: "pod-2"})
+	st.Tenants = append(st.Tenants, router.Tenant{Name: "globex", Pod: "pod-2"})
+	st.Edges = append(st.Edges, router.EdgeEndpoint{Endpoint: router.Endpoint{ID: "e2", Pod: "pod-2", Addr: otherEdge, Weight: 1, Passing: true}})
+	return st
+}
+
 // FuzzServe feeds raw bytes to the edge's server, wired to an in-memory app
 // server and to an in-memory edge of another pod: whatever arrives, nothing
 // panics and everything the edge writes back parses as HTTP responses.
 func FuzzServe(f *testing.F) {
-	for _, s := range []string{
-		"GET / HTTP/1.1\r\nHost: acme.example.test\r\n\r\n",
-		"GET /a?b=c HTTP/1.1\r\nHost: unknown.example\r\n\r\n",
-		"POST /x HTTP/1.1\r\nHost: acme.example.test\r\nContent-Length: 5\r\n\r\nhello",
-		"POST /x HTTP/1.1\r\nHost: acme.example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-		"HEAD / HTTP/1.0\r\nHost: acme.com\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\nGET /2 HTTP/1.1\r\nHost: acme.com\r\n\r\n",
-		"GET / HTTP/1.1\r\nHost: acme.example.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-		"GET http://evil.example/ HTTP/1.1\r\nHost: globex.example.test\r\nVia: 1.1 podedge\r\n\r\n",
-		"GET / HTTP/1.1\r\nHost: globex.example.test\r\nX-Forwarded-For: 1.2.3.4\r\nX-Request-Id: \x01\r\n\r\n",
-		"GET / HTTP/1.1\r\nHost: acme.example.test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
-		"CONNECT acme.example.test:443 HTTP/1.1\r\nHost: acme.example.test\r\n\r\n",
-		"\x00\xff\r\n\r\n garbage",
-	} {
+	for _, s := range fuzzSeeds {
 		f.Add([]byte(s))
 	}
 
 	up := fasthttputil.NewInmemoryListener()
-	app := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		ctx.Response.Header.Set("Connection", "X-Drop")
-		ctx.Response.Header.Set("X-Drop", "1")
-		ctx.SetBodyString("app says hi\n")
-	}}
+	app := &fasthttp.Server{Handler: fuzzApp}
 	go func() { _ = app.Serve(up) }()
 	f.Cleanup(func() { _ = app.Shutdown() })
 
@@ -59,11 +77,7 @@ func FuzzServe(f *testing.F) {
 		f.Fatal(err)
 	}
 	r.Subscribe(p.SetSnapshot)
-	st := withApps(onePod(), "10.0.0.1:80")
-	st.Pods = append(st.Pods, router.Pod{Name: "pod-2"})
-	st.Tenants = append(st.Tenants, router.Tenant{Name: "globex", Pod: "pod-2"})
-	st.Edges = append(st.Edges, router.EdgeEndpoint{Endpoint: router.Endpoint{ID: "e2", Pod: "pod-2", Addr: "10.0.0.2:80", Weight: 1, Passing: true}})
-	r.Publish(st)
+	r.Publish(fuzzState("10.0.0.1:80", "10.0.0.2:80"))
 
 	ln := fasthttputil.NewInmemoryListener()
 	srv := p.newServer(p.ServeHTTP, slog.New(slog.DiscardHandler))

@@ -154,6 +154,38 @@ type edgeLoop struct {
 	idle     map[*upstream][]*upConn // most recently used last
 	free     []*loopExchange
 	draining bool
+	// Buffers client connections give back between requests, so that an
+	// idle keep-alive connection holds none; bufBytes is their total size.
+	bufs     [][]byte
+	bufBytes int
+}
+
+// Client connection buffers: borrowed with this room, and kept between
+// requests only up to maxPooledBufBytes per loop.
+const (
+	clientBufSize     = 16 << 10
+	maxPooledBufBytes = 16 << 20
+)
+
+// borrow returns an empty buffer, from the pool when it has one.
+func (l *edgeLoop) borrow() []byte {
+	if n := len(l.bufs); n > 0 {
+		b := l.bufs[n-1]
+		l.bufs[n-1] = nil
+		l.bufs = l.bufs[:n-1]
+		l.bufBytes -= cap(b)
+		return b
+	}
+	return make([]byte, 0, clientBufSize)
+}
+
+// giveBack pools b, unless the pool is full.
+func (l *edgeLoop) giveBack(b []byte) {
+	if cap(b) == 0 || l.bufBytes+cap(b) > maxPooledBufBytes {
+		return
+	}
+	l.bufs = append(l.bufs, b[:0])
+	l.bufBytes += cap(b)
 }
 
 func (s *loopServer) newLoop(ap netip.AddrPort) (*edgeLoop, error) {
@@ -181,10 +213,11 @@ func (l *edgeLoop) run() {
 		l.s.log.Error("event loop failed; its connections are closed", "error", err.Error())
 	}
 	for fd := range l.ev.Descriptors() {
+		if _, ok := l.ev.Handler(fd).(*clientConn); ok {
+			l.s.clients.Add(-1)
+		}
 		unix.Close(fd)
 	}
-	// What was open is closed now.
-	l.s.clients.Store(0)
 }
 
 // stopAccepting closes the listening socket and the idle client
@@ -296,6 +329,9 @@ func (l *edgeLoop) readClient(c *clientConn) {
 		return
 	}
 	c.unread = false
+	if c.in == nil {
+		c.in = l.borrow()
+	}
 	_, err := readInto(c.fd, &c.in, l.p.Limits.MaxHeaderBytes+l.p.Limits.BufferBytes+maxPipelined, c.peerClosed)
 	switch err {
 	case nil:
@@ -389,7 +425,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 		return false
 	}
 	if head == nil {
-		l.awaitRequest(c, p.Timeouts.ClientHeader, c.eof)
+		l.awaitRequest(c, false)
 		return false
 	}
 	ex := l.acquire(c)
@@ -413,7 +449,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	if len(c.in) < len(head)+bodyLen {
 		l.release(ex)
-		l.awaitRequest(c, p.Timeouts.ClientBody, c.eof)
+		l.awaitRequest(c, true)
 		return false
 	}
 	ex.reqLen = len(head) + bodyLen
@@ -451,16 +487,21 @@ var (
 	errClientGone    = errors.New("the client closed the connection before the response")
 )
 
-// awaitRequest starts the read timeout once a request has begun to arrive.
-// A client that stopped sending (eof) with half a request is done.
-func (l *edgeLoop) awaitRequest(c *clientConn, d time.Duration, eof bool) {
-	if eof {
+// awaitRequest bounds the wait for the rest of a request: its head from its
+// first byte (client_header), each pause of its body (client_body). A
+// client that stopped sending (eof) with half a request is done.
+func (l *edgeLoop) awaitRequest(c *clientConn, body bool) {
+	if c.eof {
 		l.dropClient(c)
 		return
 	}
-	if c.state != clientReading {
+	switch {
+	case body:
 		c.state = clientReading
-		l.ev.Schedule(c.timer, d)
+		l.ev.Schedule(c.timer, l.p.Timeouts.ClientBody)
+	case c.state != clientReading:
+		c.state = clientReading
+		l.ev.Schedule(c.timer, l.p.Timeouts.ClientHeader)
 	}
 }
 
@@ -496,6 +537,9 @@ func (l *edgeLoop) sendResponse(ex *loopExchange, body bool) {
 	}
 	if resp.Header.ConnectionClose() {
 		c.closeAfter = true
+	}
+	if c.out == nil {
+		c.out = l.borrow()
 	}
 	c.out = resp.Header.AppendBytes(c.out)
 	if body && !ex.head && !noBody(resp.StatusCode()) {
@@ -569,6 +613,12 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 	}
 	c.state = clientIdle
 	l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
+	l.giveBack(c.out)
+	c.out = nil
+	if len(c.in) == 0 {
+		l.giveBack(c.in)
+		c.in = nil
+	}
 	if len(c.in) > 0 || c.eof {
 		l.serveClient(c) // a pipelined request, or the end
 	}
@@ -624,6 +674,9 @@ func (l *edgeLoop) dropClient(c *clientConn) {
 	l.ev.Remove(c.fd)
 	unix.Close(c.fd)
 	l.s.clients.Add(-1)
+	l.giveBack(c.in)
+	l.giveBack(c.out)
+	c.in, c.out = nil, nil
 	if ex := c.ex; ex != nil {
 		if up := ex.up; up != nil {
 			ex.up = nil
@@ -670,6 +723,8 @@ func (l *edgeLoop) handOff(c *clientConn) {
 		return
 	}
 	l.s.handoff.push(&prefixedConn{Conn: nc, prefix: append([]byte(nil), c.in...)})
+	l.giveBack(c.in)
+	c.in = nil
 }
 
 // prefixedConn is a connection whose first bytes were read already.

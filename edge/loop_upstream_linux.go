@@ -217,7 +217,9 @@ func (l *edgeLoop) relay(up *upConn, eof bool) {
 	if need > 0 {
 		resp.SetBodyRaw(up.in[:need])
 	}
-	up.reusable = !eof && len(up.in) == need && !resp.Header.ConnectionClose()
+	// An answer that came before the whole request was sent leaves the
+	// connection mid-request: it cannot serve another.
+	up.reusable = up.sent && !eof && len(up.in) == need && !resp.Header.ConnectionClose()
 	ex.attemptOpen = false
 	ex.x.endAttempt(nil)
 	l.finish(ex, nil)
@@ -351,7 +353,8 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 	}
 	if done {
 		x := ex.x
-		up.reusable = ex.stream != streamToClose && !eof && len(up.in) == 0 && !ex.ctx.Response.Header.ConnectionClose()
+		up.reusable = up.sent && ex.stream != streamToClose && !eof && len(up.in) == 0 &&
+			!ex.ctx.Response.Header.ConnectionClose()
 		ex.attemptOpen = false
 		x.endAttempt(nil)
 		x.bytes = ex.bodyBytes

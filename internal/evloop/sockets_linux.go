@@ -9,14 +9,22 @@ import (
 
 // Listen opens a non-blocking TCP listening socket on ap with SO_REUSEPORT,
 // so that each loop of a set can have its own socket on the same port and
-// the kernel spreads new connections between them.
+// the kernel spreads new connections between them. Accepted connections
+// inherit its TCP keep-alive, probing a silent peer after 15 s as Go's own
+// listeners do, so that a vanished client does not hold its connection.
 func Listen(ap netip.AddrPort) (int, error) {
 	fd, err := unix.Socket(family(ap), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
 	}
-	for _, opt := range []int{unix.SO_REUSEADDR, unix.SO_REUSEPORT} {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 1); err != nil {
+	for _, o := range []struct{ level, opt, value int }{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.value); err != nil {
 			unix.Close(fd)
 			return -1, fmt.Errorf("setsockopt: %w", err)
 		}
