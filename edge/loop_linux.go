@@ -376,7 +376,7 @@ func readInto(fd int, buf *[]byte, limit int, toEOF bool) (int, error) {
 			b = grown
 		}
 		room := b[len(b):cap(b)]
-		n, err := unix.Read(fd, room)
+		n, err := evloop.Read(fd, room)
 		if n > 0 {
 			b = b[:len(b)+n]
 			total += n
@@ -632,7 +632,7 @@ func flush(fd int, out *[]byte) error {
 	b := *out
 	sent := 0
 	for sent < len(b) {
-		n, err := unix.Write(fd, b[sent:])
+		n, err := evloop.Write(fd, b[sent:])
 		if n > 0 {
 			sent += n
 			continue

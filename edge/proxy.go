@@ -244,6 +244,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
 	if err != nil {
 		return err
 	}
+	// fasthttp's client writes the target from the parsed URI: it must go
+	// out as the client wrote it. (The event loops write the raw target.)
+	ctx.Request.URI().DisablePathNormalizing = true
 	if x.upgrade {
 		return p.tunnel(ctx, x, pool)
 	}
@@ -269,7 +272,7 @@ func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view) (*router.P
 	if v.snap == nil {
 		return nil, errUnknownHost
 	}
-	host := ctx.Host()
+	host := requestHost(&ctx.Request)
 	route, ok := v.snap.Lookup(host)
 	if !ok || route.Pod == nil {
 		return nil, errUnknownHost
@@ -296,6 +299,16 @@ func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view) (*router.P
 		return nil, err
 	}
 	return pool, nil
+}
+
+// requestHost is the host a request is for: its Host header or, for an
+// absolute-form target (RFC 9112, section 3.2.2), the target's host. Only
+// the latter needs the target parsed.
+func requestHost(req *fasthttp.Request) []byte {
+	if uri := req.Header.RequestURI(); len(uri) > 0 && uri[0] == '/' {
+		return req.Header.Host()
+	}
+	return req.URI().Host()
 }
 
 // forward sends the request to an endpoint of pool, and on failure to

@@ -98,7 +98,6 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 		h.SetProtocol("HTTP/1.1")
 	}
 	req.UseHostHeader = true
-	req.URI().DisablePathNormalizing = true
 
 	if !req.IsBodyStream() {
 		x.hasBody = len(req.Body()) > 0

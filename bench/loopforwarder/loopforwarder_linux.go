@@ -259,7 +259,7 @@ func (l *loop) readable(c *conn, toEOF bool) {
 			c.in = grown
 		}
 		room := c.in[len(c.in):cap(c.in)]
-		n, err := unix.Read(c.fd, room)
+		n, err := evloop.Read(c.fd, room)
 		if n > 0 {
 			c.in = c.in[:len(c.in)+n]
 		}
@@ -410,7 +410,7 @@ func (l *loop) writable(c *conn) {
 // flush sends what c.out holds; the rest waits for the socket to have room.
 func (l *loop) flush(c *conn) {
 	for len(c.out) > 0 {
-		n, err := unix.Write(c.fd, c.out)
+		n, err := evloop.Write(c.fd, c.out)
 		if n > 0 {
 			c.out = c.out[:copy(c.out, c.out[n:])]
 			continue

@@ -235,7 +235,7 @@ func (l *Loop) Run() error {
 	n := 0
 	harvest := func(uintptr) bool {
 		var err error
-		n, err = unix.EpollWait(l.ep, l.events, 0)
+		n, err = epollHarvest(l.ep, l.events)
 		if err == unix.EINTR {
 			n = 0
 			return true // look again rather than wait for an edge already gone
