@@ -193,16 +193,7 @@ func (s *loopServer) newLoop(ap netip.AddrPort) (*edgeLoop, error) {
 	l := &edgeLoop{s: s, p: p, lfd: -1, idle: map[*upstream][]*upConn{}}
 	l.parser = h1.NewParser(max(p.Limits.MaxHeaderBytes, 4096))
 	var err error
-	if l.lfd, err = evloop.Listen(ap); err != nil {
-		return nil, err
-	}
-	if l.ev, err = evloop.New(); err != nil {
-		unix.Close(l.lfd)
-		return nil, err
-	}
-	if err := l.ev.AddListener(l.lfd, acceptor{l}); err != nil {
-		l.ev.Close()
-		unix.Close(l.lfd)
+	if l.ev, l.lfd, err = evloop.NewListening(ap, l.accept); err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -225,8 +216,7 @@ func (l *edgeLoop) run() {
 func (l *edgeLoop) stopAccepting() {
 	l.draining = true
 	if l.lfd >= 0 {
-		l.ev.Remove(l.lfd)
-		unix.Close(l.lfd)
+		l.ev.Drop(l.lfd, nil)
 		l.lfd = -1
 	}
 	for _, c := range l.clientsIdle() {
@@ -243,14 +233,6 @@ func (l *edgeLoop) clientsIdle() []*clientConn {
 		}
 	}
 	return idle
-}
-
-type acceptor struct{ l *edgeLoop }
-
-func (a acceptor) Event(ev evloop.Events) {
-	if ev.Has(evloop.Readable) {
-		a.l.accept()
-	}
 }
 
 func (l *edgeLoop) accept() {
@@ -670,9 +652,7 @@ func (l *edgeLoop) dropClient(c *clientConn) {
 		return
 	}
 	c.closed = true
-	l.ev.Cancel(c.timer)
-	l.ev.Remove(c.fd)
-	unix.Close(c.fd)
+	l.ev.Drop(c.fd, c.timer)
 	l.s.clients.Add(-1)
 	l.giveBack(c.in)
 	l.giveBack(c.out)

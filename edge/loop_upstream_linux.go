@@ -467,9 +467,7 @@ func (l *edgeLoop) dropUpstream(up *upConn) {
 		return
 	}
 	up.closed = true
-	l.ev.Cancel(up.timer)
-	l.ev.Remove(up.fd)
-	unix.Close(up.fd)
+	l.ev.Drop(up.fd, up.timer)
 	up.u.loopConns.Add(-1)
 	if up.idle {
 		up.idle = false

@@ -154,29 +154,12 @@ type loop struct {
 	respHead fasthttp.ResponseHeader
 }
 
-// listener is the listening socket's handler.
-type listener struct{ l *loop }
-
-func (a listener) Event(ev evloop.Events) {
-	if ev.Has(evloop.Readable) {
-		a.l.accept()
-	}
-}
-
 func newLoop(ap netip.AddrPort, ups []netip.AddrPort, timeouts Timeouts) (*loop, error) {
 	l := &loop{idle: make([][]*conn, len(ups)), lfd: -1, timeouts: timeouts, ups: ups}
 	l.parser = h1.NewParser(maxHeadBytes)
 	l.respHead.SetNoDefaultContentType(true)
 	var err error
-	if l.lfd, err = evloop.Listen(ap); err != nil {
-		return nil, err
-	}
-	if l.ev, err = evloop.New(); err != nil {
-		unix.Close(l.lfd)
-		return nil, err
-	}
-	if err := l.ev.AddListener(l.lfd, listener{l}); err != nil {
-		l.close()
+	if l.ev, l.lfd, err = evloop.NewListening(ap, l.accept); err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -239,9 +222,7 @@ func (l *loop) drop(c *conn) {
 		return
 	}
 	c.closed = true
-	l.ev.Cancel(c.timer)
-	l.ev.Remove(c.fd)
-	unix.Close(c.fd)
+	l.ev.Drop(c.fd, c.timer)
 	if p := c.peer; p != nil {
 		c.peer, p.peer = nil, nil
 		l.drop(p)

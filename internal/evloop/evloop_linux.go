@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -168,6 +169,34 @@ func (l *Loop) Add(fd int, h Handler) error {
 // accept that stops early (too many open files) is reported again.
 func (l *Loop) AddListener(fd int, h Handler) error { return l.add(fd, h, unix.EPOLLIN) }
 
+// NewListening opens a loop with a listening socket of its own on ap
+// (Listen) whose connections it hands to accept, called on the loop when
+// there are some to take.
+func NewListening(ap netip.AddrPort, accept func()) (l *Loop, lfd int, err error) {
+	if lfd, err = Listen(ap); err != nil {
+		return nil, -1, err
+	}
+	if l, err = New(); err != nil {
+		unix.Close(lfd)
+		return nil, -1, err
+	}
+	if err := l.AddListener(lfd, acceptor(accept)); err != nil {
+		l.Close()
+		unix.Close(lfd)
+		return nil, -1, err
+	}
+	return l, lfd, nil
+}
+
+// acceptor is a listening socket's handler.
+type acceptor func()
+
+func (a acceptor) Event(ev Events) {
+	if ev.Has(Readable) {
+		a()
+	}
+}
+
 func (l *Loop) add(fd int, h Handler, events uint32) error {
 	if fd < 0 {
 		return fmt.Errorf("evloop: descriptor %d", fd)
@@ -181,6 +210,16 @@ func (l *Loop) add(fd int, h Handler, events uint32) error {
 	}
 	l.handlers[fd] = h
 	return nil
+}
+
+// Drop is the end of a descriptor the loop watched: its timer t (nil for
+// none) is cancelled, its handler forgotten, and fd closed.
+func (l *Loop) Drop(fd int, t *Timer) {
+	if t != nil {
+		l.Cancel(t)
+	}
+	l.Remove(fd)
+	unix.Close(fd)
 }
 
 // Remove forgets fd's handler; call it before closing fd. The close takes fd
