@@ -108,6 +108,24 @@ func newHarness(t testing.TB, p *Proxy, st router.State) *harness {
 	if p.Logger == nil {
 		p.Logger = quiet()
 	}
+	var loops *loopServer
+	if testEngine() == EngineLoop {
+		var err error
+		if loops, err = listenLoops("127.0.0.1:0", p, nil, quiet()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return serveLoops(t, p, loops, st)
+}
+
+// serveLoops serves p with the state st through loops (opened, not run) and
+// the fasthttp server they hand connections to or, with loops nil, through
+// fasthttp's server alone on a listener of its own.
+func serveLoops(t testing.TB, p *Proxy, loops *loopServer, st router.State) *harness {
+	t.Helper()
+	if p.Logger == nil {
+		p.Logger = quiet()
+	}
 	r, err := router.New(router.Config{Registry: p.Registry(), Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
@@ -116,12 +134,7 @@ func newHarness(t testing.TB, p *Proxy, st router.State) *harness {
 	r.Publish(st)
 	srv := p.newServer(p.ServeHTTP, quiet())
 	var ln net.Listener
-	var loops *loopServer
-	if testEngine() == EngineLoop {
-		loops, err = listenLoops("127.0.0.1:0", p, nil, quiet())
-		if err != nil {
-			t.Fatal(err)
-		}
+	if loops != nil {
 		loops.run()
 		ln = loops.Handoff()
 	} else if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
@@ -139,6 +152,11 @@ func newHarness(t testing.TB, p *Proxy, st router.State) *harness {
 		<-done
 	})
 	return &harness{r: r, p: p, addr: ln.Addr().String()}
+}
+
+// loggerTo is a logger of warnings and errors, as text, to w.
+func loggerTo(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 // testEngine is the plain-HTTP data path the harness serves with:

@@ -154,6 +154,10 @@ type edgeLoop struct {
 	idle     map[*upstream][]*upConn // most recently used last
 	free     []*loopExchange
 	draining bool
+	// acceptPaused: the listening socket is out of the loop until
+	// resumeTimer fires (pauseAccept).
+	acceptPaused bool
+	resumeTimer  *evloop.Timer
 	// Buffers client connections give back between requests, so that an
 	// idle keep-alive connection holds none; bufBytes is their total size.
 	bufs     [][]byte
@@ -209,6 +213,9 @@ func (l *edgeLoop) run() {
 		}
 		unix.Close(fd)
 	}
+	if l.acceptPaused && l.lfd >= 0 {
+		unix.Close(l.lfd) // out of the loop while paused
+	}
 }
 
 // stopAccepting closes the listening socket and the idle client
@@ -216,7 +223,12 @@ func (l *edgeLoop) run() {
 func (l *edgeLoop) stopAccepting() {
 	l.draining = true
 	if l.lfd >= 0 {
-		l.ev.Drop(l.lfd, nil)
+		if l.acceptPaused {
+			l.ev.Cancel(l.resumeTimer)
+			unix.Close(l.lfd) // out of the loop already
+		} else {
+			l.ev.Drop(l.lfd, nil)
+		}
 		l.lfd = -1
 	}
 	for _, c := range l.clientsIdle() {
@@ -236,12 +248,17 @@ func (l *edgeLoop) clientsIdle() []*clientConn {
 }
 
 func (l *edgeLoop) accept() {
-	for l.lfd >= 0 {
+	for l.lfd >= 0 && !l.acceptPaused {
 		fd, err := evloop.Accept(l.lfd)
-		if err != nil {
-			if err != unix.EAGAIN && err != unix.EINTR && err != unix.ECONNABORTED {
-				l.s.log.Warn("accept failed", "error", err.Error())
-			}
+		switch err {
+		case nil:
+		case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
+			return
+		default:
+			// Out of descriptors or memory: the listening socket stays
+			// readable, and accepting again at once would spin. Pause,
+			// as nginx does, and let connections end meanwhile.
+			l.pauseAccept(err)
 			return
 		}
 		c := &clientConn{l: l, fd: fd}
@@ -258,6 +275,39 @@ func (l *edgeLoop) accept() {
 		c.state = clientIdle
 		l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
 	}
+}
+
+// acceptPause is how long a loop stops accepting after accept(2) failed
+// for want of descriptors or memory.
+const acceptPause = 100 * time.Millisecond
+
+func (l *edgeLoop) pauseAccept(err error) {
+	if err := l.ev.Detach(l.lfd); err != nil {
+		l.s.log.Error("cannot pause accepting; closing the listening socket", "error", err.Error())
+		unix.Close(l.lfd)
+		l.lfd = -1
+		return
+	}
+	l.acceptPaused = true
+	l.s.log.Warn("accept failed; not accepting for a while", "error", err.Error(), "pause", acceptPause)
+	if l.resumeTimer == nil {
+		l.resumeTimer = evloop.NewTimer(l.resumeAccept)
+	}
+	l.ev.Schedule(l.resumeTimer, acceptPause)
+}
+
+func (l *edgeLoop) resumeAccept() {
+	l.acceptPaused = false
+	if l.lfd < 0 {
+		return // the drain closed it meanwhile
+	}
+	if err := l.ev.AddListener(l.lfd, evloop.Acceptor(l.accept)); err != nil {
+		l.s.log.Error("cannot accept again; closing the listening socket", "error", err.Error())
+		unix.Close(l.lfd)
+		l.lfd = -1
+		return
+	}
+	l.accept()
 }
 
 // clientState is where a client connection is between its reads and writes.
@@ -423,7 +473,10 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	if bodyLen == -2 {
 		bodyLen = 0 // neither Content-Length nor chunked: no body (RFC 9112, 6.3)
 	}
+	// fasthttp's server takes what the loop does not: bodies it would not
+	// buffer, or over the limit (its 413), and the rest named above.
 	if bodyLen < 0 || bodyLen > p.Limits.BufferBytes || !h.IsHTTP11() ||
+		p.Limits.MaxBodyBytes > 0 && int64(bodyLen) > p.Limits.MaxBodyBytes ||
 		scanKeys(h.PeekKeys())&(hUpgrade|hExpect) != 0 {
 		l.release(ex)
 		l.handOff(c)

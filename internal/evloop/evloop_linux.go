@@ -180,7 +180,7 @@ func NewListening(ap netip.AddrPort, accept func()) (l *Loop, lfd int, err error
 		unix.Close(lfd)
 		return nil, -1, err
 	}
-	if err := l.AddListener(lfd, acceptor(accept)); err != nil {
+	if err := l.AddListener(lfd, Acceptor(accept)); err != nil {
 		l.Close()
 		unix.Close(lfd)
 		return nil, -1, err
@@ -188,10 +188,10 @@ func NewListening(ap netip.AddrPort, accept func()) (l *Loop, lfd int, err error
 	return l, lfd, nil
 }
 
-// acceptor is a listening socket's handler.
-type acceptor func()
+// Acceptor is a listening socket's handler: the function that accepts.
+type Acceptor func()
 
-func (a acceptor) Event(ev Events) {
+func (a Acceptor) Event(ev Events) {
 	if ev.Has(Readable) {
 		a()
 	}

@@ -1,0 +1,52 @@
+//go:build linux
+
+package edge
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A loop that runs out of descriptors stops accepting for a while instead
+// of spinning on its readable listening socket, says so, and then serves the
+// connections that waited in the backlog.
+func TestLoopPausesAcceptingWhenOutOfDescriptors(t *testing.T) {
+	if testEngine() != EngineLoop {
+		t.Skip("the event loops' own behaviour")
+	}
+	a := newBackend(t, "a", nil)
+	var log lockedBuffer
+	p := &Proxy{Logger: loggerTo(&log)}
+	loops, err := listenLoops("127.0.0.1:0", p, nil, p.Logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := serveLoops(t, p, loops, onePod(a))
+	for _, l := range loops.loops {
+		paused := make(chan struct{})
+		l.ev.Post(func() { l.pauseAccept(unix.EMFILE); close(paused) })
+		<-paused
+	}
+	if !strings.Contains(log.String(), "accept failed; not accepting for a while") {
+		t.Fatalf("no warning logged: %s", log.String())
+	}
+	if code, _, body := do(t, client(t), "GET", h.addr, "acme.example.test", "/", nil, nil); code != 200 || body != "a" {
+		t.Fatalf("after the pause: %d %q", code, body)
+	}
+}
+
+// A body within what the loop buffers but over limits.max_body_bytes gets
+// 413 and never reaches the app server.
+func TestLoopBodyOverTheLimit(t *testing.T) {
+	a := newBackend(t, "a", nil)
+	h := newHarness(t, &Proxy{Limits: Limits{MaxBodyBytes: 100}}, onePod(a))
+	conn := rawConn(t, h.addr)
+	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: acme.example.test\r\nContent-Length: 1000\r\n\r\n"+strings.Repeat("x", 1000))
+	resp := readResponse(t, conn, "POST")
+	if resp.StatusCode != 413 || a.hits.Load() != 0 {
+		t.Fatalf("status %d, app hits %d; want 413 and none", resp.StatusCode, a.hits.Load())
+	}
+}
