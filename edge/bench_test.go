@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
@@ -63,12 +62,7 @@ func benchProxy(b *testing.B, p *Proxy, mutate func(*fasthttp.Request)) {
 	p.Dial = func(string) (net.Conn, error) { return up.Dial() }
 	p.Metrics = NewMetrics(prometheus.NewRegistry())
 	p.Logger = slog.New(slog.DiscardHandler)
-	r, err := router.New(router.Config{Registry: p.Registry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	r.Subscribe(p.SetSnapshot)
-	r.Publish(withApps(onePod(), "10.0.0.1:8080", "10.0.0.2:8080"))
+	publish(b, p, withApps(onePod(), "10.0.0.1:8080", "10.0.0.2:8080"))
 	benchRequests(b, mutate, func(ctx *fasthttp.RequestCtx) error {
 		p.ServeHTTP(ctx)
 		return nil

@@ -72,12 +72,7 @@ func FuzzServe(f *testing.F) {
 		Timeouts: Timeouts{ClientHeader: short, ClientBody: short, ClientIdle: short, WebSocketIdle: short, ResponseHeader: time.Second},
 		Limits:   Limits{MaxBodyBytes: 1 << 20},
 	}
-	r, err := router.New(router.Config{Registry: p.Registry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		f.Fatal(err)
-	}
-	r.Subscribe(p.SetSnapshot)
-	r.Publish(fuzzState("10.0.0.1:80", "10.0.0.2:80"))
+	publish(f, p, fuzzState("10.0.0.1:80", "10.0.0.2:80"))
 
 	ln := fasthttputil.NewInmemoryListener()
 	srv := p.newServer(p.ServeHTTP, slog.New(slog.DiscardHandler))

@@ -126,14 +126,10 @@ func serveLoops(t testing.TB, p *Proxy, loops *loopServer, st router.State) *har
 	if p.Logger == nil {
 		p.Logger = quiet()
 	}
-	r, err := router.New(router.Config{Registry: p.Registry(), Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Subscribe(p.SetSnapshot)
-	r.Publish(st)
+	r := publish(t, p, st)
 	srv := p.newServer(p.ServeHTTP, quiet())
 	var ln net.Listener
+	var err error
 	if loops != nil {
 		loops.run()
 		ln = loops.Handoff()
@@ -152,6 +148,18 @@ func serveLoops(t testing.TB, p *Proxy, loops *loopServer, st router.State) *har
 		<-done
 	})
 	return &harness{r: r, p: p, addr: ln.Addr().String()}
+}
+
+// publish gives p a router holding the state st, as an edge's router would.
+func publish(t testing.TB, p *Proxy, st router.State) *router.Router {
+	t.Helper()
+	r, err := router.New(router.Config{Registry: p.Registry(), Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Subscribe(p.SetSnapshot)
+	r.Publish(st)
+	return r
 }
 
 // loggerTo is a logger of warnings and errors, as text, to w.

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 )
@@ -35,12 +34,7 @@ func benchLoop(b *testing.B, p *Proxy) {
 
 	p.Metrics = NewMetrics(prometheus.NewRegistry())
 	p.Logger = slog.New(slog.DiscardHandler)
-	r, err := router.New(router.Config{Registry: p.Registry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	r.Subscribe(p.SetSnapshot)
-	r.Publish(withApps(onePod(), ln.Addr().String()))
+	publish(b, p, withApps(onePod(), ln.Addr().String()))
 	loops, err := listenLoops("127.0.0.1:0", p, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)

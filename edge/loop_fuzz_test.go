@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podedge/podedge/router"
 	"github.com/valyala/fasthttp"
 )
 
@@ -44,12 +43,7 @@ func FuzzLoop(f *testing.F) {
 		Timeouts: Timeouts{ClientHeader: short, ClientBody: short, ClientIdle: short, WebSocketIdle: short, ResponseHeader: time.Second},
 		Limits:   Limits{MaxBodyBytes: 1 << 20},
 	}
-	r, err := router.New(router.Config{Registry: p.Registry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		f.Fatal(err)
-	}
-	r.Subscribe(p.SetSnapshot)
-	r.Publish(fuzzState(appLn.Addr().String(), refusedAddr))
+	publish(f, p, fuzzState(appLn.Addr().String(), refusedAddr))
 
 	loops, err := listenLoops("127.0.0.1:0", p, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
