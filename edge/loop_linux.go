@@ -90,6 +90,18 @@ func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, lo
 	return s, nil
 }
 
+// opened and closed count a client connection in and out, for the drain and
+// the metrics.
+func (s *loopServer) opened() {
+	s.clients.Add(1)
+	s.p.metrics.loopConns.Inc()
+}
+
+func (s *loopServer) closed() {
+	s.clients.Add(-1)
+	s.p.metrics.loopConns.Dec()
+}
+
 // Handoff is the listener that yields the connections the loops hand over,
 // for the fasthttp server to Serve.
 func (s *loopServer) Handoff() net.Listener { return s.handoff }
@@ -209,7 +221,7 @@ func (l *edgeLoop) run() {
 	}
 	for fd := range l.ev.Descriptors() {
 		if _, ok := l.ev.Handler(fd).(*clientConn); ok {
-			l.s.clients.Add(-1)
+			l.s.closed()
 		}
 		unix.Close(fd)
 	}
@@ -271,7 +283,7 @@ func (l *edgeLoop) accept() {
 			unix.Close(fd)
 			continue
 		}
-		l.s.clients.Add(1)
+		l.s.opened()
 		c.state = clientIdle
 		l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
 	}
@@ -289,6 +301,7 @@ func (l *edgeLoop) pauseAccept(err error) {
 		return
 	}
 	l.acceptPaused = true
+	l.p.metrics.acceptPauses.Inc()
 	l.s.log.Warn("accept failed; not accepting for a while", "error", err.Error(), "pause", acceptPause)
 	if l.resumeTimer == nil {
 		l.resumeTimer = evloop.NewTimer(l.resumeAccept)
@@ -706,7 +719,7 @@ func (l *edgeLoop) dropClient(c *clientConn) {
 	}
 	c.closed = true
 	l.ev.Drop(c.fd, c.timer)
-	l.s.clients.Add(-1)
+	l.s.closed()
 	l.giveBack(c.in)
 	l.giveBack(c.out)
 	c.in, c.out = nil, nil
@@ -742,7 +755,8 @@ const statusClientGone = 499
 func (l *edgeLoop) handOff(c *clientConn) {
 	c.closed = true
 	l.ev.Cancel(c.timer)
-	l.s.clients.Add(-1)
+	l.s.closed()
+	l.p.metrics.handoffs.Inc()
 	if err := l.ev.Detach(c.fd); err != nil {
 		unix.Close(c.fd)
 		l.s.log.Warn("could not hand a connection over; closed it", "error", err.Error())

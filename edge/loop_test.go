@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +20,8 @@ func TestLoopPausesAcceptingWhenOutOfDescriptors(t *testing.T) {
 	}
 	a := newBackend(t, "a", nil)
 	var log lockedBuffer
-	p := &Proxy{Logger: loggerTo(&log)}
+	reg := prometheus.NewRegistry()
+	p := &Proxy{Logger: loggerTo(&log), Metrics: NewMetrics(reg)}
 	loops, err := listenLoops("127.0.0.1:0", p, nil, p.Logger)
 	if err != nil {
 		t.Fatal(err)
@@ -35,6 +37,37 @@ func TestLoopPausesAcceptingWhenOutOfDescriptors(t *testing.T) {
 	}
 	if code, _, body := do(t, client(t), "GET", h.addr, "acme.example.test", "/", nil, nil); code != 200 || body != "a" {
 		t.Fatalf("after the pause: %d %q", code, body)
+	}
+	if n := metricValue(t, reg, "edge_loop_accept_pauses_total", nil); n != float64(len(loops.loops)) {
+		t.Fatalf("edge_loop_accept_pauses_total %v, want %d", n, len(loops.loops))
+	}
+}
+
+// A connection handed to fasthttp's server is counted, and leaves the
+// loops' count of connections.
+func TestLoopCountsConnectionsAndHandoffs(t *testing.T) {
+	if testEngine() != EngineLoop {
+		t.Skip("the event loops' own behaviour")
+	}
+	a := newBackend(t, "a", nil)
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, &Proxy{Metrics: NewMetrics(reg)}, onePod(a))
+	kept := rawConn(t, h.addr)
+	io.WriteString(kept, "GET / HTTP/1.1\r\nHost: acme.example.test\r\n\r\n")
+	readResponse(t, kept, "GET")
+	if n := metricValue(t, reg, "edge_loop_client_connections", nil); n != 1 {
+		t.Fatalf("edge_loop_client_connections %v with one client, want 1", n)
+	}
+	old := rawConn(t, h.addr)
+	io.WriteString(old, "GET / HTTP/1.0\r\nHost: acme.example.test\r\n\r\n")
+	if resp := readResponse(t, old, "GET"); resp.StatusCode != 200 {
+		t.Fatalf("HTTP/1.0: %d", resp.StatusCode)
+	}
+	if n := metricValue(t, reg, "edge_loop_handoffs_total", nil); n != 1 {
+		t.Fatalf("edge_loop_handoffs_total %v, want 1", n)
+	}
+	if n := metricValue(t, reg, "edge_loop_client_connections", nil); n != 1 {
+		t.Fatalf("edge_loop_client_connections %v after a hand-off, want 1", n)
 	}
 }
 

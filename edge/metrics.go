@@ -30,6 +30,9 @@ type Metrics struct {
 	budgetExhausted prometheus.Counter
 	tunnels         prometheus.Gauge
 	serverErrors    *prometheus.CounterVec
+	loopConns       prometheus.Gauge
+	handoffs        prometheus.Counter
+	acceptPauses    prometheus.Counter
 }
 
 // codeClasses are the values of the code label, indexed by status/100.
@@ -84,9 +87,21 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "edge_client_errors_total",
 			Help: "Requests refused before routing because they could not be read, by status (400, 408, 413, 431).",
 		}, []string{"code"}),
+		loopConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edge_loop_client_connections",
+			Help: "Client connections the event loops hold (engine loop).",
+		}),
+		handoffs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edge_loop_handoffs_total",
+			Help: "Client connections the event loops handed to fasthttp's server (uploads that stream, Expect, Upgrade, HTTP/1.0).",
+		}),
+		acceptPauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edge_loop_accept_pauses_total",
+			Help: "Times an event loop stopped accepting for 100 ms because accept(2) failed (out of descriptors or memory).",
+		}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.inflight, m.upRequests, m.upErrors, m.ejections,
-		m.retries, m.budgetExhausted, m.tunnels, m.serverErrors,
+		m.retries, m.budgetExhausted, m.tunnels, m.serverErrors, m.loopConns, m.handoffs, m.acceptPauses,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
