@@ -4,13 +4,22 @@ package freeport
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 )
 
 // Ports returns n distinct ports that were free on 127.0.0.1 for both TCP
 // and UDP a moment ago (Consul's and DNS servers' ports carry both).
+//
+// They are picked at random below the kernel's ephemeral range: a port from
+// that range can be taken, between this check and the program's bind, by
+// any outgoing connection on the machine (tests of other packages run at the
+// same time and make thousands).
 func Ports(n int) ([]int, error) {
+	low, high := pickRange()
 	var ports []int
 	var held []net.Listener
 	defer func() {
@@ -18,19 +27,37 @@ func Ports(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 100*n {
+			return nil, fmt.Errorf("free port: none of %d tries in %d-%d was free", tries, low, high)
 		}
-		held = append(held, l)
-		p := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		p := low + rand.IntN(high-low)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			continue // taken for UDP; keep the TCP one held so it is not picked again
+			continue
+		}
+		held = append(held, l) // held, so that it is not picked twice
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue
 		}
 		u.Close()
 		ports = append(ports, p)
 	}
 	return ports, nil
+}
+
+// pickRange is where ports are picked: from 10000 up to the start of the
+// ephemeral range (Linux's ip_local_port_range; 32768 when unknown).
+func pickRange() (low, high int) {
+	low, high = 10000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if start, err := strconv.Atoi(f[0]); err == nil && start > low+1000 {
+				high = start
+			}
+		}
+	}
+	return low, high
 }

@@ -30,3 +30,18 @@ func TestPortsAreDistinctAndFree(t *testing.T) {
 		u.Close()
 	}
 }
+
+// Ports stay out of the ephemeral range, where outgoing connections could
+// take them before the program that asked binds them.
+func TestPortsAreBelowTheEphemeralRange(t *testing.T) {
+	low, high := pickRange()
+	ports, err := Ports(50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ports {
+		if p < low || p >= high {
+			t.Fatalf("port %d outside %d-%d", p, low, high)
+		}
+	}
+}
