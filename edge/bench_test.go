@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podedge/podedge/internal/h1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
@@ -130,5 +131,52 @@ func BenchmarkAccessLogLine(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		a.log(x, x.start.Add(x.elapsed))
+	}
+}
+
+// BenchmarkRequestWork is the edge's own work on a request, without any I/O:
+// the steps both data paths share (begin, route and the request's headers,
+// the attempt's accounting, the response's headers, metrics and the access
+// log), on a parsed request and a parsed response, as the event loops run
+// them.
+func BenchmarkRequestWork(b *testing.B) {
+	p := &Proxy{AccessLog: NewAccessLogHandler(io.Discard), Metrics: NewMetrics(prometheus.NewRegistry()),
+		Logger: slog.New(slog.DiscardHandler)}
+	publish(b, p, withApps(onePod(), "10.0.0.1:8080", "10.0.0.2:8080"))
+	reqHead := []byte("GET /index.html?q=1 HTTP/1.1\r\nHost: acme.example.test\r\nUser-Agent: bench/1.0\r\n" +
+		"Accept: */*\r\nCookie: session=0123456789abcdef\r\n\r\n")
+	respHead := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: Thu, 26 Nov 2026 23:30:00 GMT\r\n\r\n")
+	addrs := &connAddrs{local: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 80}, remote: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 40000}}
+	var ctx fasthttp.RequestCtx
+	var out []byte
+	parser := h1.NewParser(4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx.Request.Reset()
+		ctx.Response.Reset()
+		ctx.Init2(addrs, nil, false)
+		if err := parser.Parse(&ctx.Request.Header, reqHead); err != nil {
+			b.Fatal(err)
+		}
+		x, v := p.begin(&ctx)
+		pool, err := p.route(&ctx, x, v, scanKeys(ctx.Request.Header.PeekKeys()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.budget.request(time.Now())
+		if _, err := x.startAttempt(pool.Pick(0)); err != nil {
+			b.Fatal(err)
+		}
+		out = ctx.Request.Header.AppendBytes(out[:0])
+		if err := parser.Parse(&ctx.Response.Header, respHead); err != nil {
+			b.Fatal(err)
+		}
+		ctx.Response.SetBodyRaw(respHead[:13])
+		x.upStatus = 200
+		x.endAttempt(nil)
+		if p.end(&ctx, x, nil) {
+			b.Fatal("failed")
+		}
+		out = ctx.Response.Header.AppendBytes(out[:0])
 	}
 }

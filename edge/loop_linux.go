@@ -488,9 +488,10 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	// fasthttp's server takes what the loop does not: bodies it would not
 	// buffer, or over the limit (its 413), and the rest named above.
+	found := scanKeys(h.PeekKeys())
 	if bodyLen < 0 || bodyLen > p.Limits.BufferBytes || !h.IsHTTP11() ||
 		p.Limits.MaxBodyBytes > 0 && int64(bodyLen) > p.Limits.MaxBodyBytes ||
-		scanKeys(h.PeekKeys())&(hUpgrade|hExpect) != 0 {
+		found&(hUpgrade|hExpect) != 0 {
 		l.release(ex)
 		l.handOff(c)
 		return false
@@ -515,7 +516,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	x, v := p.begin(ctx)
 	ex.x = x
-	pool, err := p.route(ctx, x, v)
+	pool, err := p.route(ctx, x, v, found)
 	if err == nil && x.upgrade {
 		err = errUpgradeOnLoop // handed off above; never here
 	}

@@ -240,7 +240,7 @@ func (p *Proxy) end(ctx *fasthttp.RequestCtx, x *exchange, err error) (failed bo
 
 // serve routes and forwards the request; an error goes down the error path.
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
-	pool, err := p.route(ctx, x, v)
+	pool, err := p.route(ctx, x, v, scanKeys(ctx.Request.Header.PeekKeys()))
 	if err != nil {
 		return err
 	}
@@ -255,9 +255,11 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
 
 // route finds the pool that serves the request, its pod's apps or, for a
 // tenant of another pod, that pod's edges, and readies the request for it.
-func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view) (*router.Pool, error) {
+//
+// found is scanKeys of the request's header names, which the caller has.
+func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view, found uint32) (*router.Pool, error) {
 	h := &ctx.Request.Header
-	x.found = scanKeys(h.PeekKeys())
+	x.found = found
 	if x.found&hRequestID != 0 {
 		if id := h.Peek("X-Request-Id"); validRequestID(id) {
 			x.reqID = append(x.reqID[:0], id...)
@@ -391,7 +393,7 @@ func (p *Proxy) finishResponse(ctx *fasthttp.RequestCtx, x *exchange) error {
 		keep = hUpgrade | hConnection
 	}
 	x.scratch = removeHopByHop(h, scanKeys(h.PeekKeys()), keep, x.scratch)
-	h.SetBytesV("X-Request-Id", x.reqID)
+	h.SetCanonical(keyXRequestID, x.reqID)
 	if p.draining.Load() && x.tunnel.conn == nil {
 		h.SetConnectionClose()
 	}
@@ -419,7 +421,7 @@ func (p *Proxy) fail(ctx *fasthttp.RequestCtx, x *exchange, err error) {
 		writeError(ctx, status, err, p.retryAfter)
 	}
 	if len(x.reqID) > 0 {
-		ctx.Response.Header.SetBytesV("X-Request-Id", x.reqID)
+		ctx.Response.Header.SetCanonical(keyXRequestID, x.reqID)
 	}
 	if p.draining.Load() || status == fasthttp.StatusRequestEntityTooLarge || status == fasthttp.StatusRequestTimeout {
 		ctx.Response.Header.SetConnectionClose()

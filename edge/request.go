@@ -58,7 +58,7 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 		x.xff = x.peer.AppendTo(x.xff)
 	}
 	if len(x.xff) > 0 {
-		h.SetBytesV("X-Forwarded-For", x.xff)
+		h.SetCanonical(keyXForwardedFor, x.xff)
 	}
 	if !trusted {
 		if found&hForwarded != 0 {
@@ -70,15 +70,15 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 	}
 	if !trusted || len(h.Peek("X-Forwarded-Proto")) == 0 {
 		if ctx.IsTLS() {
-			h.Set("X-Forwarded-Proto", "https")
+			h.SetCanonical(keyXForwardedProto, protoHTTPS)
 		} else {
-			h.Set("X-Forwarded-Proto", "http")
+			h.SetCanonical(keyXForwardedProto, protoHTTP)
 		}
 	}
 	if !trusted || len(h.Peek("X-Forwarded-Host")) == 0 {
-		h.SetBytesV("X-Forwarded-Host", h.Host())
+		h.SetCanonical(keyXForwardedHost, h.Host())
 	}
-	h.SetBytesV("X-Request-Id", x.reqID)
+	h.SetCanonical(keyXRequestID, x.reqID)
 	if !local {
 		if found&hVia != 0 {
 			x.scratch = x.scratch[:0]
@@ -88,9 +88,9 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 			}
 			x.scratch = append(x.scratch, viaValue...)
 			h.Del("Via")
-			h.SetBytesV("Via", x.scratch)
+			h.SetCanonical(keyVia, x.scratch)
 		} else {
-			h.Set("Via", viaValue)
+			h.SetCanonical(keyVia, viaBytes)
 		}
 	}
 	if !h.IsHTTP11() {
@@ -120,6 +120,19 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 	}
 	return nil
 }
+
+// Header names in fasthttp's canonical form, and values, set on every
+// request: SetCanonical skips normalising the name each time.
+var (
+	keyXForwardedFor   = []byte("X-Forwarded-For")
+	keyXForwardedProto = []byte("X-Forwarded-Proto")
+	keyXForwardedHost  = []byte("X-Forwarded-Host")
+	keyXRequestID      = []byte("X-Request-Id")
+	keyVia             = []byte("Via")
+	protoHTTP          = []byte("http")
+	protoHTTPS         = []byte("https")
+	viaBytes           = []byte(viaValue)
+)
 
 // trusted reports whether the peer's X-Forwarded-* headers are kept: it is a
 // configured trusted proxy or an edge in the snapshot.
