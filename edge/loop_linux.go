@@ -377,10 +377,10 @@ func (l *edgeLoop) readClient(c *clientConn) {
 	if c.in == nil {
 		c.in = l.borrow()
 	}
-	_, err := readInto(c.fd, &c.in, l.p.Limits.MaxHeaderBytes+l.p.Limits.BufferBytes+maxPipelined, c.peerClosed)
+	_, err := evloop.ReadInto(c.fd, &c.in, l.p.Limits.MaxHeaderBytes+l.p.Limits.BufferBytes+maxPipelined, c.peerClosed)
 	switch err {
 	case nil:
-	case errBufferFull:
+	case evloop.ErrBufferFull:
 		c.unread = true
 	case io.EOF:
 		if c.ex != nil {
@@ -398,47 +398,6 @@ func (l *edgeLoop) readClient(c *clientConn) {
 	}
 	if c.ex == nil {
 		l.serveClient(c)
-	}
-}
-
-var errBufferFull = errors.New("buffer full")
-
-// readInto reads what the socket holds into *buf, growing it up to limit
-// bytes. A read shorter than the room it had drained the socket: no need for
-// the read that would say EAGAIN, unless the peer closed (toEOF), whose end
-// of file may sit behind the data. It returns how many bytes it read and
-// io.EOF at end of file, errBufferFull at the limit, or the read's error.
-func readInto(fd int, buf *[]byte, limit int, toEOF bool) (int, error) {
-	total := 0
-	for {
-		b := *buf
-		if cap(b)-len(b) < 4096 {
-			if len(b) >= limit {
-				return total, errBufferFull
-			}
-			grown := make([]byte, len(b), min(max(2*cap(b), 16<<10), limit+4096))
-			copy(grown, b)
-			b = grown
-		}
-		room := b[len(b):cap(b)]
-		n, err := evloop.Read(fd, room)
-		if n > 0 {
-			b = b[:len(b)+n]
-			total += n
-		}
-		*buf = b
-		switch {
-		case err == unix.EAGAIN:
-			return total, nil
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return total, err
-		case n == 0:
-			return total, io.EOF
-		case n < len(room) && !toEOF:
-			return total, nil
-		}
 	}
 }
 
@@ -639,7 +598,7 @@ func (l *edgeLoop) endExchange(ex *loopExchange) {
 // flushClient sends what c.out holds; the rest waits for room in the socket,
 // under the write timeout.
 func (l *edgeLoop) flushClient(c *clientConn) {
-	if err := flush(c.fd, &c.out); err != nil {
+	if err := evloop.Flush(c.fd, &c.out); err != nil {
 		l.dropClient(c)
 		return
 	}
@@ -674,31 +633,6 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 	if c.unread && !c.closed {
 		l.readClient(c)
 	}
-}
-
-// flush writes *out to fd until it is sent or the socket is full.
-func flush(fd int, out *[]byte) error {
-	b := *out
-	sent := 0
-	for sent < len(b) {
-		n, err := evloop.Write(fd, b[sent:])
-		if n > 0 {
-			sent += n
-			continue
-		}
-		if err == unix.EAGAIN {
-			break
-		}
-		if err == unix.EINTR {
-			continue
-		}
-		if err == nil {
-			err = unix.EIO
-		}
-		return err
-	}
-	*out = b[:copy(b, b[sent:])]
-	return nil
 }
 
 // timedOut ends a wait that took too long: a request head or body that does

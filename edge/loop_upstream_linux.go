@@ -156,7 +156,7 @@ func (l *edgeLoop) writableUpstream(up *upConn) {
 // writeUpstream sends the request; a body that does not fit the socket
 // waits for room, each wait bounded by upstream_idle.
 func (l *edgeLoop) writeUpstream(up *upConn) {
-	if err := flush(up.fd, &up.out); err != nil {
+	if err := evloop.Flush(up.fd, &up.out); err != nil {
 		l.upstreamError(up, err)
 		return
 	}
@@ -178,9 +178,9 @@ func (l *edgeLoop) readUpstream(up *upConn) {
 	}
 	limit := l.p.Limits.MaxHeaderBytes + l.p.Limits.BufferBytes
 	for !up.closed && up.ex != nil && !up.paused {
-		n, err := readInto(up.fd, &up.in, limit, up.peerClosed)
+		n, err := evloop.ReadInto(up.fd, &up.in, limit, up.peerClosed)
 		eof := err == io.EOF
-		if err != nil && !eof && err != errBufferFull {
+		if err != nil && !eof && err != evloop.ErrBufferFull {
 			l.upstreamError(up, err)
 			return
 		}
@@ -188,7 +188,7 @@ func (l *edgeLoop) readUpstream(up *upConn) {
 			up.gotByte = true
 		}
 		l.relay(up, eof)
-		if err != errBufferFull {
+		if err != evloop.ErrBufferFull {
 			return // the socket is drained, or closed
 		}
 	}
@@ -364,7 +364,7 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 		return
 	}
 	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
-	if err := flush(c.fd, &c.out); err != nil {
+	if err := evloop.Flush(c.fd, &c.out); err != nil {
 		l.dropClient(c)
 		return
 	}

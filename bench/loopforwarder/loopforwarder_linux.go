@@ -229,35 +229,17 @@ func (l *loop) drop(c *conn) {
 	}
 }
 
-// readable reads everything the socket holds. A read shorter than the room
-// it had drained the socket: no need for the read that would say EAGAIN,
-// unless the peer closed (toEOF), whose end of file may follow the data.
+// readable reads everything the socket holds (evloop.ReadInto) and serves
+// it.
 func (l *loop) readable(c *conn, toEOF bool) {
-	for {
-		if cap(c.in)-len(c.in) < 4096 {
-			grown := make([]byte, len(c.in), 2*cap(c.in)+16384)
-			copy(grown, c.in)
-			c.in = grown
-		}
-		room := c.in[len(c.in):cap(c.in)]
-		n, err := evloop.Read(c.fd, room)
-		if n > 0 {
-			c.in = c.in[:len(c.in)+n]
-		}
-		if err == unix.EAGAIN {
-			break
-		}
-		if n == 0 || err != nil {
-			l.lost(c)
-			return
-		}
-		if len(c.in) > maxHeadBytes+maxBodyBytes {
-			l.drop(c) // more than any message it forwards: a peer to stop reading
-			return
-		}
-		if n < len(room) && !toEOF {
-			break
-		}
+	switch _, err := evloop.ReadInto(c.fd, &c.in, maxHeadBytes+maxBodyBytes, toEOF); err {
+	case nil:
+	case evloop.ErrBufferFull:
+		l.drop(c) // more than any message it forwards: a peer to stop reading
+		return
+	default:
+		l.lost(c) // the end of file, or a failed read
+		return
 	}
 	if c.upstream < 0 {
 		l.serveClient(c)
@@ -390,19 +372,14 @@ func (l *loop) writable(c *conn) {
 
 // flush sends what c.out holds; the rest waits for the socket to have room.
 func (l *loop) flush(c *conn) {
-	for len(c.out) > 0 {
-		n, err := evloop.Write(c.fd, c.out)
-		if n > 0 {
-			c.out = c.out[:copy(c.out, c.out[n:])]
-			continue
-		}
-		if err == unix.EAGAIN {
-			if c.upstream < 0 {
-				l.arm(c, l.timeouts.Write) // the client must take its answer
-			}
-			return
-		}
+	if err := evloop.Flush(c.fd, &c.out); err != nil {
 		l.lost(c)
+		return
+	}
+	if len(c.out) > 0 {
+		if c.upstream < 0 {
+			l.arm(c, l.timeouts.Write) // the client must take its answer
+		}
 		return
 	}
 	if c.closeAfter {
