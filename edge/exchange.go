@@ -35,6 +35,10 @@ type exchange struct {
 	upStatus     int
 	upstreamAddr string
 	attempts     int
+	// tried are the members tried so far; lastErr is the last attempt's
+	// failure.
+	tried   uint64
+	lastErr error
 
 	status int
 	bytes  int64
@@ -66,6 +70,21 @@ func (p *Proxy) acquireExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x.client = ctx.Conn()
 	x.peer = clientAddr(ctx)
 	return x
+}
+
+// next picks the next endpoint of pool that the request has not tried yet;
+// with none left, it returns the error to answer with: the last attempt's,
+// or errNoEndpoint.
+func (x *exchange) next(pool *router.Pool) (*router.Member, error) {
+	m := pool.Pick(x.tried)
+	if m == nil {
+		if x.lastErr != nil {
+			return nil, x.lastErr
+		}
+		return nil, errNoEndpoint
+	}
+	x.tried |= m.Bit()
+	return m, nil
 }
 
 // startAttempt makes m the endpoint of the next attempt and counts it.
@@ -159,6 +178,7 @@ func (x *exchange) done() {
 func (x *exchange) reset() {
 	x.pod, x.found, x.hasBody, x.upgrade, x.client, x.peer = nil, 0, false, false, nil, netip.Addr{}
 	x.member, x.up, x.upStats, x.upStatus, x.upstreamAddr, x.attempts = nil, nil, nil, 0, "", 0
+	x.tried, x.lastErr = 0, nil
 	x.status, x.bytes, x.err = 0, 0, nil
 	x.reqID, x.scratch, x.xff = x.reqID[:0], x.scratch[:0], x.xff[:0]
 	x.host, x.method, x.uri, x.clientIP = x.host[:0], x.method[:0], x.uri[:0], x.clientIP[:0]

@@ -754,15 +754,12 @@ type exchangeState struct {
 	c    *clientConn
 	up   *upConn
 	pool *router.Pool
-	// tried are the members tried so far; stale counts fresh connections
-	// tried after pooled ones turned out dead.
-	tried       uint64
+	// stale counts fresh connections tried after pooled ones turned out
+	// dead.
 	stale       int
 	attemptOpen bool  // an attempt on x.member awaits its verdict
-	last        error // the last attempt's failure
 	reqLen      int   // the request's bytes at the start of c.in
 	head        bool  // a HEAD request: no response body
-	upStatus    int
 	bodyBytes   int64 // of a streamed response, relayed so far
 	// The response body while it streams.
 	stream    streamMode

@@ -53,16 +53,11 @@ var errNotIPPort = errors.New("endpoint address is not ip:port")
 // nextAttempt sends the request to the next endpoint the pool picks.
 func (l *edgeLoop) nextAttempt(ex *loopExchange) {
 	x := ex.x
-	m := ex.pool.Pick(ex.tried)
-	if m == nil {
-		err := ex.last
-		if err == nil {
-			err = errNoEndpoint
-		}
+	m, err := x.next(ex.pool)
+	if err != nil {
 		l.finish(ex, err)
 		return
 	}
-	ex.tried |= m.Bit()
 	u, err := x.startAttempt(m)
 	if err != nil {
 		l.finish(ex, err)
@@ -78,7 +73,7 @@ func (l *edgeLoop) failed(ex *loopExchange, err error) {
 	x := ex.x
 	ex.attemptOpen = false
 	x.endAttempt(err)
-	ex.last = err
+	x.lastErr = err
 	if l.p.retry(x, &ex.ctx.Request, err) {
 		l.nextAttempt(ex)
 		return
@@ -263,7 +258,6 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 	}
 	up.headDone = true
 	status := resp.StatusCode()
-	ex.upStatus = status
 	ex.x.upStatus = status
 	l.ev.Schedule(up.timer, l.p.Timeouts.ResponseHeader)
 	cl := resp.Header.ContentLength()

@@ -318,22 +318,16 @@ func requestHost(req *fasthttp.Request) []byte {
 func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, pool *router.Pool) error {
 	now := time.Now()
 	p.budget.request(now)
-	var tried uint64
-	var last error
 	for {
-		m := pool.Pick(tried)
-		if m == nil {
-			if last != nil {
-				return last
-			}
-			return errNoEndpoint
+		m, err := x.next(pool)
+		if err != nil {
+			return err
 		}
-		tried |= m.Bit()
-		err := p.attempt(ctx, x, m)
+		err = p.attempt(ctx, x, m)
 		if err == nil {
 			return nil
 		}
-		last = err
+		x.lastErr = err
 		if !p.retry(x, &ctx.Request, err) {
 			return err
 		}
