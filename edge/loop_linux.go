@@ -665,7 +665,7 @@ func (l *edgeLoop) dropClient(c *clientConn) {
 			l.dropUpstream(up)
 		}
 		if x := ex.x; x != nil {
-			if x.member != nil && ex.attemptOpen {
+			if ex.attemptOpen {
 				x.member.Done()
 			}
 			x.err = errClientGone
