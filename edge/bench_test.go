@@ -159,7 +159,7 @@ func BenchmarkRequestWork(b *testing.B) {
 			b.Fatal(err)
 		}
 		x, v := p.begin(&ctx)
-		pool, err := p.route(&ctx, x, v, scanKeys(ctx.Request.Header.PeekKeys()))
+		pool, err := p.route(&ctx, x, v, requestKeys(&ctx.Request.Header))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -113,6 +113,33 @@ func scanKeys(keys [][]byte) uint32 {
 	return found
 }
 
+// requestKeys returns the bits of the headers present in a request head.
+// It reads the names off the head as received, where PeekKeys would first
+// parse every cookie (and the request then be sent with its cookies
+// written out again one by one). A head built in place rather than parsed
+// has no raw form, and its keys are listed instead.
+func requestKeys(h *fasthttp.RequestHeader) uint32 {
+	raw := h.RawHeaders()
+	if len(raw) == 0 {
+		return scanKeys(h.PeekKeys())
+	}
+	var found uint32
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		// A name ends at its colon (fasthttp refuses blanks before it). A
+		// folded line starts with a blank, so it names nothing here.
+		if i := bytes.IndexByte(line, ':'); i > 0 {
+			found |= headerBit(line[:i])
+		}
+	}
+	return found
+}
+
 // header is what removeHopByHop needs of a request or response head.
 type header interface {
 	PeekAll(key string) [][]byte

@@ -6,8 +6,12 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/podedge/podedge/internal/h1"
+	"github.com/valyala/fasthttp"
 )
 
 // clientFrom is a client whose connections come from the loopback address
@@ -148,5 +152,36 @@ func TestHeadKeepsContentLength(t *testing.T) {
 	resp := readResponse(t, conn, "HEAD")
 	if resp.StatusCode != 200 || resp.ContentLength != 12345 {
 		t.Fatalf("HEAD: %d, Content-Length %d; want 200 and the app's 12345", resp.StatusCode, resp.ContentLength)
+	}
+}
+
+// TestRequestKeysReadsTheRawHead checks that the names read off a head as
+// received are those fasthttp parsed, cookies, case and folded lines included.
+func TestRequestKeysReadsTheRawHead(t *testing.T) {
+	heads := []string{
+		"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; b=2\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nconnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nkeep-alive: timeout=5\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\nVIA: 1.1 other\r\nX-Request-Id: r\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nExpect: 100-continue\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nTrailer: x\r\nForwarded: for=1.2.3.4\r\nProxy-Authorization: b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-Note: a\r\n\tConnection: folded\r\nX-Forwarded-Host: h\r\nX-Forwarded-Proto: https\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n",
+	}
+	parser := h1.NewParser(4096)
+	for _, head := range heads {
+		var listed, raw fasthttp.RequestHeader
+		if err := parser.Parse(&listed, []byte(head)); err != nil {
+			t.Fatalf("%q: %v", head, err)
+		}
+		if err := parser.Parse(&raw, []byte(head)); err != nil {
+			t.Fatalf("%q: %v", head, err)
+		}
+		want := scanKeys(listed.PeekKeys())
+		if got := requestKeys(&raw); got != want {
+			t.Errorf("%q: requestKeys %015b, the parsed names give %015b", head, got, want)
+		}
+		if want == 0 && !strings.Contains(head, "Cookie") {
+			t.Errorf("%q: no header of interest found", head)
+		}
 	}
 }

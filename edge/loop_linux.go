@@ -447,7 +447,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	// fasthttp's server takes what the loop does not: bodies it would not
 	// buffer, or over the limit (its 413), and the rest named above.
-	found := scanKeys(h.PeekKeys())
+	found := requestKeys(h)
 	if bodyLen < 0 || bodyLen > p.Limits.BufferBytes || !h.IsHTTP11() ||
 		p.Limits.MaxBodyBytes > 0 && int64(bodyLen) > p.Limits.MaxBodyBytes ||
 		found&(hUpgrade|hExpect) != 0 {

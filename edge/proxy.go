@@ -240,7 +240,7 @@ func (p *Proxy) end(ctx *fasthttp.RequestCtx, x *exchange, err error) (failed bo
 
 // serve routes and forwards the request; an error goes down the error path.
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
-	pool, err := p.route(ctx, x, v, scanKeys(ctx.Request.Header.PeekKeys()))
+	pool, err := p.route(ctx, x, v, requestKeys(&ctx.Request.Header))
 	if err != nil {
 		return err
 	}
@@ -256,7 +256,7 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
 // route finds the pool that serves the request, its pod's apps or, for a
 // tenant of another pod, that pod's edges, and readies the request for it.
 //
-// found is scanKeys of the request's header names, which the caller has.
+// found is requestKeys of the request's header names, which the caller has.
 func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view, found uint32) (*router.Pool, error) {
 	h := &ctx.Request.Header
 	x.found = found
