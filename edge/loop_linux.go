@@ -174,6 +174,9 @@ type edgeLoop struct {
 	// idle keep-alive connection holds none; bufBytes is their total size.
 	bufs     [][]byte
 	bufBytes int
+	// Connections whose writes wait for the end of the round (flushRound).
+	clientWrites []*clientConn
+	upWrites     []*upConn
 }
 
 // Client connection buffers: borrowed with this room, and kept between
@@ -212,6 +215,7 @@ func (s *loopServer) newLoop(ap netip.AddrPort) (*edgeLoop, error) {
 	if l.ev, l.lfd, err = evloop.NewListening(ap, l.accept); err != nil {
 		return nil, err
 	}
+	l.ev.AtRoundEnd(l.flushRound)
 	return l, nil
 }
 
@@ -350,6 +354,8 @@ type clientConn struct {
 	// peerClosed: epoll said the client closed; its end of file is still
 	// to be read.
 	peerClosed bool
+	// queued: out waits in the loop's clientWrites.
+	queued bool
 }
 
 func (c *clientConn) Event(ev evloop.Events) {
@@ -590,8 +596,36 @@ func (l *edgeLoop) endExchange(ex *loopExchange) {
 	c.ex = nil
 	c.state = clientIdle
 	l.release(ex)
-	if !c.closed {
-		l.flushClient(c)
+	if !c.closed && !c.queued {
+		c.queued = true
+		l.clientWrites = append(l.clientWrites, c)
+	}
+}
+
+// flushRound sends the writes the round's events left. Responses go first,
+// then requests: an endpoint woken by its request may take the CPU, and
+// the clients' answers should not wait for it. Each flush may start more
+// work (a pipelined request, a retry), whose writes join the lists.
+func (l *edgeLoop) flushRound() {
+	for len(l.clientWrites) > 0 || len(l.upWrites) > 0 {
+		for i := 0; i < len(l.clientWrites); i++ {
+			c := l.clientWrites[i]
+			l.clientWrites[i] = nil
+			c.queued = false
+			if !c.closed {
+				l.flushClient(c)
+			}
+		}
+		l.clientWrites = l.clientWrites[:0]
+		for i := 0; i < len(l.upWrites); i++ {
+			up := l.upWrites[i]
+			l.upWrites[i] = nil
+			up.queued = false
+			if !up.closed && up.ex != nil && !up.sent && !up.connecting {
+				l.writeUpstream(up)
+			}
+		}
+		l.upWrites = l.upWrites[:0]
 	}
 }
 

@@ -32,6 +32,8 @@ type upConn struct {
 	// peerClosed: epoll said the endpoint closed; its end of file is still
 	// to be read.
 	peerClosed bool
+	// queued: out waits in the loop's upWrites.
+	queued bool
 }
 
 func (up *upConn) Event(ev evloop.Events) {
@@ -98,7 +100,10 @@ func (l *edgeLoop) send(ex *loopExchange, u *upstream) {
 		l.ev.Schedule(up.timer, l.p.Timeouts.Dial)
 		return
 	}
-	l.writeUpstream(up)
+	if !up.queued {
+		up.queued = true
+		l.upWrites = append(l.upWrites, up)
+	}
 }
 
 // upstreamConn returns the loop's most recently used idle connection to u,

@@ -61,6 +61,7 @@ type Loop struct {
 	handlers []Handler // by descriptor
 	events   []unix.EpollEvent
 	wheel    wheel
+	roundEnd func()
 	now      time.Time
 	closing  sync.Once
 	closed   atomic.Bool
@@ -315,8 +316,16 @@ func (l *Loop) Run() error {
 			l.handlers[fd].Event(eventsOf(l.events[i].Events))
 		}
 		l.wheel.advance(l.now)
+		if l.roundEnd != nil {
+			l.roundEnd()
+		}
 	}
 }
+
+// AtRoundEnd sets fn to run after each round of events and timers, before
+// the loop looks for more: a handler may leave its writes for fn, so that a
+// round's writes go out together. Set it before Run.
+func (l *Loop) AtRoundEnd(fn func()) { l.roundEnd = fn }
 
 func eventsOf(ev uint32) Events {
 	var e Events

@@ -248,3 +248,42 @@ func TestPostAndDetach(t *testing.T) {
 		t.Fatalf("registered after Detach: %v", got)
 	}
 }
+
+// TestRoundEndRunsAfterTheRoundsWork checks that the round-end function
+// sees what the round's handlers left: a write left for it goes out then.
+func TestRoundEndRunsAfterTheRoundsWork(t *testing.T) {
+	l, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pending []int // touched by the loop's goroutine only
+	flushed := make(chan []int, 16)
+	l.AtRoundEnd(func() {
+		if len(pending) > 0 {
+			flushed <- pending
+			pending = nil
+		}
+	})
+	done := make(chan error, 1)
+	go func() { done <- l.Run() }()
+	defer func() {
+		l.Close()
+		<-done
+	}()
+	for i := range 3 {
+		l.Post(func() { pending = append(pending, i) })
+	}
+	var got []int
+	deadline := time.After(10 * time.Second)
+	for len(got) < 3 {
+		select {
+		case batch := <-flushed:
+			got = append(got, batch...)
+		case <-deadline:
+			t.Fatalf("round ends flushed %v of 3 posted writes", got)
+		}
+	}
+	if !slices.Equal(got, []int{0, 1, 2}) {
+		t.Fatalf("flushed %v, want the posted order 0 1 2", got)
+	}
+}

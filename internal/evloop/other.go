@@ -47,6 +47,7 @@ func (l *Loop) Drop(fd int, t *Timer)               {}
 func (l *Loop) Descriptors() iter.Seq[int]          { return func(func(int) bool) {} }
 func (l *Loop) Now() time.Time                      { return l.now }
 func (l *Loop) Run() error                          { return errors.ErrUnsupported }
+func (l *Loop) AtRoundEnd(fn func())                {}
 func (l *Loop) Close() error                        { return nil }
 
 func (l *Loop) Handler(fd int) Handler { return nil }
