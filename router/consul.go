@@ -134,6 +134,7 @@ type kvDecoder[T any] struct {
 	folder string // "podedge/tenants/"
 	decode func(name string, raw []byte) (T, error)
 	cache  map[string]kvCached[T]
+	values []T    // the last call's valid values
 	raw    []byte // scratch for base64 values
 }
 
@@ -151,6 +152,9 @@ type kvCached[T any] struct {
 // tells, not comparing the decoded values, which would cost as much as
 // decoding 100,000 of them.
 func (d *kvDecoder[T]) decodeAll(entries []KVEntry) (values []T, fresh []error, changed bool) {
+	if d.unchanged(entries) {
+		return d.values, nil, false
+	}
 	next := make(map[string]kvCached[T], len(entries))
 	out := make([]T, 0, len(entries))
 	for i := range entries {
@@ -191,6 +195,30 @@ func (d *kvDecoder[T]) decodeAll(entries []KVEntry) (values []T, fresh []error, 
 		}
 	}
 	changed = changed || len(next) != len(d.cache)
-	d.cache = next
+	d.cache, d.values = next, out
 	return out, fresh, changed
+}
+
+// unchanged reports whether entries hold the keys of the last call, each at
+// the same ModifyIndex. A blocking query that times out answers the whole
+// folder again, once a minute when nothing changes: with 100,000 tenants,
+// building the cache anew for it would allocate tens of megabytes for
+// nothing.
+func (d *kvDecoder[T]) unchanged(entries []KVEntry) bool {
+	if d.cache == nil {
+		return false
+	}
+	n := 0
+	for i := range entries {
+		e := &entries[i]
+		if len(e.Key) <= len(d.folder) || string(e.Key[:len(d.folder)]) != d.folder {
+			continue // the folder itself, as decodeAll skips it
+		}
+		c, ok := d.cache[string(e.Key)]
+		if !ok || c.modifyIndex != e.ModifyIndex {
+			return false
+		}
+		n++
+	}
+	return n == len(d.cache)
 }

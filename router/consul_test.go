@@ -102,10 +102,15 @@ func TestKVDecoderSkipsMalformed(t *testing.T) {
 	if len(errs) != 6 {
 		t.Fatalf("problems %v, want 6", errs)
 	}
-	// The same values again: nothing new to report, same result.
+	// The same values again: nothing new to report, same result, and
+	// nothing allocated (a blocking query's timeout answers the same).
 	got, errs, changed = d.decodeAll(entriesOf(pairs))
 	if len(got) != 1 || len(errs) != 0 || changed {
 		t.Fatalf("second pass: %v %v changed=%v", got, errs, changed)
+	}
+	same := entriesOf(pairs)
+	if n := testing.AllocsPerRun(10, func() { d.decodeAll(same) }); n != 0 {
+		t.Fatalf("an unchanged folder cost %v allocations", n)
 	}
 	// A fixed value is picked up by its new ModifyIndex.
 	pairs[2] = &api.KVPair{Key: "podedge/tenants/broken", ModifyIndex: 9, Value: []byte(`{"pod":"pod-2"}`)}
