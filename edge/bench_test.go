@@ -171,6 +171,7 @@ func BenchmarkRequestWork(b *testing.B) {
 		if err := parser.Parse(&ctx.Response.Header, respHead); err != nil {
 			b.Fatal(err)
 		}
+		x.respKeys, x.respKeysRead = headKeys(respHead), true
 		ctx.Response.SetBodyRaw(respHead[:13])
 		x.upStatus = 200
 		x.endAttempt(nil)

@@ -28,6 +28,11 @@ type exchange struct {
 	client  net.Conn
 	peer    netip.Addr
 
+	// respKeys is the headerBit set of the endpoint's response when the
+	// loop read it off the head (respKeysRead); otherwise it is listed.
+	respKeys     uint32
+	respKeysRead bool
+
 	// The attempt in progress or last made.
 	member       *router.Member
 	up           *upstream
@@ -177,6 +182,7 @@ func (x *exchange) done() {
 // reset clears x for its next request, keeping its buffers.
 func (x *exchange) reset() {
 	x.pod, x.found, x.hasBody, x.upgrade, x.client, x.peer = nil, 0, false, false, nil, netip.Addr{}
+	x.respKeys, x.respKeysRead = 0, false
 	x.member, x.up, x.upStats, x.upStatus, x.upstreamAddr, x.attempts = nil, nil, nil, 0, "", 0
 	x.tried, x.lastErr = 0, nil
 	x.status, x.bytes, x.err = 0, 0, nil
@@ -184,7 +190,9 @@ func (x *exchange) reset() {
 	x.host, x.method, x.uri, x.clientIP = x.host[:0], x.method[:0], x.uri[:0], x.clientIP[:0]
 	x.attrs = [len(x.attrs)]slog.Attr{}
 	x.body = reqBody{}
+	if x.stream.x != nil {
+		x.resp.Reset() // only fasthttp's streamed responses use it
+	}
 	x.stream = respStream{}
 	x.tunnel = tunnelConn{}
-	x.resp.Reset()
 }

@@ -123,6 +123,21 @@ func requestKeys(h *fasthttp.RequestHeader) uint32 {
 	if len(raw) == 0 {
 		return scanKeys(h.PeekKeys())
 	}
+	return lineKeys(raw)
+}
+
+// headKeys returns the bits of the headers present in a complete head as
+// received, its request or status line included.
+func headKeys(head []byte) uint32 {
+	if i := bytes.IndexByte(head, '\n'); i >= 0 {
+		return lineKeys(head[i+1:])
+	}
+	return 0
+}
+
+// lineKeys returns the bits of the header names that start the lines of
+// raw, a head's header section.
+func lineKeys(raw []byte) uint32 {
 	var found uint32
 	for len(raw) > 0 {
 		line := raw

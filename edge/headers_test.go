@@ -185,3 +185,28 @@ func TestRequestKeysReadsTheRawHead(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadKeysReadsTheRawResponseHead checks the same of a response head
+// read off the wire by the loops.
+func TestHeadKeysReadsTheRawResponseHead(t *testing.T) {
+	heads := []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: a=1\r\n\r\n",
+		"HTTP/1.1 200 OK: fine\r\nconnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTrailer: x\r\nProxy-Authenticate: Basic\r\nx-request-id: r\r\nTransfer-Encoding: chunked\r\n\r\n",
+	}
+	parser := h1.NewParser(4096)
+	for _, head := range heads {
+		var h fasthttp.ResponseHeader
+		if err := parser.Parse(&h, []byte(head)); err != nil {
+			t.Fatalf("%q: %v", head, err)
+		}
+		want := scanKeys(h.PeekKeys())
+		if got := headKeys([]byte(head)); got != want {
+			t.Errorf("%q: headKeys %015b, the parsed names give %015b", head, got, want)
+		}
+		if want == 0 && !strings.Contains(head, "Cookie") {
+			t.Errorf("%q: no header of interest found", head)
+		}
+	}
+}

@@ -386,7 +386,11 @@ func (p *Proxy) finishResponse(ctx *fasthttp.RequestCtx, x *exchange) error {
 	if x.tunnel.conn != nil {
 		keep = hUpgrade | hConnection
 	}
-	x.scratch = removeHopByHop(h, scanKeys(h.PeekKeys()), keep, x.scratch)
+	found := x.respKeys
+	if !x.respKeysRead {
+		found = scanKeys(h.PeekKeys())
+	}
+	x.scratch = removeHopByHop(h, found, keep, x.scratch)
 	h.SetCanonical(keyXRequestID, x.reqID)
 	if p.draining.Load() && x.tunnel.conn == nil {
 		h.SetConnectionClose()
