@@ -555,11 +555,25 @@ func (l *edgeLoop) sendResponse(ex *loopExchange, body bool) {
 	if c.out == nil {
 		c.out = l.borrow()
 	}
+	alone := len(c.out) == 0
 	c.out = resp.Header.AppendBytes(c.out)
-	if body && !ex.head && !noBody(resp.StatusCode()) {
-		c.out = append(c.out, resp.Body()...)
+	if !body || ex.head || noBody(resp.StatusCode()) {
+		return
 	}
+	b := resp.Body()
+	if alone && len(b) >= writeThroughBytes {
+		// A large body goes out now, after its head, rather than be
+		// copied whole to wait for the round's end; what the socket does
+		// not take waits, and a failure shows at the next flush.
+		_ = evloop.WriteThrough(c.fd, &c.out, b)
+		return
+	}
+	c.out = append(c.out, b...)
 }
+
+// writeThroughBytes is the size from which a buffered response's body is
+// written at once rather than copied to the client's output.
+const writeThroughBytes = 16 << 10
 
 // noBody reports whether a response with status has no body whatever its
 // head says (RFC 9110, sections 6.4.1).

@@ -247,6 +247,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 			l.upstreamError(up, err)
 			return false
 		}
+		ex.x.respKeys, ex.x.respKeysRead = headKeys(head), true
 		up.in = up.in[:copy(up.in, up.in[len(head):])]
 		status := resp.StatusCode()
 		if status == fasthttp.StatusSwitchingProtocols {
@@ -343,7 +344,12 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 	case streamToClose:
 		done = eof
 	}
-	c.out = append(c.out, up.in[:n]...)
+	// What comes goes on at once (copied only in the part the client's
+	// socket does not take), since a streamed body's pace is the client's.
+	if err := evloop.WriteThrough(c.fd, &c.out, up.in[:n]); err != nil {
+		l.dropClient(c)
+		return
+	}
 	ex.bodyBytes += int64(n)
 	up.in = up.in[:copy(up.in, up.in[n:])]
 	if !done && eof {
@@ -363,10 +369,6 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 		return
 	}
 	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
-	if err := evloop.Flush(c.fd, &c.out); err != nil {
-		l.dropClient(c)
-		return
-	}
 	if len(c.out) > 0 {
 		l.ev.Schedule(c.timer, l.p.Timeouts.ClientWrite)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -226,5 +227,44 @@ func TestHTTP10Client(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || string(body) != "a" {
 		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+}
+
+// Bodies short enough to be read whole (their length declared) but large
+// enough to be written straight from the endpoint's buffer, after their
+// head, arrive intact and in order. (evloop's TestWriteThroughKeepsWhatThe-
+// SocketRefuses checks what happens when the socket takes only part.)
+func TestLargeBufferedResponsesInOrder(t *testing.T) {
+	const n = 16
+	body := func(path string) string {
+		return strings.Repeat(path+" 0123456789abcdef", 100<<10/len(path+" 0123456789abcdef"))
+	}
+	a := newBackend(t, "a", func(w http.ResponseWriter, r *http.Request) {
+		b := body(r.URL.Path)
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		_, _ = io.WriteString(w, b)
+	})
+	h := newHarness(t, &Proxy{}, onePod(a))
+	conn := rawConn(t, h.addr)
+	var reqs strings.Builder
+	for i := range n {
+		fmt.Fprintf(&reqs, "GET /%d HTTP/1.1\r\nHost: acme.example.test\r\n\r\n", i)
+	}
+	if _, err := io.WriteString(conn, reqs.String()); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for i := range n {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		want := body(fmt.Sprintf("/%d", i))
+		if err != nil || resp.StatusCode != 200 || resp.ContentLength != int64(len(want)) || string(got) != want {
+			t.Fatalf("response %d: %d, length %d, %d bytes (%v); want 200 and the %d bytes of /%d",
+				i, resp.StatusCode, resp.ContentLength, len(got), err, len(want), i)
+		}
 	}
 }

@@ -74,3 +74,29 @@ func Flush(fd int, out *[]byte) error {
 	*out = b[:copy(b, b[sent:])]
 	return nil
 }
+
+// WriteThrough sends *out and then b to fd in one writev(2) and keeps in
+// *out what the socket did not take, so that a large b is copied only in
+// the part that has to wait, not whole before it is sent. A full socket is
+// not an error; any other failure is returned, with everything kept.
+func WriteThrough(fd int, out *[]byte, b []byte) error {
+	o := *out
+	n, err := Writev2(fd, o, b)
+	for err == unix.EINTR {
+		n, err = Writev2(fd, o, b)
+	}
+	if err != nil {
+		*out = append(o, b...)
+		if err == unix.EAGAIN {
+			return nil
+		}
+		return err
+	}
+	if n >= len(o) {
+		b, o = b[n-len(o):], o[:0]
+	} else {
+		o = o[:copy(o, o[n:])]
+	}
+	*out = append(o, b...)
+	return nil
+}

@@ -3,6 +3,7 @@
 package evloop
 
 import (
+	"bytes"
 	"slices"
 	"testing"
 	"time"
@@ -285,5 +286,49 @@ func TestRoundEndRunsAfterTheRoundsWork(t *testing.T) {
 	}
 	if !slices.Equal(got, []int{0, 1, 2}) {
 		t.Fatalf("flushed %v, want the posted order 0 1 2", got)
+	}
+}
+
+// TestWriteThroughKeepsWhatTheSocketRefuses checks that what a full socket
+// did not take stays in out, after what it took, and arrives in order.
+func TestWriteThroughKeepsWhatTheSocketRefuses(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	head := []byte("head:")
+	body := make([]byte, 4<<20)
+	for i := range body {
+		body[i] = byte(i % 251)
+	}
+	out := slices.Clone(head)
+	if err := WriteThrough(fds[0], &out, body); err != nil {
+		t.Fatal(err)
+	}
+	want := append(slices.Clone(head), body...)
+	if len(out) == 0 || len(out) >= len(want) {
+		t.Fatalf("%d of %d bytes kept; want the part a full socket refused", len(out), len(want))
+	}
+	var got []byte
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(got) < len(want) {
+		n, err := unix.Read(fds[1], buf)
+		if n > 0 {
+			got = append(got, buf[:n]...)
+		} else if err != unix.EAGAIN {
+			t.Fatalf("read: %v", err)
+		}
+		if err := Flush(fds[0], &out); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes arrived", len(got), len(want))
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the bytes arrived out of order or changed")
 	}
 }

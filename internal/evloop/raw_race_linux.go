@@ -10,3 +10,6 @@ func Read(fd int, b []byte) (int, error) { return unix.Read(fd, b) }
 
 // Write: see Read.
 func Write(fd int, b []byte) (int, error) { return unix.Write(fd, b) }
+
+// Writev2 is writev(2) of a then b: see Read.
+func Writev2(fd int, a, b []byte) (int, error) { return unix.Writev(fd, [][]byte{a, b}) }
