@@ -23,6 +23,9 @@ type upConn struct {
 	out   []byte // the request, still to send
 	timer *evloop.Timer
 	ex    *loopExchange // the exchange in flight; nil while idle
+	// skip is the length of the heads at the start of in, parsed already:
+	// a buffered body is sent from where it lies rather than moved first.
+	skip int
 	// connecting: the connection is not yet established; reused: it served
 	// an exchange before this one; sent: the request is written; gotByte:
 	// the response has begun; headDone: its head is parsed; reusable: it
@@ -93,6 +96,7 @@ func (l *edgeLoop) send(ex *loopExchange, u *upstream) {
 	}
 	ex.up, up.ex = up, ex
 	up.sent, up.gotByte, up.headDone, up.reusable = false, false, false, false
+	up.in, up.skip = up.in[:0], 0
 	req := &ex.ctx.Request
 	up.out = req.Header.AppendBytes(up.out[:0])
 	up.out = append(up.out, req.Body()...)
@@ -207,7 +211,8 @@ func (l *edgeLoop) relay(up *upConn, eof bool) {
 	}
 	// A body short enough to buffer, read whole under response_header.
 	need := int(ex.left)
-	if len(up.in) < need {
+	body := up.in[up.skip:]
+	if len(body) < need {
 		if eof {
 			l.upstreamError(up, io.ErrUnexpectedEOF)
 		}
@@ -215,11 +220,11 @@ func (l *edgeLoop) relay(up *upConn, eof bool) {
 	}
 	resp := &ex.ctx.Response
 	if need > 0 {
-		resp.SetBodyRaw(up.in[:need])
+		resp.SetBodyRaw(body[:need])
 	}
 	// An answer that came before the whole request was sent leaves the
 	// connection mid-request: it cannot serve another.
-	up.reusable = up.sent && !eof && len(up.in) == need && !resp.Header.ConnectionClose()
+	up.reusable = up.sent && !eof && len(body) == need && !resp.Header.ConnectionClose()
 	ex.attemptOpen = false
 	ex.x.endAttempt(nil)
 	l.finish(ex, nil)
@@ -232,7 +237,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 	ex := up.ex
 	resp := &ex.ctx.Response
 	for {
-		head, tooLarge := h1.CompleteHead(up.in, l.p.Limits.MaxHeaderBytes)
+		head, tooLarge := h1.CompleteHead(up.in[up.skip:], l.p.Limits.MaxHeaderBytes)
 		if tooLarge {
 			l.upstreamError(up, errRespHeadTooLarge)
 			return false
@@ -248,7 +253,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 			return false
 		}
 		ex.x.respKeys, ex.x.respKeysRead = headKeys(head), true
-		up.in = up.in[:copy(up.in, up.in[len(head):])]
+		up.skip += len(head)
 		status := resp.StatusCode()
 		if status == fasthttp.StatusSwitchingProtocols {
 			l.upstreamError(up, errUnaskedSwitch)
@@ -274,6 +279,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 		ex.left = int64(cl)
 		return true
 	}
+	up.in, up.skip = up.in[:copy(up.in, up.in[up.skip:])], 0
 	return l.startStream(up, cl)
 }
 
@@ -456,7 +462,7 @@ func (l *edgeLoop) releaseUpstream(up *upConn) {
 		l.dropUpstream(up)
 		return
 	}
-	up.in, up.out = up.in[:0], up.out[:0]
+	up.in, up.out, up.skip = up.in[:0], up.out[:0], 0
 	up.idle = true
 	l.idle[up.u] = append(l.idle[up.u], up)
 	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamKeepalive)

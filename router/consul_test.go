@@ -2,6 +2,7 @@ package router
 
 import (
 	"encoding/base64"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -196,4 +197,35 @@ func TestKVDecoderBase64Values(t *testing.T) {
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `key "podedge/tenants/bad": value is not base64`) {
 		t.Fatalf("problems %v", errs)
 	}
+}
+
+// BenchmarkDecodeTenants100k is the decoding of a folder of 100,000
+// tenants: answered again unchanged (a blocking query's timeout), and with
+// one value changed.
+func BenchmarkDecodeTenants100k(b *testing.B) {
+	pairs := make(api.KVPairs, 0, 100_000)
+	for i := range 100_000 {
+		pairs = append(pairs, &api.KVPair{Key: fmt.Sprintf("podedge/tenants/t-%06d", i), ModifyIndex: uint64(i + 1),
+			Value: fmt.Appendf(nil, `{"name":"t-%06d","pod":"pod-%d"}`, i, i%100)})
+	}
+	d := &kvDecoder[Tenant]{folder: "podedge/tenants/", decode: decodeTenant}
+	entries := entriesOf(pairs)
+	d.decodeAll(entries)
+	b.Run("unchanged", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, changed := d.decodeAll(entries); changed {
+				b.Fatal("changed")
+			}
+		}
+	})
+	b.Run("one-changed", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			entries[0].ModifyIndex++
+			if _, _, changed := d.decodeAll(entries); !changed {
+				b.Fatal("unchanged")
+			}
+		}
+	})
 }
