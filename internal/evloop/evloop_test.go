@@ -181,12 +181,7 @@ func TestLoopDeliversEventsAndTimers(t *testing.T) {
 // Post runs functions on the loop from other goroutines, in order; a
 // detached descriptor gets no more events and stays open for its new owner.
 func TestPostAndDetach(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fds[0])
-	defer unix.Close(fds[1])
+	fds := socketPair(t)
 	l, err := New()
 	if err != nil {
 		t.Fatal(err)
@@ -292,12 +287,7 @@ func TestRoundEndRunsAfterTheRoundsWork(t *testing.T) {
 // TestWriteThroughKeepsWhatTheSocketRefuses checks that what a full socket
 // did not take stays in out, after what it took, and arrives in order.
 func TestWriteThroughKeepsWhatTheSocketRefuses(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fds[0])
-	defer unix.Close(fds[1])
+	fds := socketPair(t)
 	head := []byte("head:")
 	body := make([]byte, 4<<20)
 	for i := range body {
@@ -331,4 +321,19 @@ func TestWriteThroughKeepsWhatTheSocketRefuses(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatal("the bytes arrived out of order or changed")
 	}
+}
+
+// socketPair returns a connected pair of non-blocking stream sockets,
+// closed when the test ends.
+func socketPair(t *testing.T) [2]int {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+	})
+	return fds
 }
