@@ -23,8 +23,9 @@ type upConn struct {
 	out   []byte // the request, still to send
 	timer *evloop.Timer
 	ex    *loopExchange // the exchange in flight; nil while idle
-	// skip is the length of the heads at the start of in, parsed already:
-	// a buffered body is sent from where it lies rather than moved first.
+	// skip is the length of the final head at the start of in, parsed
+	// already: a buffered body is sent from where it lies rather than
+	// moved first.
 	skip int
 	// connecting: the connection is not yet established; reused: it served
 	// an exchange before this one; sent: the request is written; gotByte:
@@ -183,6 +184,12 @@ func (l *edgeLoop) readUpstream(up *upConn) {
 	limit := l.p.Limits.MaxHeaderBytes + l.p.Limits.BufferBytes
 	for !up.closed && up.ex != nil && !up.paused {
 		n, err := evloop.ReadInto(up.fd, &up.in, limit, up.peerClosed)
+		if err == evloop.ErrBufferFull && n == 0 {
+			// A full buffer that the last relay left as it was would be
+			// read and relayed again forever.
+			l.upstreamError(up, errRespStuck)
+			return
+		}
 		eof := err == io.EOF
 		if err != nil && !eof && err != evloop.ErrBufferFull {
 			l.upstreamError(up, err)
@@ -237,7 +244,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 	ex := up.ex
 	resp := &ex.ctx.Response
 	for {
-		head, tooLarge := h1.CompleteHead(up.in[up.skip:], l.p.Limits.MaxHeaderBytes)
+		head, tooLarge := h1.CompleteHead(up.in, l.p.Limits.MaxHeaderBytes)
 		if tooLarge {
 			l.upstreamError(up, errRespHeadTooLarge)
 			return false
@@ -252,18 +259,21 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 			l.upstreamError(up, err)
 			return false
 		}
-		ex.x.respKeys, ex.x.respKeysRead = headKeys(head), true
-		up.skip += len(head)
 		status := resp.StatusCode()
 		if status == fasthttp.StatusSwitchingProtocols {
 			l.upstreamError(up, errUnaskedSwitch)
 			return false
 		}
 		if status >= 200 {
+			// The final head stays where it is, its body after it.
+			ex.x.respKeys, ex.x.respKeysRead = headKeys(head), true
+			up.skip = len(head)
 			break
 		}
 		// An interim response (100 Continue, 103 Early Hints) is not
-		// passed on: the edge answered Expect itself.
+		// passed on: the edge answered Expect itself. It leaves the
+		// buffer, which then holds at most one head and the body.
+		up.in = up.in[:copy(up.in, up.in[len(head):])]
 		resp.Header.Reset()
 		resp.Header.SetNoDefaultContentType(true)
 	}
@@ -286,6 +296,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 var (
 	errRespHeadTooLarge = errors.New("response head larger than limits.max_header_bytes")
 	errUnaskedSwitch    = errors.New("switched protocols without being asked to")
+	errRespStuck        = errors.New("response does not fit limits.max_header_bytes + limits.buffer_bytes")
 )
 
 // streamHighWater is how much of a streamed body may wait for the client

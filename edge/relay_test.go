@@ -268,3 +268,30 @@ func TestLargeBufferedResponsesInOrder(t *testing.T) {
 		}
 	}
 }
+
+// Interim responses (100 Continue, 103 Early Hints) are not passed on, and
+// do not count against the room a buffered body has: here the two interim
+// heads, the final head and the body are together more than
+// max_header_bytes + buffer_bytes.
+func TestInterimResponsesDropped(t *testing.T) {
+	link := "Link: </" + strings.Repeat("a", 3000) + ".css>; rel=preload\r\n"
+	body := strings.Repeat("b", 8<<10)
+	addr := rawBackend(t, func(_ int, _ *bufio.Reader, c net.Conn) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 100 Continue\r\n"+link+"\r\n"+
+			"HTTP/1.1 103 Early Hints\r\n"+link+"\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n"+link+"\r\n"+body)
+		return true
+	})
+	p := &Proxy{Limits: Limits{MaxHeaderBytes: 4096, BufferBytes: 8 << 10}}
+	h := newHarness(t, p, withApps(onePod(), addr))
+	conn := rawConn(t, h.addr)
+	for i := range 2 {
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: acme.example.test\r\n\r\n")
+		resp := readResponse(t, conn, "GET")
+		got, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != 200 || string(got) != body {
+			t.Fatalf("request %d: %d, %d bytes (%v); want 200 and the %d bytes after the interim responses",
+				i, resp.StatusCode, len(got), err, len(body))
+		}
+	}
+}
