@@ -256,7 +256,7 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
 // route finds the pool that serves the request, its pod's apps or, for a
 // tenant of another pod, that pod's edges, and readies the request for it.
 //
-// found is requestKeys of the request's header names, which the caller has.
+// found is the requestKeys of the request, which the caller has.
 func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view, found uint32) (*router.Pool, error) {
 	h := &ctx.Request.Header
 	x.found = found
