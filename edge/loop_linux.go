@@ -265,7 +265,7 @@ func (l *edgeLoop) clientsIdle() []*clientConn {
 
 func (l *edgeLoop) accept() {
 	for l.lfd >= 0 && !l.acceptPaused {
-		fd, err := evloop.Accept(l.lfd)
+		fd, peer, err := evloop.Accept(l.lfd)
 		switch err {
 		case nil:
 		case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
@@ -279,9 +279,8 @@ func (l *edgeLoop) accept() {
 		}
 		c := &clientConn{l: l, fd: fd}
 		c.timer = evloop.NewTimer(c.timedOut)
-		peer := evloop.PeerAddr(fd)
 		local, _ := evloop.LocalAddr(fd)
-		c.addrs.remote = net.TCPAddrFromAddrPort(netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()))
+		c.addrs.remote = net.TCPAddrFromAddrPort(peer)
 		c.addrs.local = net.TCPAddrFromAddrPort(local)
 		if err := l.ev.Add(fd, c); err != nil {
 			unix.Close(fd)

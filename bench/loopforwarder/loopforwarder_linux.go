@@ -192,7 +192,7 @@ func (c *conn) timedOut() {
 
 func (l *loop) accept() {
 	for {
-		fd, err := evloop.Accept(l.lfd)
+		fd, _, err := evloop.Accept(l.lfd)
 		if err != nil {
 			return // EAGAIN: accepted all; anything else: try on the next event
 		}

@@ -50,24 +50,18 @@ func LocalAddr(fd int) (netip.AddrPort, error) {
 	return addrPort(sa), nil
 }
 
-// PeerAddr is the address of a connected socket's peer.
-func PeerAddr(fd int) netip.AddrPort {
-	sa, err := unix.Getpeername(fd)
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	return addrPort(sa)
-}
-
 // Accept takes the next connection off a listening socket, non-blocking and
-// with Nagle's algorithm off. It fails with EAGAIN when there is none.
-func Accept(lfd int) (int, error) {
-	fd, _, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+// with Nagle's algorithm off, and returns it with its peer's address (IPv4
+// peers of an IPv6 socket unmapped). It fails with EAGAIN when there is
+// none.
+func Accept(lfd int) (int, netip.AddrPort, error) {
+	fd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 	if err != nil {
-		return -1, err
+		return -1, netip.AddrPort{}, err
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	return fd, nil
+	peer := addrPort(sa)
+	return fd, netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()), nil
 }
 
 // Connect starts a non-blocking connection to ap. connecting is set when it
