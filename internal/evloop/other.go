@@ -9,23 +9,6 @@ import (
 	"time"
 )
 
-// Handler receives a descriptor's events.
-type Handler interface {
-	Event(ev Events)
-}
-
-// Events is what the loop reports for a descriptor.
-type Events uint8
-
-const (
-	Readable Events = 1 << iota
-	Writable
-	PeerClosed
-)
-
-// Has reports whether e holds every event of x.
-func (e Events) Has(x Events) bool { return e&x == x }
-
 // Loop needs epoll: elsewhere New fails.
 type Loop struct {
 	wheel wheel
