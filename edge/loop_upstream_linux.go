@@ -97,7 +97,6 @@ func (l *edgeLoop) send(ex *loopExchange, u *upstream) {
 	}
 	ex.up, up.ex = up, ex
 	up.sent, up.gotByte, up.headDone, up.reusable = false, false, false, false
-	up.in, up.skip = up.in[:0], 0
 	req := &ex.ctx.Request
 	up.out = req.Header.AppendBytes(up.out[:0])
 	up.out = append(up.out, req.Body()...)
@@ -374,14 +373,9 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 		return
 	}
 	if done {
-		x := ex.x
 		up.reusable = up.sent && ex.stream != streamToClose && !eof && len(up.in) == 0 &&
 			!ex.ctx.Response.Header.ConnectionClose()
-		ex.attemptOpen = false
-		x.endAttempt(nil)
-		x.bytes = ex.bodyBytes
-		x.done()
-		ex.x = nil
+		l.endStream(ex, nil)
 		l.endExchange(ex)
 		return
 	}
@@ -392,6 +386,20 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 	if len(c.out) >= streamHighWater {
 		up.paused = true // flushClient resumes it
 	}
+}
+
+// endStream settles the exchange of a streamed response that ended, whole
+// or (err) cut off: the attempt's verdict, the bytes relayed, the record.
+func (l *edgeLoop) endStream(ex *loopExchange, err error) {
+	x := ex.x
+	ex.attemptOpen = false
+	x.endAttempt(err)
+	if err != nil {
+		x.err = err
+	}
+	x.bytes = ex.bodyBytes
+	x.done()
+	ex.x = nil
 }
 
 // upstreamError ends the attempt on up with a failure of the connection,
@@ -423,17 +431,12 @@ func (l *edgeLoop) upstreamFailed(up *upConn, err error) {
 	if ex == nil {
 		return
 	}
-	x := ex.x
 	if ex.streaming {
-		ex.attemptOpen = false
-		x.endAttempt(err)
-		x.err = err
-		x.bytes = ex.bodyBytes
-		x.done()
-		ex.x = nil
+		l.endStream(ex, err)
 		l.dropClient(ex.c)
 		return
 	}
+	x := ex.x
 	if ue, ok := err.(*UpstreamError); ok && reused && ue.beforeResponse() && !ue.Timeout() && isReset(ue.Err) {
 		// The endpoint closed a pooled connection as it was used: not the
 		// endpoint's fault. The loop's other idle connections to it are
