@@ -41,36 +41,20 @@ func TestRetryBudget(t *testing.T) {
 // resetter is an endpoint that reads a request and closes the connection
 // without answering, counting the requests it swallowed.
 type resetter struct {
-	ln   net.Listener
-	hits atomic.Int64
+	address string
+	hits    atomic.Int64
 }
 
 func newResetter(t *testing.T) *resetter {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &resetter{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err == nil {
-					r.hits.Add(1)
-				}
-			}()
-		}
-	}()
+	r := &resetter{}
+	r.address = rawBackend(t, func(int, *bufio.Reader, net.Conn) bool {
+		r.hits.Add(1)
+		return false
+	})
 	return r
 }
 
-func (r *resetter) addr() string { return r.ln.Addr().String() }
+func (r *resetter) addr() string { return r.address }
 
 func withApps(st router.State, addrs ...string) router.State {
 	for _, a := range addrs {
