@@ -18,6 +18,9 @@ type State struct {
 	Apps  []Endpoint
 	// Index is the highest Consul index the data was read at.
 	Index uint64
+	// LogIndex is the Consul index through which the leader's writes are
+	// reflected (Snapshot.LogIndex).
+	LogIndex uint64
 }
 
 // builder turns a State into a Snapshot. It holds what stays the same from
@@ -39,7 +42,7 @@ type builder struct {
 func (b *builder) build(st State) (*Snapshot, []error) {
 	now := b.clock()
 	s := emptySnapshot(b.zone)
-	s.Index, s.Built, s.Synced = st.Index, now, true
+	s.Index, s.LogIndex, s.Built, s.Synced = st.Index, st.LogIndex, now, true
 	var problems []error
 
 	pod := func(name string) *PodState {
@@ -62,6 +65,7 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 		idx = b.indexTenants(st.Tenants, s.zoneSuffix)
 		b.tenants = idx
 		problems = idx.problems
+		s.deltaFull = true
 	}
 	s.tenants = idx
 	s.slots = make([]*PodState, len(idx.pods))

@@ -6,6 +6,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -143,6 +144,9 @@ type Router struct {
 	subs    []func(*Snapshot)
 	ready   chan struct{}
 	once    sync.Once
+	// published is closed and replaced at every publish, for WaitIndex.
+	publishedMu sync.Mutex
+	published   chan struct{}
 
 	statusMu sync.Mutex
 	status   Status
@@ -192,8 +196,9 @@ func New(cfg Config) (*Router, error) {
 			health:   &cfg.Health,
 			clock:    cfg.Clock,
 		},
-		ready:   make(chan struct{}),
-		queries: map[string]*queryStatus{},
+		ready:     make(chan struct{}),
+		published: make(chan struct{}),
+		queries:   map[string]*queryStatus{},
 	}
 	r.snap.Store(emptySnapshot(cfg.Zone))
 	return r, nil
@@ -241,6 +246,10 @@ func (r *Router) Publish(st State) *Snapshot {
 		r.log.Warn("inconsistent platform data", "problem", p.Error())
 	}
 	r.snap.Store(s)
+	r.publishedMu.Lock()
+	close(r.published)
+	r.published = make(chan struct{})
+	r.publishedMu.Unlock()
 	r.statusMu.Lock()
 	r.status.Builds++
 	r.status.LastBuild = took
@@ -255,6 +264,27 @@ func (r *Router) Publish(st State) *Snapshot {
 	r.once.Do(func() { close(r.ready) })
 	r.log.Debug("snapshot published", "index", s.Index, "pods", len(s.podList), "tenants", len(s.tenants.list), "build", took)
 	return s
+}
+
+// WaitIndex returns the published snapshot once it reflects every write of
+// the leader committed at Consul index n or before (Snapshot.LogIndex >= n),
+// waiting for later snapshots until ctx ends; it then returns the latest
+// snapshot with ctx's error.
+func (r *Router) WaitIndex(ctx context.Context, n uint64) (*Snapshot, error) {
+	for {
+		r.publishedMu.Lock()
+		next := r.published
+		r.publishedMu.Unlock()
+		s := r.snap.Load()
+		if s.Synced && s.LogIndex >= n {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return s, ctx.Err()
+		case <-next:
+		}
+	}
 }
 
 // Status reports how current the view is.

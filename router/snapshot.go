@@ -1,6 +1,8 @@
 package router
 
 import (
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -16,13 +18,21 @@ type Snapshot struct {
 	Built time.Time
 	// Synced is false only for the empty snapshot a Router starts with.
 	Synced bool
+	// LogIndex is the Consul index through which every write of the
+	// leader is reflected in this snapshot: a write the leader answered
+	// with X-Podedge-Index N is visible here once LogIndex >= N.
+	LogIndex uint64
 
 	pods    map[string]*PodState
 	podList []*PodState // sorted by name
 	// tenants is shared by every snapshot built from the same tenants;
 	// slots are this snapshot's pods in the order of tenants.pods.
-	tenants    *tenantIndex
-	slots      []*PodState
+	tenants *tenantIndex
+	slots   []*PodState
+	// delta is what changed in the tenants since the snapshot published
+	// before this one; deltaFull when that is not known name by name.
+	delta      []string
+	deltaFull  bool
 	zoneSuffix string // "." + zone without its trailing dot
 }
 
@@ -140,3 +150,24 @@ func (s *Snapshot) Hostname(tenant string) string { return tenant + s.zoneSuffix
 
 // Age is how long ago the snapshot was built.
 func (s *Snapshot) Age(now time.Time) time.Duration { return now.Sub(s.Built) }
+
+// TenantDelta names the tenants added, modified or removed since the
+// snapshot the router published just before this one. full is true when
+// the router cannot say name by name (the first snapshot, a resync): a
+// reader must then look at every tenant. The slice must not be modified.
+func (s *Snapshot) TenantDelta() (changed []string, full bool) { return s.delta, s.deltaFull }
+
+// AscendTenants calls fn with each tenant whose name sorts after after, in
+// order of name, until fn returns false.
+func (s *Snapshot) AscendTenants(after string, fn func(*Tenant) bool) {
+	list := s.tenants.list
+	i, _ := slices.BinarySearchFunc(list, after, func(t *Tenant, name string) int { return strings.Compare(t.Name, name) })
+	if i < len(list) && list[i].Name == after {
+		i++
+	}
+	for ; i < len(list); i++ {
+		if !fn(list[i]) {
+			return
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -295,5 +296,55 @@ func TestHealthChangeReusesTenantIndex(t *testing.T) {
 	}
 	if s2.Tenant("acme").Pod != "pod-1" {
 		t.Fatal("the move changed an older snapshot")
+	}
+}
+
+func TestAscendTenantsInNameOrderAfterACursor(t *testing.T) {
+	r, _ := testRouter(t, Config{})
+	s := r.Publish(sampleState())
+	var got []string
+	s.AscendTenants("", func(tn *Tenant) bool { got = append(got, tn.Name); return true })
+	if want := []string{"acme", "globex", "initech"}; !slices.Equal(got, want) {
+		t.Fatalf("from the start: got %v, want %v", got, want)
+	}
+	got = nil
+	s.AscendTenants("acme", func(tn *Tenant) bool { got = append(got, tn.Name); return len(got) < 1 })
+	if want := []string{"globex"}; !slices.Equal(got, want) {
+		t.Fatalf("after acme, one: got %v, want %v", got, want)
+	}
+	got = nil
+	s.AscendTenants("b", func(tn *Tenant) bool { got = append(got, tn.Name); return true })
+	if want := []string{"globex", "initech"}; !slices.Equal(got, want) {
+		t.Fatalf("after a name that is no tenant: got %v, want %v", got, want)
+	}
+}
+
+func TestWaitIndexReturnsOnceASnapshotReachesTheIndex(t *testing.T) {
+	r, _ := testRouter(t, Config{})
+	st := sampleState()
+	st.LogIndex = 10
+	r.Publish(st)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if s, err := r.WaitIndex(ctx, 10); err != nil || s.LogIndex != 10 {
+		t.Fatalf("index reached: got %v, %v", s.LogIndex, err)
+	}
+	if _, err := r.WaitIndex(ctx, 11); err == nil {
+		t.Fatal("index not reached: want the context's error")
+	}
+	done := make(chan uint64)
+	go func() {
+		s, _ := r.WaitIndex(context.Background(), 12)
+		done <- s.LogIndex
+	}()
+	st.LogIndex = 12
+	r.Publish(st)
+	select {
+	case got := <-done:
+		if got != 12 {
+			t.Fatalf("woke with index %d, want 12", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitIndex did not wake at the publish")
 	}
 }

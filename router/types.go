@@ -16,7 +16,13 @@ type Pod struct {
 	Lat      float64 `json:"lat"`
 	Lon      float64 `json:"lon"`
 	Capacity int     `json:"capacity"`
+	// Accepting, when false, stops new placements in the pod (a cordon);
+	// its tenants keep being served. Absent means true.
+	Accepting *bool `json:"accepting,omitempty"`
 }
+
+// IsAccepting reports whether the pod takes new tenants.
+func (p Pod) IsAccepting() bool { return p.Accepting == nil || *p.Accepting }
 
 // Tenant is a customer placed in a pod, as stored at <prefix>tenants/<name>.
 type Tenant struct {
@@ -24,6 +30,23 @@ type Tenant struct {
 	Pod     string    `json:"pod"`
 	Domains []string  `json:"domains"`
 	Created time.Time `json:"created"`
+	// Limits bounds the tenant's traffic at every edge; nil means the
+	// edge's configured default.
+	Limits *Limits `json:"limits,omitempty"`
+}
+
+// Limits are a tenant's traffic limits. A zero field sets no limit of its
+// kind.
+type Limits struct {
+	// RPS is the requests per second admitted across the pod's edges, and
+	// Burst how many may come at once above that rate.
+	RPS   float64 `json:"rps,omitempty"`
+	Burst int     `json:"burst,omitempty"`
+	// Concurrency bounds the requests in flight across the pod's edges.
+	Concurrency int `json:"concurrency,omitempty"`
+	// ConnsPerIP bounds the connections one client address holds open to
+	// one edge.
+	ConnsPerIP int `json:"conns_per_ip,omitempty"`
 }
 
 // Endpoint is one instance of a Consul service: an app server or an edge.

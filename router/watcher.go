@@ -162,7 +162,8 @@ func (w *watcher) buildLoop(ctx context.Context) {
 		}
 		w.mu.Lock()
 		complete := w.have == [slots]bool{true, true, true, true}
-		st := State{Pods: w.pods, Tenants: w.tenants, Edges: w.edges, Apps: w.apps, Index: max(w.index[0], w.index[1], w.index[2], w.index[3])}
+		index := max(w.index[0], w.index[1], w.index[2], w.index[3])
+		st := State{Pods: w.pods, Tenants: w.tenants, Edges: w.edges, Apps: w.apps, Index: index, LogIndex: index}
 		w.mu.Unlock()
 		if complete {
 			// The builder keeps pointers into st; the slices are never
