@@ -105,11 +105,17 @@ type harness struct {
 
 func newHarness(t testing.TB, p *Proxy, st router.State) *harness {
 	t.Helper()
+	return newHarnessOn(t, testEngine(), p, st)
+}
+
+// newHarnessOn is newHarness on the given engine.
+func newHarnessOn(t testing.TB, engine string, p *Proxy, st router.State) *harness {
+	t.Helper()
 	if p.Logger == nil {
 		p.Logger = quiet()
 	}
 	var loops *loopServer
-	if testEngine() == EngineLoop {
+	if engine == EngineLoop {
 		var err error
 		if loops, err = listenLoops("127.0.0.1:0", p, nil, quiet()); err != nil {
 			t.Fatal(err)
@@ -175,6 +181,19 @@ func testEngine() string {
 		return e
 	}
 	return defaultEngine
+}
+
+// forEngines runs fn as a subtest on each plain-HTTP engine this platform
+// has, for behaviour both must share.
+func forEngines(t *testing.T, fn func(t *testing.T, engine string)) {
+	for _, engine := range []string{EngineLoop, EngineFasthttp} {
+		t.Run(engine, func(t *testing.T) {
+			if engine == EngineLoop && defaultEngine != EngineLoop {
+				t.Skip("the event loops need Linux")
+			}
+			fn(t, engine)
+		})
+	}
 }
 
 // onePod is a platform of one pod, pod-1, holding tenant acme (with the

@@ -331,8 +331,10 @@ type clientState uint8
 
 const (
 	clientIdle     clientState = iota // between requests
-	clientReading                     // a request has begun to arrive
+	clientHead                        // a request's head has begun to arrive
+	clientBody                        // its head is whole, its body arriving
 	clientExchange                    // a request is with an endpoint
+	clientSending                     // its response is going out
 )
 
 // clientConn is a client's connection while the loop holds it.
@@ -344,7 +346,9 @@ type clientConn struct {
 	timer *evloop.Timer
 	addrs connAddrs
 	state clientState
-	ex    *loopExchange // the exchange in flight
+	// scan checks the request head as it arrives, from where it stopped.
+	scan h1.HeadScanner
+	ex   *loopExchange // the exchange in flight
 	// eof: the client sent all it will; closeAfter: close once out is sent.
 	eof, closeAfter, closed bool
 	// unread: data is waiting in the socket that was left there while an
@@ -428,13 +432,26 @@ func (l *edgeLoop) serveClient(c *clientConn) {
 // caller may go on to the next one) or went to an endpoint.
 func (l *edgeLoop) startRequest(c *clientConn) bool {
 	p := l.p
-	head, tooLarge := h1.CompleteHead(c.in, p.Limits.MaxHeaderBytes)
-	if tooLarge {
-		l.refuse(c, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeadTooLarge)
+	if c.state != clientHead && c.state != clientBody {
+		// Empty lines before a request are ignored (RFC 9112, 2.2); they
+		// do not start one, nor its head's clock.
+		if n := h1.SkipEmptyLines(c.in); n > 0 {
+			c.in = c.in[:copy(c.in, c.in[n:])]
+		}
+		if len(c.in) == 0 || len(c.in) == 1 && c.in[0] == '\r' {
+			if c.eof {
+				l.dropClient(c)
+			}
+			return false
+		}
+	}
+	head, err := c.scan.Scan(c.in, p.Limits.MaxHeaderBytes, true)
+	if err != nil {
+		l.refuseHead(c, err)
 		return false
 	}
 	if head == nil {
-		l.awaitRequest(c, false)
+		l.awaitRequest(c, clientHead)
 		return false
 	}
 	ex := l.acquire(c)
@@ -462,7 +479,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	if len(c.in) < len(head)+bodyLen {
 		l.release(ex)
-		l.awaitRequest(c, true)
+		l.awaitRequest(c, clientBody)
 		return false
 	}
 	ex.reqLen = len(head) + bodyLen
@@ -500,22 +517,40 @@ var (
 	errClientGone    = errors.New("the client closed the connection before the response")
 )
 
-// awaitRequest bounds the wait for the rest of a request: its head from its
-// first byte (client_header), each pause of its body (client_body). A
-// client that stopped sending (eof) with half a request is done.
-func (l *edgeLoop) awaitRequest(c *clientConn, body bool) {
+// awaitRequest bounds the wait for the rest of a request: its head, from
+// its first byte, by client_header; its body, which the loop reads only
+// when it fits limits.buffer_bytes, from the head's end by client_body.
+// Each clock starts when its part begins, whatever arrives after, so that
+// a client dribbling a byte at a time cannot hold the connection. A client
+// that stopped sending (eof) with half a request is done.
+func (l *edgeLoop) awaitRequest(c *clientConn, part clientState) {
 	if c.eof {
 		l.dropClient(c)
 		return
 	}
-	switch {
-	case body:
-		c.state = clientReading
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientBody)
-	case c.state != clientReading:
-		c.state = clientReading
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientHeader)
+	if c.state == part {
+		return
 	}
+	c.state = part
+	if part == clientHead {
+		l.ev.Schedule(c.timer, l.p.Timeouts.ClientHeader)
+	} else {
+		l.ev.Schedule(c.timer, l.p.Timeouts.ClientBody)
+	}
+}
+
+// refuseHead answers a head that cannot be read: too large (431), framed
+// wrongly (400, or 501 for a transfer coding other than chunked).
+func (l *edgeLoop) refuseHead(c *clientConn, err error) {
+	if err == h1.ErrHeadTooLarge {
+		l.refuse(c, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeadTooLarge)
+		return
+	}
+	status := fasthttp.StatusBadRequest
+	if fe, ok := err.(*h1.FramingError); ok {
+		status = fe.Status
+	}
+	l.refuse(c, status, err)
 }
 
 // refuse answers a request that could not be read and closes the
@@ -525,6 +560,7 @@ func (l *edgeLoop) refuse(c *clientConn, status int, err error) {
 	l.p.refuse(&ex.ctx, status, err)
 	c.closeAfter = true
 	c.in = c.in[:0]
+	c.scan.Reset()
 	c.ex = ex
 	l.sendOwn(ex)
 }
@@ -606,8 +642,9 @@ func (l *edgeLoop) endExchange(ex *loopExchange) {
 	if !c.closed && ex.reqLen > 0 {
 		c.in = c.in[:copy(c.in, c.in[ex.reqLen:])]
 	}
+	c.scan.Reset()
 	c.ex = nil
-	c.state = clientIdle
+	c.state = clientSending
 	l.release(ex)
 	if !c.closed && !c.queued {
 		c.queued = true
@@ -662,6 +699,11 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 		}
 		return
 	}
+	if c.state != clientSending {
+		// Room in the socket with nothing to send (edge-triggered
+		// writability): the connection's clock stays as its state set it.
+		return
+	}
 	if c.closeAfter {
 		l.dropClient(c)
 		return
@@ -686,7 +728,7 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 // not arrive gets 408, anything else is closed.
 func (c *clientConn) timedOut() {
 	l := c.l
-	if c.state == clientReading && c.ex == nil && len(c.out) == 0 {
+	if (c.state == clientHead || c.state == clientBody) && c.ex == nil && len(c.out) == 0 {
 		l.refuse(c, fasthttp.StatusRequestTimeout, os.ErrDeadlineExceeded)
 		return
 	}

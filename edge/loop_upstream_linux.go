@@ -243,9 +243,12 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 	ex := up.ex
 	resp := &ex.ctx.Response
 	for {
-		head, tooLarge := h1.CompleteHead(up.in, l.p.Limits.MaxHeaderBytes)
-		if tooLarge {
-			l.upstreamError(up, errRespHeadTooLarge)
+		head, err := h1.CompleteHead(up.in, l.p.Limits.MaxHeaderBytes, false)
+		if err == h1.ErrHeadTooLarge {
+			err = errRespHeadTooLarge
+		}
+		if err != nil {
+			l.upstreamError(up, err)
 			return false
 		}
 		if head == nil {

@@ -7,10 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/podedge/podedge/internal/h1"
 	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
@@ -201,6 +203,15 @@ func (p *Proxy) SetDraining(on bool) { p.draining.Store(on) }
 
 // ServeHTTP is the fasthttp.RequestHandler.
 func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
+	// fasthttp reads a bare LF as a line's end and joins folded lines; the
+	// event loops refuse both (h1.HeadScanner), and so does this path, from
+	// the header lines as they came.
+	if err := h1.CheckFields(ctx.Request.Header.RawHeaders(), true); err != nil {
+		p.init()
+		p.refuse(ctx, err.(*h1.FramingError).Status, err)
+		ctx.SetConnectionClose()
+		return
+	}
 	x, v := p.begin(ctx)
 	p.end(ctx, x, p.serve(ctx, x, v))
 }
@@ -441,6 +452,10 @@ func (p *Proxy) ServerError(ctx *fasthttp.RequestCtx, err error) {
 		status = fasthttp.StatusRequestTimeout
 	case err == fasthttp.ErrBodyTooLarge:
 		status = fasthttp.StatusRequestEntityTooLarge
+	case strings.Contains(err.Error(), "unsupported transfer-encoding"):
+		// A coding fasthttp does not know: 501, as h1.ErrCoding on the
+		// event loops (RFC 9110, section 15.6.2).
+		status = fasthttp.StatusNotImplemented
 	}
 	p.refuse(ctx, status, err)
 }

@@ -269,9 +269,13 @@ func (l *loop) serveClient(c *conn) {
 	if c.closed || c.peer != nil || len(c.out) > 0 || c.closeAfter || len(c.in) == 0 {
 		return
 	}
-	head, tooLarge := h1.CompleteHead(c.in, maxHeadBytes)
-	if tooLarge {
+	head, err := h1.CompleteHead(c.in, maxHeadBytes, true)
+	if err == h1.ErrHeadTooLarge {
 		l.answer(c, "431 Request Header Fields Too Large", "request head too large\n")
+		return
+	}
+	if err != nil {
+		l.answer(c, "400 Bad Request", "malformed request\n")
 		return
 	}
 	if head == nil {
@@ -403,9 +407,9 @@ func (l *loop) serveUpstream(u *conn) {
 		l.drop(u) // an idle connection has nothing to say
 		return
 	}
-	head, tooLarge := h1.CompleteHead(u.in, maxHeadBytes)
-	if tooLarge {
-		l.failUpstream(u, c, "response head too large\n")
+	head, err := h1.CompleteHead(u.in, maxHeadBytes, false)
+	if err != nil {
+		l.failUpstream(u, c, "response head too large or malformed\n")
 		return
 	}
 	if head == nil {

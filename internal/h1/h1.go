@@ -11,19 +11,205 @@ import (
 	"errors"
 )
 
-var headEnd = []byte("\r\n\r\n")
-
-// CompleteHead returns the message head at the start of b, through its blank
-// line, or nil while it is incomplete; tooLarge when it is longer than max
-// bytes, or will be.
-func CompleteHead(b []byte, max int) (head []byte, tooLarge bool) {
-	end := bytes.Index(b, headEnd)
-	if end < 0 {
-		return nil, len(b) > max
-	}
-	end += len(headEnd)
-	return b[:end], end > max
+// A FramingError is a head refused for how its lines are framed, before any
+// parser sees it: a proxy that ended a head, or a line, where the parser
+// behind it (or the server behind that) does not would let one message pass
+// for two (request smuggling). Status is what a server answers it with.
+type FramingError struct {
+	Status int
+	What   string
 }
+
+func (e *FramingError) Error() string { return e.What }
+
+// The framing errors. RFC 9112 allows a recipient to take a bare LF as a
+// line's end and to replace a bare CR or an obs-fold with spaces; podedge
+// refuses them all, since it cannot know that every hop behind it would
+// read them the same way.
+var (
+	ErrHeadTooLarge = &FramingError{431, "head larger than the limit"}
+	ErrBareLF       = &FramingError{400, "a line of the head ends in LF without CR"}
+	ErrBareCR       = &FramingError{400, "the head holds a CR that ends no line"}
+	ErrObsFold      = &FramingError{400, "a header line begins with whitespace (obsolete line folding)"}
+	ErrFieldName    = &FramingError{400, "a header line has no name of token characters followed at once by a colon"}
+	ErrCoding       = &FramingError{501, "a transfer coding other than chunked"}
+)
+
+// HeadScanner finds where a message head ends, checking the framing of each
+// line as it goes (CheckLine). It resumes where its last call stopped, so
+// that a head arriving a byte at a time is read once, not once per byte; the
+// zero value is at the start of a head.
+type HeadScanner struct {
+	next  int // offset of the first line not yet checked
+	lines int // lines checked so far
+}
+
+// Reset starts over at the start of a head.
+func (s *HeadScanner) Reset() { *s = HeadScanner{} }
+
+// Scan returns the complete head at the start of b, through its blank line,
+// or nil while it is incomplete. A head that is or will be longer than max
+// bytes fails with ErrHeadTooLarge, a line framed wrongly with its
+// FramingError. b must hold the bytes of earlier calls since the last Reset
+// at the same offsets (more may follow them). request selects the checks of
+// a request head.
+func (s *HeadScanner) Scan(b []byte, max int, request bool) ([]byte, error) {
+	if s.next > len(b) {
+		*s = HeadScanner{}
+	}
+	for i := s.next; ; {
+		lf := bytes.IndexByte(b[i:], '\n')
+		if lf < 0 {
+			if len(b) > max {
+				return nil, ErrHeadTooLarge
+			}
+			return nil, nil
+		}
+		end := i + lf + 1
+		if end > max {
+			return nil, ErrHeadTooLarge
+		}
+		if lf == 0 || b[i+lf-1] != '\r' {
+			return nil, ErrBareLF
+		}
+		line := b[i : i+lf-1]
+		if len(line) == 0 {
+			if i == 0 {
+				return nil, ErrBareLF // a head cannot start blank (SkipEmptyLines)
+			}
+			// Every line ends in CRLF: any other CR is a bare one. One
+			// count of the whole head costs less than a search per line.
+			lines := s.lines + 1
+			*s = HeadScanner{}
+			if bytes.Count(b[:end], cr) != lines {
+				return nil, ErrBareCR
+			}
+			return b[:end], nil
+		}
+		if err := checkLine(line, i == 0, request); err != nil {
+			return nil, err
+		}
+		i = end
+		s.next, s.lines = i, s.lines+1
+	}
+}
+
+// CompleteHead is Scan from the start of b, for heads read whole.
+func CompleteHead(b []byte, max int, request bool) ([]byte, error) {
+	var s HeadScanner
+	return s.Scan(b, max, request)
+}
+
+// SkipEmptyLines returns how many bytes of empty lines (CRLF) b starts
+// with: RFC 9112, section 2.2, has a server ignore those before a request
+// line, which some clients send after a body.
+func SkipEmptyLines(b []byte) int {
+	n := 0
+	for n+1 < len(b) && b[n] == '\r' && b[n+1] == '\n' {
+		n += 2
+	}
+	return n
+}
+
+// CheckFields checks the framing of a block of header lines, each ending in
+// CRLF, up to and including the blank line that ends them, as a parser
+// kept them (fasthttp's RawHeaders): the same checks Scan makes, for heads
+// that a parser of its own has read.
+func CheckFields(block []byte, request bool) error {
+	for len(block) > 0 {
+		lf := bytes.IndexByte(block, '\n')
+		if lf < 0 {
+			return ErrBareLF // cut short: only a parser's bug leaves this
+		}
+		if lf == 0 || block[lf-1] != '\r' {
+			return ErrBareLF
+		}
+		line := block[:lf-1]
+		if len(line) == 0 {
+			return nil
+		}
+		if err := CheckLine(line, false, request); err != nil {
+			return err
+		}
+		block = block[lf+1:]
+	}
+	return nil
+}
+
+// CheckLine checks one line of a head, without its CRLF: no CR within it;
+// the start line (first) not beginning with whitespace; a header line
+// beginning with a name of token characters (RFC 9110, section 5.6.2) and
+// its colon, with no whitespace between them (RFC 9112, section 5.1), and
+// no obsolete folding. In a request, a Transfer-Encoding other than
+// chunked fails with ErrCoding: podedge forwards no other coding (RFC 9112,
+// section 6.1, and 501 of RFC 9110, section 15.6.2).
+func CheckLine(line []byte, first, request bool) error {
+	if bytes.IndexByte(line, '\r') >= 0 {
+		return ErrBareCR
+	}
+	return checkLine(line, first, request)
+}
+
+// checkLine is CheckLine but for the search for a bare CR.
+func checkLine(line []byte, first, request bool) error {
+	if line[0] == ' ' || line[0] == '\t' {
+		return ErrObsFold
+	}
+	if first {
+		return nil
+	}
+	colon := bytes.IndexByte(line, ':')
+	if colon <= 0 {
+		return ErrFieldName
+	}
+	for _, c := range line[:colon] {
+		if !tchar[c] {
+			return ErrFieldName
+		}
+	}
+	if request && colon == len(transferEncoding) && asciiEqualFold(line[:colon], transferEncoding) &&
+		!asciiEqualFold(bytes.Trim(line[colon+1:], " \t"), chunked) {
+		return ErrCoding
+	}
+	return nil
+}
+
+var (
+	cr               = []byte("\r")
+	transferEncoding = []byte("transfer-encoding")
+	chunked          = []byte("chunked")
+)
+
+// asciiEqualFold compares b with lower, which is lower case, ignoring the
+// case of ASCII letters in b.
+func asciiEqualFold(b, lower []byte) bool {
+	if len(b) != len(lower) {
+		return false
+	}
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// tchar holds the token characters of RFC 9110, section 5.6.2.
+var tchar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range []byte("!#$%&'*+-.^_`|~") {
+		t[c] = true
+	}
+	return t
+}()
 
 // Header is what fasthttp's RequestHeader and ResponseHeader have in common
 // for reading.

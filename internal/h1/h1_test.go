@@ -13,18 +13,100 @@ import (
 
 func TestCompleteHead(t *testing.T) {
 	msg := []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next")
-	if head, tooLarge := CompleteHead(msg[:20], 64); head != nil || tooLarge {
-		t.Fatalf("incomplete head: %q %v", head, tooLarge)
+	if head, err := CompleteHead(msg[:20], 64, true); head != nil || err != nil {
+		t.Fatalf("incomplete head: %q %v", head, err)
 	}
-	head, tooLarge := CompleteHead(msg, 64)
-	if string(head) != "GET / HTTP/1.1\r\nHost: a\r\n\r\n" || tooLarge {
-		t.Fatalf("head %q, tooLarge %v", head, tooLarge)
+	head, err := CompleteHead(msg, 64, true)
+	if string(head) != "GET / HTTP/1.1\r\nHost: a\r\n\r\n" || err != nil {
+		t.Fatalf("head %q, err %v", head, err)
 	}
-	if _, tooLarge := CompleteHead(msg, 10); !tooLarge {
-		t.Fatal("a 27-byte head passed a 10-byte limit")
+	if _, err := CompleteHead(msg, 10, true); err != ErrHeadTooLarge {
+		t.Fatalf("a 27-byte head and a 10-byte limit: %v", err)
 	}
-	if _, tooLarge := CompleteHead(bytes.Repeat([]byte("x"), 65), 64); !tooLarge {
-		t.Fatal("65 bytes without a blank line passed a 64-byte limit")
+	if _, err := CompleteHead(bytes.Repeat([]byte("x"), 65), 64, true); err != ErrHeadTooLarge {
+		t.Fatalf("65 bytes without a blank line and a 64-byte limit: %v", err)
+	}
+}
+
+func TestHeadFraming(t *testing.T) {
+	cases := []struct {
+		name    string
+		head    string
+		request bool
+		want    error
+	}{
+		{"plain", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b c\r\n\r\n", true, nil},
+		{"no header", "GET / HTTP/1.1\r\n\r\n", true, nil},
+		{"tab and obs-text in a value", "GET / HTTP/1.1\r\nX-A: a\tb\xff\r\n\r\n", true, nil},
+		{"chunked in any case", "POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n", true, nil},
+		{"a response's coding is not checked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, nil},
+		{"bare LF blank line", "GET / HTTP/1.1\r\nHost: a\r\n\n", true, ErrBareLF},
+		{"LF CR LF", "GET / HTTP/1.1\r\nHost: a\n\r\n", true, ErrBareLF},
+		{"bare LF start line", "GET / HTTP/1.1\nHost: a\r\n\r\n", true, ErrBareLF},
+		{"blank first line", "\r\nGET / HTTP/1.1\r\n\r\n", true, ErrBareLF},
+		{"bare CR", "GET / HTTP/1.1\r\nHost: a\rX-B: c\r\n\r\n", true, ErrBareCR},
+		{"bare CR in the start line", "GET /\r HTTP/1.1\r\n\r\n", true, ErrBareCR},
+		{"obs-fold", "GET / HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n", true, ErrObsFold},
+		{"obs-fold by tab", "GET / HTTP/1.1\r\nX-A: 1\r\n\t2\r\n\r\n", true, ErrObsFold},
+		{"start line begins with a space", " GET / HTTP/1.1\r\n\r\n", true, ErrObsFold},
+		{"space before the colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", true, ErrFieldName},
+		{"space in a name", "GET / HTTP/1.1\r\nX A: a\r\n\r\n", true, ErrFieldName},
+		{"no colon", "GET / HTTP/1.1\r\nHost\r\n\r\n", true, ErrFieldName},
+		{"empty name", "GET / HTTP/1.1\r\n: a\r\n\r\n", true, ErrFieldName},
+		{"NUL in a name", "GET / HTTP/1.1\r\nX\x00A: a\r\n\r\n", true, ErrFieldName},
+		{"coding identity", "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n", true, ErrCoding},
+		{"codings listed", "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n", true, ErrCoding},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			head, err := CompleteHead([]byte(c.head), 1024, c.request)
+			if err != c.want {
+				t.Fatalf("err %v, want %v", err, c.want)
+			}
+			if err == nil && string(head) != c.head {
+				t.Fatalf("head %q, want the whole input", head)
+			}
+			// A parser's copy of the header lines gets the same verdict.
+			if _, lines, ok := strings.Cut(c.head, "\n"); ok && c.name != "blank first line" && !strings.Contains(c.name, "start line") {
+				if err := CheckFields([]byte(lines), c.request); err != c.want {
+					t.Fatalf("CheckFields: err %v, want %v", err, c.want)
+				}
+			}
+		})
+	}
+}
+
+// A head that arrives a few bytes at a time gets the verdict it gets whole,
+// whatever the cuts, and each line is checked once.
+func TestHeadScannerResumes(t *testing.T) {
+	for _, head := range []string{
+		"GET /x HTTP/1.1\r\nHost: a\r\nX-Long: " + strings.Repeat("v", 300) + "\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: a\r\n\nX-B: 1\r\n\r\n",
+	} {
+		_, whole := CompleteHead([]byte(head), 4096, true)
+		for step := 1; step <= 7; step++ {
+			var s HeadScanner
+			var got []byte
+			var err error
+			for n := step; ; n += step {
+				n = min(n, len(head))
+				got, err = s.Scan([]byte(head[:n]), 4096, true)
+				if got != nil || err != nil || n == len(head) {
+					break
+				}
+			}
+			if err != whole || (err == nil && string(got) != head) {
+				t.Fatalf("step %d: %q %v, want the verdict %v", step, got, err, whole)
+			}
+		}
+	}
+}
+
+func TestSkipEmptyLines(t *testing.T) {
+	for in, want := range map[string]int{"": 0, "GET": 0, "\r\nGET": 2, "\r\n\r\n\r": 4, "\nGET": 0, "\r\n\n": 2} {
+		if got := SkipEmptyLines([]byte(in)); got != want {
+			t.Errorf("%q: %d, want %d", in, got, want)
+		}
 	}
 }
 
@@ -148,4 +230,20 @@ func FuzzChunked(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkHeadScan checks a browser-sized request head.
+func BenchmarkHeadScan(b *testing.B) {
+	head := []byte("GET /products/42?ref=home HTTP/1.1\r\nHost: acme.example.test\r\n" +
+		"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36\r\n" +
+		"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-GB,en;q=0.9\r\n" +
+		"Accept-Encoding: gzip, deflate, br\r\nCookie: session=0123456789abcdef0123456789abcdef; theme=dark\r\n" +
+		"Connection: keep-alive\r\nUpgrade-Insecure-Requests: 1\r\n\r\n")
+	b.SetBytes(int64(len(head)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := CompleteHead(head, 16<<10, true); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
