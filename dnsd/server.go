@@ -78,6 +78,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	reg.MustRegister(router.LogCollector("dnsd", r))
 	s := &Server{cfg: cfg, log: log.With("component", "dnsd"), router: r, handler: h, reg: reg, m: m}
 	s.registerStatus()
 	r.Subscribe(h.Update)

@@ -94,7 +94,7 @@ func routesOf(s *router.Snapshot, zone, pod string, now time.Time) Routes {
 	if s == nil {
 		return r
 	}
-	r.Zone, r.Synced, r.Index, r.Built, r.Tenants = s.Zone, s.Synced, s.Index, s.Built, len(s.Tenants())
+	r.Zone, r.Synced, r.Index, r.Built, r.Tenants = s.Zone, s.Synced, s.Index, s.Built, s.NumTenants()
 	members := func(p *router.Pool) []EndpointRoute {
 		out := []EndpointRoute{}
 		for _, m := range p.Members() {

@@ -128,7 +128,7 @@ func New(cfg Config, opts Options) (*Edge, error) {
 	}
 	e.router = r
 	r.Subscribe(e.proxy.SetSnapshot)
-	e.reg.MustRegister(NewStateCollector(e.proxy.Snapshot, r.Status))
+	e.reg.MustRegister(NewStateCollector(e.proxy.Snapshot, r.Status), router.LogCollector("edge", r))
 	e.server = e.proxy.newServer(e.handle, log)
 	return e, nil
 }

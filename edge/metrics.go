@@ -226,7 +226,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, float64(available), p.Name)
 		ch <- prometheus.MustNewConstMetric(c.passing, prometheus.GaugeValue, float64(p.Apps.Len()), p.Name)
 	}
-	ch <- prometheus.MustNewConstMetric(c.tenants, prometheus.GaugeValue, float64(len(s.Tenants())))
+	ch <- prometheus.MustNewConstMetric(c.tenants, prometheus.GaugeValue, float64(s.NumTenants()))
 	if s.Synced {
 		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, s.Age(now).Seconds())
 	}

@@ -43,11 +43,19 @@ type Config struct {
 	// repairs them. They are also checked whenever leadership is won.
 	// 0 checks only then.
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	// AuditInterval is the least time between two reads of the pods/ or
+	// tenants/ folder by the active leader, which looks there for values
+	// written or deleted outside it and logs them for every reader: such
+	// a change reaches the readers within about this long.
+	AuditInterval time.Duration `yaml:"audit_interval"`
+	// LogRing is the number of slots of the change log's ring: a reader
+	// that falls more changes behind than this reads the folders again.
+	// Changing it starts a new log (every reader reads the folders once).
+	LogRing uint64 `yaml:"log_ring"`
 	// ViewMinWait is the least time between two refreshes of one part of
-	// the replica's view (pods, tenants, edge health). Each refresh of the
-	// tenants reads them all, so during a burst of sign-ups a short wait
-	// costs CPU in proportion to the number of tenants; the leader's reads
-	// and placement can lag this much behind Consul.
+	// the replica's view (the change log, edge health): changes that come
+	// meanwhile are read together. The leader's reads and placement can
+	// lag this much behind Consul.
 	ViewMinWait time.Duration `yaml:"view_min_wait"`
 	// Election tunes the Consul lock.
 	Election Election `yaml:"election"`
@@ -107,6 +115,8 @@ func DefaultConfig() Config {
 		WriteRetries:      10,
 		WriteTimeout:      10 * time.Second,
 		ReconcileInterval: 5 * time.Minute,
+		AuditInterval:     2 * time.Second,
+		LogRing:           DefaultLogRing,
 		ViewMinWait:       250 * time.Millisecond,
 		Election: Election{
 			Service:         "leader",
@@ -146,6 +156,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("write_timeout: must be positive, got %s", c.WriteTimeout)
 	case c.ReconcileInterval < 0:
 		return fmt.Errorf("reconcile_interval: %s is negative", c.ReconcileInterval)
+	case c.AuditInterval <= 0:
+		return fmt.Errorf("audit_interval: must be positive, got %s", c.AuditInterval)
+	case c.LogRing < 16 || c.LogRing > 1<<20:
+		return fmt.Errorf("log_ring: %d is outside [16, 1048576]", c.LogRing)
 	case c.ViewMinWait < 10*time.Millisecond || c.ViewMinWait > 10*time.Second:
 		return fmt.Errorf("view_min_wait: %s is outside [10ms, 10s]", c.ViewMinWait)
 	}

@@ -1,5 +1,7 @@
 package leader
 
+import "github.com/podedge/podedge/internal/changelog"
+
 // keys names the Consul KV keys the leader reads and writes. The pods/ and
 // tenants/ folders are the platform's public contract; everything under
 // leader/ is internal to the leader.
@@ -32,3 +34,7 @@ func (k keys) seats(pod string) string { return k.seatsDir() + pod }
 // given twice.
 func (k keys) domainsDir() string          { return k.prefix + "leader/domains/" }
 func (k keys) domain(domain string) string { return k.domainsDir() + domain }
+
+// logHead is the change log's head (internal/changelog); the ring slots
+// are under log/ring/.
+func (k keys) logHead() string { return changelog.HeadKey(k.prefix) }

@@ -70,7 +70,7 @@ func newMetrics(reg *prometheus.Registry, status func() (synced, healthy bool, a
 		}, []string{"op"}),
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "leader_reconcile_repairs_total",
-			Help: "Internal keys repaired by reconciliation, by kind (seats, domains).",
+			Help: "Keys repaired, by kind: seats and domains (internal keys, by reconciliation), pods and tenants (values written outside the leader, logged for every reader by the auditor).",
 		}, []string{"kind"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.forwarded, m.isLeader, m.changes, m.electionErrors,

@@ -38,7 +38,8 @@ type Server struct {
 	elector *Elector
 	store   *Store
 	fwd     *forwarder
-	kick    chan struct{} // asks the reconcile loop to run now
+	kv      router.KVLister // for the auditor's reads of the folders
+	kick    chan struct{}   // asks the reconcile loop to run now
 }
 
 // New validates cfg and builds a replica; Serve or Run starts it.
@@ -68,16 +69,21 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if kv == nil {
+		kv = router.NewAPILister(client)
+	}
 	s := &Server{
 		cfg:    cfg,
 		log:    log,
 		client: client,
+		kv:     kv,
 		router: rt,
 		reg:    prometheus.NewRegistry(),
 		zone:   strings.TrimSuffix(rt.Zone(), "."),
 		kick:   make(chan struct{}, 1),
 	}
 	s.val = newValidator(rt.Zone(), cfg.ReservedNames, cfg.MaxDomains)
+	s.reg.MustRegister(router.LogCollector("leader", rt))
 	s.m = newMetrics(s.reg, func() (bool, bool, time.Duration) {
 		st := s.router.Status()
 		var stale time.Duration
@@ -121,6 +127,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Retries:    s.cfg.WriteRetries,
 		Reserved:   s.cfg.ReservedNames,
 		MaxDomains: s.cfg.MaxDomains,
+		LogRing:    s.cfg.LogRing,
 		Logger:     s.log.With("component", "store"),
 	}, s.m)
 	s.fwd = newForwarder(addr, s.log.With("component", "forward"), s.m)
@@ -142,6 +149,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg, election sync.WaitGroup
 	wg.Go(func() { s.router.Run(bg, s.client) })
 	wg.Go(func() { s.reconcileLoop(bg) })
+	wg.Go(func() { s.auditLoop(bg, s.kv) })
 	election.Go(func() { s.elector.Run(elect) })
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

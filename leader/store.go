@@ -50,7 +50,10 @@ type Store struct {
 
 	turn       chan struct{} // holds a token while a write runs: one at a time
 	pods       podCache      // nil: read again before the next write
-	podsFor    string        // the session pods was read under
+	logHead    *logHead      // nil: read again before the next write
+	written    writtenNames  // what the log got, for the auditor
+	ring       uint64        // the change log's ring slots
+	podsFor    string        // the session pods and logHead were read under
 	reconciled string        // the session the internal keys were last reconciled under
 }
 
@@ -66,7 +69,10 @@ type StoreConfig struct {
 	// Reserved and MaxDomains as in Config.
 	Reserved   []string
 	MaxDomains int
-	Logger     *slog.Logger
+	// LogRing is the number of the change log's ring slots; 0 means
+	// DefaultLogRing.
+	LogRing uint64
+	Logger  *slog.Logger
 	// Clock stamps tenants' creation; nil means time.Now.
 	Clock func() time.Time
 }
@@ -75,7 +81,11 @@ func newStore(c StoreConfig, m *metrics) *Store {
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}
+	if c.LogRing == 0 {
+		c.LogRing = DefaultLogRing
+	}
 	return &Store{
+		ring:    c.LogRing,
 		client:  c.Client,
 		keys:    keys{prefix: c.Prefix},
 		fence:   c.Fence,
@@ -226,7 +236,7 @@ func (s *Store) write(ctx context.Context, op string, attempt func(session strin
 		}
 		if s.podsFor != session {
 			// A new leadership reads everything afresh.
-			s.pods, s.podsFor = nil, session
+			s.pods, s.logHead, s.podsFor = nil, nil, session
 		}
 		if err := s.reconcileLocked(ctx, session); err != nil {
 			return err
@@ -235,11 +245,11 @@ func (s *Store) write(ctx context.Context, op string, attempt func(session strin
 		if !errors.Is(err, errRetry) {
 			if err != nil && !isOutcome(err) {
 				// Consul failed us; what we cached may be out of date.
-				s.pods = nil
+				s.pods, s.logHead = nil, nil
 			}
 			return err
 		}
-		s.pods = nil
+		s.pods, s.logHead = nil, nil
 		if try >= s.retries {
 			return &Error{Kind: KindUnavailable, Msg: fmt.Sprintf("%s kept conflicting with concurrent changes after %d attempts; retry", op, try)}
 		}
@@ -273,12 +283,21 @@ func (s *Store) PutPod(ctx context.Context, p router.Pod) (created bool, err err
 		if e != nil {
 			index = e.podIndex
 		}
+		lh, err := s.loadLog(ctx)
+		if err != nil {
+			return err
+		}
 		t := newTxn("put_pod", s.keys, session)
 		t.cas(s.keys.pod(p.Name), index, value, nil)
+		next, err := s.logChanges(t, lh, podChange(p.Name, value))
+		if err != nil {
+			return err
+		}
 		res, err := s.commit(ctx, session, t)
 		if err != nil {
 			return err
 		}
+		s.logCommitted(next, res)
 		created = index == 0
 		if e == nil {
 			e = &podEntry{}
@@ -310,6 +329,10 @@ func (s *Store) DeletePod(ctx context.Context, name string) error {
 		if n > 0 {
 			return conflict("pod %q still has %d tenants; move or delete them first", name, n)
 		}
+		lh, err := s.loadLog(ctx)
+		if err != nil {
+			return err
+		}
 		t := newTxn("delete_pod", s.keys, session)
 		t.deleteCAS(s.keys.pod(name), e.podIndex, nil)
 		if e.seatsIdx != 0 {
@@ -319,13 +342,23 @@ func (s *Store) DeletePod(ctx context.Context, name string) error {
 		}
 		// No tenant may be placed in the pod meanwhile: the seat count
 		// guards that, as it is part of every placement.
-		if _, err := s.commit(ctx, session, t); err != nil {
+		next, err := s.logChanges(t, lh, podChange(name, nil))
+		if err != nil {
 			return err
 		}
+		res, err := s.commit(ctx, session, t)
+		if err != nil {
+			return err
+		}
+		s.logCommitted(next, res)
 		delete(pods, name)
 		return nil
 	})
 }
+
+// DefaultLogRing is the change log's ring size: a reader that falls
+// further behind than this many changes reads the folders again.
+const DefaultLogRing = 4096
 
 // seatsValue is the stored form of a seat count.
 func seatsValue(n int) []byte { return strconv.AppendInt(nil, int64(n), 10) }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/changelog"
 	"github.com/podedge/podedge/router"
 )
 
@@ -71,6 +72,10 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
 		if err != nil {
 			return err
 		}
+		lh, err := s.loadLog(ctx)
+		if err != nil {
+			return err
+		}
 		nameTaken := conflict("tenant %q already exists", su.Name)
 		tx := newTxn("signup", s.keys, session)
 		tx.checkIndex(s.keys.pod(c.Name), e.podIndex, nil)
@@ -78,6 +83,10 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
 		tx.cas(s.keys.tenant(su.Name), 0, value, nameTaken)
 		for _, d := range su.Domains {
 			tx.cas(s.keys.domain(d), 0, []byte(su.Name), conflict("domain %q belongs to another tenant", d))
+		}
+		next, err := s.logChanges(tx, lh, tenantChange(su.Name, value))
+		if err != nil {
+			return err
 		}
 		res, err := s.commit(ctx, session, tx)
 		if err != nil {
@@ -88,6 +97,7 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
 			}
 			return err
 		}
+		s.logCommitted(next, res)
 		e.seats++
 		e.seatsIdx = res[s.keys.seats(c.Name)]
 		placed = t
@@ -162,6 +172,10 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 				return err
 			}
 		}
+		lh, err := s.loadLog(ctx)
+		if err != nil {
+			return err
+		}
 		tx := newTxn("delete_tenant", s.keys, session)
 		tx.deleteCAS(kv.Key, kv.ModifyIndex, nil)
 		s.releaseSeat(tx, pods, t.Pod)
@@ -170,10 +184,15 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 				tx.deleteCAS(o.Key, o.ModifyIndex, nil)
 			}
 		}
+		next, err := s.logChanges(tx, lh, tenantChange(name, nil))
+		if err != nil {
+			return err
+		}
 		res, err := s.commit(ctx, session, tx)
 		if err != nil {
 			return err
 		}
+		s.logCommitted(next, res)
 		s.applySeats(pods, res, map[string]int{t.Pod: -1})
 		return nil
 	})
@@ -212,15 +231,24 @@ func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant
 		if err != nil {
 			return err
 		}
+		lh, err := s.loadLog(ctx)
+		if err != nil {
+			return err
+		}
 		tx := newTxn("move", s.keys, session)
 		tx.cas(kv.Key, kv.ModifyIndex, value, nil)
 		tx.checkIndex(s.keys.pod(pod), dst.podIndex, nil)
 		tx.cas(s.keys.seats(pod), dst.seatsIdx, seatsValue(dst.seats+1), nil)
 		s.releaseSeat(tx, pods, from)
+		next, err := s.logChanges(tx, lh, tenantChange(name, value))
+		if err != nil {
+			return err
+		}
 		res, err := s.commit(ctx, session, tx)
 		if err != nil {
 			return err
 		}
+		s.logCommitted(next, res)
 		s.applySeats(pods, res, map[string]int{pod: +1, from: -1})
 		moved = t
 		return nil
@@ -252,7 +280,12 @@ func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tena
 		if !has && len(t.Domains) >= s.val.maxDomains {
 			return conflict("tenant %q already has the maximum of %d domains", name, s.val.maxDomains)
 		}
+		lh, err := s.loadLog(ctx)
+		if err != nil {
+			return err
+		}
 		tx := newTxn("add_domain", s.keys, session)
+		var changes []changelog.Change
 		if !has {
 			t.Domains = append(t.Domains, domain)
 			value, err := json.Marshal(t)
@@ -260,6 +293,7 @@ func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tena
 				return err
 			}
 			tx.cas(kv.Key, kv.ModifyIndex, value, nil)
+			changes = append(changes, tenantChange(name, value))
 		} else {
 			tx.checkIndex(kv.Key, kv.ModifyIndex, nil)
 		}
@@ -268,9 +302,15 @@ func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tena
 			idx = owner.ModifyIndex
 		}
 		tx.cas(s.keys.domain(domain), idx, []byte(name), nil)
-		if _, err := s.commit(ctx, session, tx); err != nil {
+		next, err := s.logChanges(tx, lh, changes...)
+		if err != nil {
 			return err
 		}
+		res, err := s.commit(ctx, session, tx)
+		if err != nil {
+			return err
+		}
+		s.logCommitted(next, res)
 		out = t
 		return nil
 	})
@@ -293,12 +333,24 @@ func (s *Store) RemoveDomain(ctx context.Context, name, domain string) error {
 		if err != nil {
 			return err
 		}
+		lh, err := s.loadLog(ctx)
+		if err != nil {
+			return err
+		}
 		tx := newTxn("remove_domain", s.keys, session)
 		tx.cas(kv.Key, kv.ModifyIndex, value, nil)
 		if o := owners[s.keys.domain(domain)]; o != nil && string(o.Value) == name {
 			tx.deleteCAS(o.Key, o.ModifyIndex, nil)
 		}
-		_, err = s.commit(ctx, session, tx)
-		return err
+		next, err := s.logChanges(tx, lh, tenantChange(name, value))
+		if err != nil {
+			return err
+		}
+		res, err := s.commit(ctx, session, tx)
+		if err != nil {
+			return err
+		}
+		s.logCommitted(next, res)
+		return nil
 	})
 }

@@ -52,6 +52,11 @@ func (t *txn) cas(key string, index uint64, value []byte, onFail error) {
 	t.add(&api.KVTxnOp{Verb: api.KVCAS, Key: key, Index: index, Value: value}, onFail)
 }
 
+// set sets key to value, whatever it holds.
+func (t *txn) set(key string, value []byte) {
+	t.add(&api.KVTxnOp{Verb: api.KVSet, Key: key, Value: value}, nil)
+}
+
 // deleteCAS deletes key if it still has ModifyIndex index.
 func (t *txn) deleteCAS(key string, index uint64, onFail error) {
 	t.add(&api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: index}, onFail)

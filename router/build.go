@@ -2,7 +2,7 @@ package router
 
 import (
 	"cmp"
-	"fmt"
+	"hash/maphash"
 	"slices"
 	"time"
 )
@@ -21,6 +21,13 @@ type State struct {
 	// LogIndex is the Consul index through which the leader's writes are
 	// reflected (Snapshot.LogIndex).
 	LogIndex uint64
+
+	// index, when set, is the tenant index to use instead of Tenants: the
+	// change log's follower keeps one, and says what changed since the
+	// last build in delta (deltaFull: everything may have).
+	index     *tenantIndex
+	delta     []string
+	deltaFull bool
 }
 
 // builder turns a State into a Snapshot. It holds what stays the same from
@@ -31,6 +38,7 @@ type builder struct {
 	selector Selector
 	health   *PassiveHealth
 	clock    func() time.Time
+	seed     maphash.Seed
 	// tenants is the index of the last build, reused while the tenants
 	// stay the same.
 	tenants *tenantIndex
@@ -41,7 +49,7 @@ type builder struct {
 // they are returned when the tenants change, not at every change of health.
 func (b *builder) build(st State) (*Snapshot, []error) {
 	now := b.clock()
-	s := emptySnapshot(b.zone)
+	s := emptySnapshot(b.zone, b.seed)
 	s.Index, s.LogIndex, s.Built, s.Synced = st.Index, st.LogIndex, now, true
 	var problems []error
 
@@ -58,15 +66,20 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 		ps.Pod, ps.Registered = p, true
 	}
 
-	// A change of health leaves the tenants as they were: the watcher
-	// passes the very same slice, which nobody modifies once published.
-	idx := b.tenants
-	if idx == nil || !sameSlice(idx.from, st.Tenants) {
-		idx = b.indexTenants(st.Tenants, s.zoneSuffix)
-		b.tenants = idx
-		problems = idx.problems
+	// A change of health leaves the tenants as they were: the follower
+	// passes the same index, a caller of Publish the very same slice,
+	// which nobody modifies once published.
+	idx := st.index
+	switch {
+	case idx != nil:
+		s.delta, s.deltaFull = st.delta, st.deltaFull || b.tenants == nil
+	case b.tenants != nil && b.tenants.from != nil && sameSlice(b.tenants.from, st.Tenants):
+		idx = b.tenants
+	default:
+		idx, problems = buildTenantIndex(b.seed, s.zoneSuffix, st.Tenants)
 		s.deltaFull = true
 	}
+	b.tenants = idx
 	s.tenants = idx
 	s.slots = make([]*PodState, len(idx.pods))
 	for i, name := range idx.pods {
@@ -142,59 +155,6 @@ func (b *builder) pool(key string, eps []Endpoint, cursors map[string]bool) *Poo
 	p.cursor = b.registry.cursor(key)
 	cursors[key] = true
 	return p
-}
-
-// indexTenants builds the tenant index of tenants in a zone (zoneSuffix is
-// "." + the zone without its trailing dot).
-func (b *builder) indexTenants(tenants []Tenant, zoneSuffix string) *tenantIndex {
-	idx := &tenantIndex{
-		from:   tenants,
-		byName: make(map[string]*Tenant, len(tenants)),
-		list:   make([]*Tenant, 0, len(tenants)),
-	}
-	for i := range tenants {
-		t := &tenants[i]
-		if _, dup := idx.byName[t.Name]; dup {
-			continue
-		}
-		idx.byName[t.Name] = t
-		idx.list = append(idx.list, t)
-	}
-	slices.SortFunc(idx.list, func(a, b *Tenant) int { return cmp.Compare(a.Name, b.Name) })
-
-	slot := map[string]int{}
-	slotOf := func(pod string) int {
-		i, ok := slot[pod]
-		if !ok {
-			i = len(idx.pods)
-			slot[pod] = i
-			idx.pods = append(idx.pods, pod)
-			idx.counts = append(idx.counts, 0)
-		}
-		return i
-	}
-	// Tenant hostnames first, so that no custom domain can take one; then
-	// custom domains, oldest claim first.
-	idx.hosts = make(map[string]hostRoute, len(idx.list)*2)
-	for _, t := range idx.list {
-		i := slotOf(t.Pod)
-		idx.counts[i]++
-		idx.hosts[t.Name+zoneSuffix] = hostRoute{tenant: t, slot: i}
-	}
-	byAge := slices.Clone(idx.list)
-	slices.SortStableFunc(byAge, func(a, b *Tenant) int { return a.Created.Compare(b.Created) })
-	for _, t := range byAge {
-		for _, d := range t.Domains {
-			if prev, taken := idx.hosts[d]; taken {
-				if prev.tenant != t {
-					idx.problems = append(idx.problems, fmt.Errorf("domain %q of tenant %q is already routed to tenant %q; ignored", d, t.Name, prev.tenant.Name))
-				}
-				continue
-			}
-			idx.hosts[d] = hostRoute{tenant: t, slot: slot[t.Pod]}
-		}
-	}
-	return idx
 }
 
 // sameSlice reports whether a and b are the same slice: same array, same

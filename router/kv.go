@@ -1,6 +1,8 @@
 package router
 
 import (
+	"fmt"
+
 	"github.com/hashicorp/consul/api"
 )
 
@@ -23,6 +25,9 @@ type KVList struct {
 	Release func()
 }
 
+// Free hands the buffers back, if any; the entries are invalid after it.
+func (l *KVList) Free() { l.release() }
+
 func (l *KVList) release() {
 	if l != nil && l.Release != nil {
 		l.Release()
@@ -41,8 +46,15 @@ type KVLister interface {
 	ListKV(folder string, q *api.QueryOptions) (*KVList, *api.QueryMeta, error)
 }
 
+// NewAPILister lists and reads through consul/api, as the router does
+// when Config.KV is nil.
+func NewAPILister(client *api.Client) KVLister { return apiLister{kv: client.KV(), txn: client.Txn()} }
+
 // apiLister lists through consul/api: the router's default.
-type apiLister struct{ kv *api.KV }
+type apiLister struct {
+	kv  *api.KV
+	txn *api.Txn
+}
 
 func (a apiLister) ListKV(folder string, q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
 	pairs, meta, err := a.kv.List(folder, q)
@@ -61,4 +73,41 @@ func entriesOf(pairs api.KVPairs) []KVEntry {
 		}
 	}
 	return entries
+}
+
+// KVTxnReader reads keys and, recursively, folders in one read-only
+// transaction (Consul's /v1/txn), so that all of them are seen at the same
+// Raft index; a missing key comes back with ModifyIndex 0. The change log's
+// follower resyncs and catches up through it. A KVLister that implements
+// it (internal/consulkv) is used for both; otherwise consul/api is.
+type KVTxnReader interface {
+	ReadKV(keys, folders []string, q *api.QueryOptions) (*KVList, *api.QueryMeta, error)
+}
+
+func (a apiLister) ReadKV(keys, folders []string, q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+	ops := make(api.TxnOps, 0, len(keys)+len(folders))
+	for _, k := range keys {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: k}})
+	}
+	for _, f := range folders {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: f}})
+	}
+	ok, resp, meta, err := a.txn.Txn(ops, q)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read transaction: %w", err)
+	}
+	if !ok {
+		what := "no reason given"
+		if len(resp.Errors) > 0 {
+			what = resp.Errors[0].What
+		}
+		return nil, nil, fmt.Errorf("read transaction failed: %s", what)
+	}
+	list := &KVList{}
+	for _, r := range resp.Results {
+		if r != nil && r.KV != nil {
+			list.Entries = append(list.Entries, KVEntry{Key: []byte(r.KV.Key), ModifyIndex: r.KV.ModifyIndex, Value: r.KV.Value})
+		}
+	}
+	return list, meta, nil
 }

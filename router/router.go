@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"strings"
 	"sync"
@@ -148,6 +149,8 @@ type Router struct {
 	publishedMu sync.Mutex
 	published   chan struct{}
 
+	logStats *logStats
+
 	statusMu sync.Mutex
 	status   Status
 	queries  map[string]*queryStatus
@@ -195,12 +198,14 @@ func New(cfg Config) (*Router, error) {
 			selector: sel,
 			health:   &cfg.Health,
 			clock:    cfg.Clock,
+			seed:     maphash.MakeSeed(),
 		},
 		ready:     make(chan struct{}),
 		published: make(chan struct{}),
+		logStats:  &logStats{},
 		queries:   map[string]*queryStatus{},
 	}
-	r.snap.Store(emptySnapshot(cfg.Zone))
+	r.snap.Store(emptySnapshot(cfg.Zone, r.builder.seed))
 	return r, nil
 }
 
@@ -262,7 +267,7 @@ func (r *Router) Publish(st State) *Snapshot {
 		fn(s)
 	}
 	r.once.Do(func() { close(r.ready) })
-	r.log.Debug("snapshot published", "index", s.Index, "pods", len(s.podList), "tenants", len(s.tenants.list), "build", took)
+	r.log.Debug("snapshot published", "index", s.Index, "pods", len(s.podList), "tenants", s.NumTenants(), "build", took)
 	return s
 }
 

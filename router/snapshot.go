@@ -1,8 +1,7 @@
 package router
 
 import (
-	"slices"
-	"strings"
+	"hash/maphash"
 	"time"
 )
 
@@ -25,8 +24,9 @@ type Snapshot struct {
 
 	pods    map[string]*PodState
 	podList []*PodState // sorted by name
-	// tenants is shared by every snapshot built from the same tenants;
-	// slots are this snapshot's pods in the order of tenants.pods.
+	// tenants is shared, in all or in part, with the snapshots before
+	// (tenantIndex); slots are this snapshot's pods in the order of
+	// tenants.pods.
 	tenants *tenantIndex
 	slots   []*PodState
 	// delta is what changed in the tenants since the snapshot published
@@ -34,28 +34,6 @@ type Snapshot struct {
 	delta      []string
 	deltaFull  bool
 	zoneSuffix string // "." + zone without its trailing dot
-}
-
-// tenantIndex is the part of a snapshot that depends on the tenants alone:
-// the tenants by name and every host that routes to one. With 100,000
-// tenants it is most of a build's cost, so a change of health, which leaves
-// the tenants as they were, reuses it rather than building it again.
-type tenantIndex struct {
-	from   []Tenant // the State.Tenants it was built from
-	byName map[string]*Tenant
-	list   []*Tenant // sorted by name
-	hosts  map[string]hostRoute
-	// pods names the pods that tenants live in, one slot each, and
-	// counts how many tenants each holds.
-	pods     []string
-	counts   []int
-	problems []error
-}
-
-// hostRoute is a route whose pod is a slot of the snapshot's pods.
-type hostRoute struct {
-	tenant *Tenant
-	slot   int
 }
 
 // PodState is a pod with what serves it.
@@ -85,12 +63,13 @@ type Route struct {
 }
 
 // emptySnapshot is what a Router serves before its first sync.
-func emptySnapshot(zone string) *Snapshot {
+func emptySnapshot(zone string, seed maphash.Seed) *Snapshot {
+	suffix := "." + zone[:len(zone)-1]
 	return &Snapshot{
 		Zone:       zone,
 		pods:       map[string]*PodState{},
-		tenants:    &tenantIndex{byName: map[string]*Tenant{}, hosts: map[string]hostRoute{}},
-		zoneSuffix: "." + zone[:len(zone)-1],
+		tenants:    newTenantIndex(seed, suffix),
+		zoneSuffix: suffix,
 	}
 }
 
@@ -104,18 +83,16 @@ func (s *Snapshot) Lookup(host []byte) (Route, bool) {
 	if upper >= 0 {
 		var buf [maxHostLen]byte
 		h = lowerInto(&buf, h, upper)
-		return s.route(s.tenants.hosts[string(h)])
 	}
-	return s.route(s.tenants.hosts[string(h)])
+	return s.route(s.tenants.lookup(h))
 }
 
-// route resolves a host's entry (the zero entry when there is none) to
-// this snapshot's pod.
-func (s *Snapshot) route(h hostRoute) (Route, bool) {
-	if h.tenant == nil {
+// route resolves a tenant's entry to this snapshot's pod.
+func (s *Snapshot) route(e tenantEntry, ok bool) (Route, bool) {
+	if !ok {
 		return Route{}, false
 	}
-	return Route{Tenant: h.tenant, Pod: s.slots[h.slot]}, true
+	return Route{Tenant: e.t, Pod: s.slots[e.slot]}, true
 }
 
 // LookupString is Lookup for a string (a TLS server name, a DNS name).
@@ -124,11 +101,12 @@ func (s *Snapshot) LookupString(host string) (Route, bool) {
 	if !ok {
 		return Route{}, false
 	}
+	var buf [maxHostLen]byte
+	b := buf[:copy(buf[:], h)]
 	if upper >= 0 {
-		var buf [maxHostLen]byte
-		return s.route(s.tenants.hosts[string(lowerInto(&buf, h, upper))])
+		b = lowerInto(&buf, h, upper)
 	}
-	return s.route(s.tenants.hosts[h])
+	return s.route(s.tenants.lookup(b))
 }
 
 // Pod returns the named pod, or nil.
@@ -139,10 +117,21 @@ func (s *Snapshot) Pod(name string) *PodState { return s.pods[name] }
 func (s *Snapshot) Pods() []*PodState { return s.podList }
 
 // Tenant returns the named tenant, or nil.
-func (s *Snapshot) Tenant(name string) *Tenant { return s.tenants.byName[name] }
+func (s *Snapshot) Tenant(name string) *Tenant {
+	e, _ := s.tenants.byName.get(name)
+	return e.t
+}
 
-// Tenants returns every tenant sorted by name. The slice must not be modified.
-func (s *Snapshot) Tenants() []*Tenant { return s.tenants.list }
+// NumTenants is the number of tenants.
+func (s *Snapshot) NumTenants() int { return s.tenants.byName.Len() }
+
+// Tenants returns every tenant sorted by name, in a new slice: O(tenants),
+// for full rebuilds and tests. Paging and searches use AscendTenants.
+func (s *Snapshot) Tenants() []*Tenant {
+	out := make([]*Tenant, 0, s.NumTenants())
+	s.AscendTenants("", func(t *Tenant) bool { out = append(out, t); return true })
+	return out
+}
 
 // Hostname is the tenant's own name in the zone, without a trailing dot
 // ("acme.example.test").
@@ -160,14 +149,5 @@ func (s *Snapshot) TenantDelta() (changed []string, full bool) { return s.delta,
 // AscendTenants calls fn with each tenant whose name sorts after after, in
 // order of name, until fn returns false.
 func (s *Snapshot) AscendTenants(after string, fn func(*Tenant) bool) {
-	list := s.tenants.list
-	i, _ := slices.BinarySearchFunc(list, after, func(t *Tenant, name string) int { return strings.Compare(t.Name, name) })
-	if i < len(list) && list[i].Name == after {
-		i++
-	}
-	for ; i < len(list); i++ {
-		if !fn(list[i]) {
-			return
-		}
-	}
+	s.tenants.names.ascend(after, fn)
 }

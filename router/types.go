@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 )
@@ -191,4 +192,25 @@ func CheckCoordinates(lat, lon float64) error {
 		return fmt.Errorf("lon %v is outside [-180, 180]", lon)
 	}
 	return nil
+}
+
+// DecodePod parses and validates a pod value stored under key name, as the
+// router does: a value it refuses is not routed.
+func DecodePod(name string, raw []byte) (Pod, error) { return decodePod(name, raw) }
+
+// DecodeTenant parses and validates a tenant value stored under key name,
+// as the router does: a value it refuses is not routed.
+func DecodeTenant(name string, raw []byte) (Tenant, error) { return decodeTenant(name, raw) }
+
+// Equal reports whether p and o are the same pod value.
+func (p Pod) Equal(o Pod) bool {
+	return p.Name == o.Name && p.Region == o.Region && p.Lat == o.Lat && p.Lon == o.Lon &&
+		p.Capacity == o.Capacity && p.IsAccepting() == o.IsAccepting()
+}
+
+// Equal reports whether t and o are the same tenant value.
+func (t Tenant) Equal(o Tenant) bool {
+	return t.Name == o.Name && t.Pod == o.Pod && slices.Equal(t.Domains, o.Domains) &&
+		t.Created.Equal(o.Created) && (t.Limits == nil) == (o.Limits == nil) &&
+		(t.Limits == nil || *t.Limits == *o.Limits)
 }

@@ -10,57 +10,45 @@ import (
 	"github.com/podedge/podedge/internal/retry"
 )
 
-// Run keeps the snapshot in step with Consul until ctx ends. It runs one
-// blocking query per source (pods and tenants in KV, health of the edge and
-// app services), rebuilds when any result changed, and publishes the first
-// snapshot only once every source has answered. While Consul is unreachable
-// the last snapshot stays published and Status reports its age.
+// Run keeps the snapshot in step with Consul until ctx ends. Pods and
+// tenants come from the change log (follower), health from one blocking
+// query per service; it rebuilds when any of them changed, and publishes
+// the first snapshot only once every source has answered. While Consul is
+// unreachable the last snapshot stays published and Status reports its age.
 func (r *Router) Run(ctx context.Context, client *api.Client) error {
-	w := &watcher{r: r, client: client, changed: make(chan struct{}, 1)}
-	pods := &kvDecoder[Pod]{folder: r.cfg.Prefix + "pods/", decode: decodePod}
-	tenants := &kvDecoder[Tenant]{folder: r.cfg.Prefix + "tenants/", decode: decodeTenant}
+	w := &watcher{r: r, changed: make(chan struct{}, 1)}
 	kv := r.cfg.KV
 	if kv == nil {
-		kv = apiLister{client.KV()}
+		kv = apiLister{kv: client.KV(), txn: client.Txn()}
 	}
+	txn, ok := kv.(KVTxnReader)
+	if !ok {
+		txn = apiLister{kv: client.KV(), txn: client.Txn()}
+	}
+	f := newFollower(r, w, client.KV(), kv, txn)
 
 	var wg sync.WaitGroup
+	wg.Go(func() { f.run(ctx) })
 	wg.Go(func() {
-		runQuery(ctx, w, slotPods, "kv:pods", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
-			return kv.ListKV(pods.folder, q)
-		}, func(list *KVList) bool {
-			defer list.release()
-			v, errs, changed := pods.decodeAll(list.Entries)
-			w.logSkipped(errs)
-			return store(w, &w.pods, v, slotPods, changed)
-		})
-	})
-	wg.Go(func() {
-		runQuery(ctx, w, slotTenants, "kv:tenants", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
-			return kv.ListKV(tenants.folder, q)
-		}, func(list *KVList) bool {
-			defer list.release()
-			v, errs, changed := tenants.decodeAll(list.Entries)
-			w.logSkipped(errs)
-			return store(w, &w.tenants, v, slotTenants, changed)
-		})
-	})
-	wg.Go(func() {
-		runQuery(ctx, w, slotEdges, "health:"+r.cfg.EdgeService, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+		runQuery(ctx, r, "health:"+r.cfg.EdgeService, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 			return client.Health().Service(r.cfg.EdgeService, "", false, q)
-		}, func(entries []*api.ServiceEntry) bool {
+		}, func(entries []*api.ServiceEntry, index uint64) {
 			v, errs := edgesFromHealth(entries)
 			w.logSkipped(errs)
-			return set(w, &w.edges, v, slotEdges)
+			if setHealth(w, &w.edges, v, slotEdges, index) {
+				w.notify()
+			}
 		})
 	})
 	wg.Go(func() {
-		runQuery(ctx, w, slotApps, "health:"+r.cfg.AppService, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+		runQuery(ctx, r, "health:"+r.cfg.AppService, func(q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 			return client.Health().Service(r.cfg.AppService, "", false, q)
-		}, func(entries []*api.ServiceEntry) bool {
+		}, func(entries []*api.ServiceEntry, index uint64) {
 			v, errs := appsFromHealth(entries)
 			w.logSkipped(errs)
-			return set(w, &w.apps, v, slotApps)
+			if setHealth(w, &w.apps, v, slotApps, index) {
+				w.notify()
+			}
 		})
 	})
 	wg.Go(func() { w.buildLoop(ctx) })
@@ -68,56 +56,70 @@ func (r *Router) Run(ctx context.Context, client *api.Client) error {
 	return ctx.Err()
 }
 
-// The sources of a snapshot, one blocking query each.
+// The health sources of a snapshot, one blocking query each.
 const (
-	slotPods = iota
-	slotTenants
-	slotEdges
+	slotEdges = iota
 	slotApps
-	slots
+	healthSlots
 )
 
-// watcher gathers the latest decoded result of each query.
+// watcher gathers the latest state of each source for the next build.
 type watcher struct {
 	r       *Router
-	client  *api.Client
 	changed chan struct{} // capacity 1: a pending rebuild absorbs later changes
 
-	mu      sync.Mutex
-	pods    []Pod
-	tenants []Tenant
-	edges   []EdgeEndpoint
-	apps    []Endpoint
-	have    [slots]bool
-	index   [slots]uint64
-	logged  map[string]bool
+	mu     sync.Mutex
+	kv     kvState
+	haveKV bool
+	edges  []EdgeEndpoint
+	apps   []Endpoint
+	have   [healthSlots]bool
+	index  [healthSlots]uint64
+	logged map[string]bool
 }
 
-// set stores v in *dst when it differs from what is there and reports
-// whether it did. Spurious wake-ups (a new index, the same data) stop here.
-func set[T any](w *watcher, dst *[]T, v []T, slot int) bool {
+// kvState is the pods and tenants as the follower last published them, and
+// what changed in the tenants since the last build.
+type kvState struct {
+	pods      []Pod
+	tenants   *tenantIndex
+	delta     []string
+	deltaFull bool
+	// index is the Consul index the state reflects: the log head's, or the
+	// folders' while there is no log.
+	index uint64
+}
+
+// setKV records the follower's new state. delta names the tenants changed
+// since its previous call (full: any may have); changes between two builds
+// add up.
+func (w *watcher) setKV(pods []Pod, tenants *tenantIndex, delta []string, full bool, index uint64) {
 	w.mu.Lock()
-	same := w.have[slot] && reflect.DeepEqual(*dst, v)
+	k := &w.kv
+	k.pods, k.tenants, k.index = pods, tenants, index
+	k.deltaFull = k.deltaFull || full || !w.haveKV
+	if !k.deltaFull {
+		k.delta = append(k.delta, delta...)
+	} else {
+		k.delta = nil
+	}
+	w.haveKV = true
 	w.mu.Unlock()
-	return !same && store(w, dst, v, slot, true)
+	w.notify()
 }
 
-// store stores v in *dst when changed (or on the first result) and reports
-// whether it did.
-func store[T any](w *watcher, dst *[]T, v []T, slot int, changed bool) bool {
+// setHealth stores v in *dst when it differs from what is there and
+// reports whether it did. Spurious wake-ups (a new index, the same data)
+// stop here.
+func setHealth[T any](w *watcher, dst *[]T, v []T, slot int, index uint64) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.have[slot] && !changed {
+	w.index[slot] = index
+	if w.have[slot] && reflect.DeepEqual(*dst, v) {
 		return false
 	}
 	*dst, w.have[slot] = v, true
 	return true
-}
-
-func (w *watcher) setIndex(slot int, index uint64) {
-	w.mu.Lock()
-	w.index[slot] = index
-	w.mu.Unlock()
 }
 
 // logSkipped logs values the router had to skip. KV problems come once per
@@ -161,23 +163,29 @@ func (w *watcher) buildLoop(ctx context.Context) {
 		case <-w.changed:
 		}
 		w.mu.Lock()
-		complete := w.have == [slots]bool{true, true, true, true}
-		index := max(w.index[0], w.index[1], w.index[2], w.index[3])
-		st := State{Pods: w.pods, Tenants: w.tenants, Edges: w.edges, Apps: w.apps, Index: index, LogIndex: index}
+		complete := w.haveKV && w.have == [healthSlots]bool{true, true}
+		k := w.kv
+		st := State{Pods: k.pods, Edges: w.edges, Apps: w.apps,
+			Index:    max(k.index, w.index[slotEdges], w.index[slotApps]),
+			LogIndex: k.index,
+			index:    k.tenants, delta: k.delta, deltaFull: k.deltaFull}
+		if complete {
+			w.kv.delta, w.kv.deltaFull = nil, false
+		}
 		w.mu.Unlock()
 		if complete {
 			// The builder keeps pointers into st; the slices are never
-			// written again because set replaces them whole.
+			// written again because every source replaces them whole.
 			w.r.Publish(st)
 		}
 	}
 }
 
-// runQuery runs one blocking query until ctx ends. fetch performs the query;
-// apply stores its result and reports whether it changed anything.
-func runQuery[T any](ctx context.Context, w *watcher, slot int, name string,
-	fetch func(*api.QueryOptions) (T, *api.QueryMeta, error), apply func(T) bool) {
-	cfg := &w.r.cfg
+// runQuery runs one blocking query until ctx ends. fetch performs the
+// query; apply takes its result and the index it was read at.
+func runQuery[T any](ctx context.Context, r *Router, name string,
+	fetch func(*api.QueryOptions) (T, *api.QueryMeta, error), apply func(T, uint64)) {
+	cfg := &r.cfg
 	var index uint64
 	failures := 0
 	for ctx.Err() == nil {
@@ -194,19 +202,16 @@ func runQuery[T any](ctx context.Context, w *watcher, slot int, name string,
 			index = 0
 			failures++
 			backoff := retry.Backoff(cfg.RetryBase, cfg.RetryMax, failures)
-			w.r.queryResult(name, started, err, backoff)
+			r.queryResult(name, started, err, backoff)
 			if !retry.Sleep(ctx, backoff) {
 				return
 			}
 			continue
 		}
 		failures = 0
-		w.r.queryResult(name, started, nil, 0)
+		r.queryResult(name, started, nil, 0)
 		index = nextIndex(index, meta.LastIndex)
-		w.setIndex(slot, meta.LastIndex)
-		if apply(v) {
-			w.notify()
-		}
+		apply(v, meta.LastIndex)
 		// RequestTime runs until the answer's head: the rest is this
 		// process reading, decoding and applying it. A first answer (index
 		// 0) is not a change to pace: it costs more than the next ones

@@ -302,8 +302,9 @@ func lookupCost(n int, d time.Duration) LookupResult {
 	}
 	snap := r.Publish(router.State{Tenants: scaleTenants(n)})
 	hosts := make([][]byte, 4096)
+	all := snap.Tenants()
 	for i := range hosts {
-		hosts[i] = []byte(snap.Hostname(snap.Tenants()[(i*7919)%n].Name))
+		hosts[i] = []byte(snap.Hostname(all[(i*7919)%n].Name))
 	}
 	var ops int
 	start := time.Now()

@@ -1,0 +1,305 @@
+package leader
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/changelog"
+	"github.com/podedge/podedge/internal/retry"
+	"github.com/podedge/podedge/router"
+)
+
+// The auditor keeps the folders the public contract they are. Readers
+// follow the change log, not the folders; a value an operator writes
+// straight into pods/ or tenants/, or deletes there, is in no entry. The
+// active leader, alone, watches both folders and, for each key that
+// changed, compares the value with what its own view (the log's) holds:
+// where they differ it appends a repair entry, guarded by the key's index
+// as listed, so that a leader write to the same key meanwhile wins. Every
+// reader then has the change within about AuditInterval.
+
+// repair is one repair entry to write: the value listed at index (nil:
+// the key is gone, or holds a value the router refuses).
+type repair struct {
+	kind, name string
+	value      []byte
+	key        string
+	index      uint64 // the key's ModifyIndex as listed; 0: it must not exist
+}
+
+// errStaleRepair is a repair whose key changed since it was listed: the
+// next audit looks at it again.
+var errStaleRepair = &Error{Kind: KindConflict, Msg: "a key changed again while its repair was written"}
+
+// repairsPerTxn keeps a repair transaction within Consul's 128 operations:
+// the fence and the head, then a guard and a ring slot per repair.
+const repairsPerTxn = (maxTxnOps - 2) / 2
+
+// Repair appends repair entries for repairs, in fenced transactions.
+func (s *Store) Repair(ctx context.Context, repairs []repair) error {
+	for start := 0; start < len(repairs); start += repairsPerTxn {
+		batch := repairs[start:min(start+repairsPerTxn, len(repairs))]
+		err := s.write(ctx, "repair", func(session string) error {
+			lh, err := s.loadLog(ctx)
+			if err != nil {
+				return err
+			}
+			tx := newTxn("repair", s.keys, session)
+			changes := make([]changelog.Change, 0, len(batch))
+			for _, r := range batch {
+				tx.checkIndex(r.key, r.index, errStaleRepair)
+				c := changelog.Change{Kind: r.kind, Name: r.name, Repair: true}
+				if v, err := changelog.Normalize(r.value); err == nil {
+					c.Value = v // else logged as deleted: the router refuses it
+				}
+				changes = append(changes, c)
+			}
+			next, err := s.logChanges(tx, lh, changes...)
+			if err != nil {
+				return err
+			}
+			res, err := s.commit(ctx, session, tx)
+			if err != nil {
+				return err
+			}
+			s.logCommitted(next, res)
+			for _, r := range batch {
+				s.m.repairs.WithLabelValues(r.kind + "s").Inc()
+				s.log.Warn("a value changed outside the leader; logged it for every reader", "key", r.key, "deleted", r.value == nil)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// folderAudit is what the auditor last listed of one folder.
+type folderAudit struct {
+	kind string // changelog.KindPod or KindTenant
+	dir  string
+	seen map[string]uint64 // name → ModifyIndex
+	// sweep: the next pass also looks for what the view holds and the
+	// folder does not (after a start or a new leadership).
+	sweep bool
+}
+
+// auditLoop runs the auditor while this replica leads.
+func (s *Server) auditLoop(ctx context.Context, list router.KVLister) {
+	folders := []*folderAudit{
+		{kind: changelog.KindPod, dir: s.router.Prefix() + "pods/"},
+		{kind: changelog.KindTenant, dir: s.router.Prefix() + "tenants/"},
+	}
+	var leading string
+	for ctx.Err() == nil {
+		session, ok := s.elector.Session()
+		if !ok {
+			if !retry.Sleep(ctx, 250*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		if session != leading {
+			leading = session
+			for _, f := range folders {
+				f.seen, f.sweep = nil, true
+			}
+		}
+		actx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		for _, f := range folders {
+			wg.Go(func() {
+				s.auditFolder(actx, list, f, session)
+				cancel() // leadership lost (or ctx done): start over
+			})
+		}
+		wg.Wait()
+		cancel()
+	}
+}
+
+// auditFolder lists f whole at each change, at most once per
+// AuditInterval, and repairs, while session leads.
+func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folderAudit, session string) {
+	var index uint64
+	failures := 0
+	for ctx.Err() == nil {
+		if now, ok := s.elector.Session(); !ok || now != session {
+			return
+		}
+		started := time.Now()
+		q := (&api.QueryOptions{AllowStale: true, WaitIndex: index, WaitTime: 10 * time.Second}).WithContext(ctx)
+		kvs, meta, err := list.ListKV(f.dir, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			index = 0
+			failures++
+			retry.Sleep(ctx, retry.Backoff(250*time.Millisecond, 5*time.Second, failures))
+			continue
+		}
+		failures = 0
+		if meta.LastIndex != index || f.sweep {
+			err = s.auditPass(ctx, f, kvs, meta.LastIndex)
+		}
+		kvs.Free()
+		switch {
+		case err == nil:
+			if meta.LastIndex < index {
+				index = 0
+			} else {
+				index = meta.LastIndex
+			}
+		case errors.Is(err, errNotLeader) || ctx.Err() != nil:
+			return
+		default:
+			// The view is behind, Consul failed or a key changed again:
+			// the next pass looks at everything this one did.
+			s.log.Debug("audit pass left for the next", "folder", f.dir, "error", err.Error())
+			index = 0
+		}
+		retry.Sleep(ctx, s.cfg.AuditInterval-time.Since(started))
+	}
+}
+
+// auditPass compares the folder as listed at index with the view once the
+// view has every leader write up to that index, and writes the repairs.
+func (s *Server) auditPass(ctx context.Context, f *folderAudit, kvs *router.KVList, index uint64) error {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	// The view has every leader write the listing may show once it has the
+	// log up to the listing's index, or up to the head as it is now if
+	// that is older: a change outside the leader moves the folder's index
+	// and not the head's.
+	head, _, err := s.client.KV().Get(s.store.keys.logHead(), (&api.QueryOptions{RequireConsistent: true}).WithContext(wctx))
+	if err != nil {
+		return err
+	}
+	if head != nil {
+		index = min(index, head.ModifyIndex)
+	}
+	view, err := s.router.WaitIndex(wctx, index)
+	if err != nil {
+		return err
+	}
+	seen := make(map[string]uint64, len(kvs.Entries))
+	var repairs []repair
+	var raw []byte
+	for i := range kvs.Entries {
+		e := &kvs.Entries[i]
+		name, ok := strings.CutPrefix(string(e.Key), f.dir)
+		if !ok || name == "" || strings.Contains(name, "/") {
+			continue
+		}
+		seen[name] = e.ModifyIndex
+		if prev, known := f.seen[name]; known && prev == e.ModifyIndex {
+			continue
+		}
+		value := e.Value
+		if e.Base64 {
+			if raw, err = base64.StdEncoding.AppendDecode(raw[:0], e.Value); err != nil {
+				value = nil
+			} else {
+				value = raw
+			}
+		}
+		if r, ok := s.differs(view, f.kind, name, value); ok {
+			r.key, r.index = string(e.Key), e.ModifyIndex
+			repairs = append(repairs, r)
+		}
+	}
+	gone := func(name string) {
+		if _, listed := seen[name]; !listed {
+			repairs = append(repairs, repair{kind: f.kind, name: name, key: f.dir + name})
+		}
+	}
+	for name := range f.seen {
+		if s.inView(view, f.kind, name) {
+			gone(name)
+		}
+	}
+	written := s.store.written.take(f.kind, index)
+	for _, name := range written {
+		if s.inView(view, f.kind, name) {
+			gone(name)
+		}
+	}
+	if f.sweep {
+		if f.kind == changelog.KindTenant {
+			view.AscendTenants("", func(t *router.Tenant) bool { gone(t.Name); return true })
+		} else {
+			for _, p := range view.Pods() {
+				if p.Registered {
+					gone(p.Name)
+				}
+			}
+		}
+	}
+	repairs = dedupRepairs(repairs)
+	s.log.Debug("audit pass", "folder", f.dir, "index", index, "listed", len(seen), "repairs", len(repairs), "sweep", f.sweep)
+	if len(repairs) > 0 {
+		if err := s.store.Repair(wctx, repairs); err != nil {
+			s.store.written.putBack(f.kind, written, index)
+			return err
+		}
+	}
+	f.seen, f.sweep = seen, false
+	return nil
+}
+
+// differs reports the repair that makes the view hold what the folder
+// does for name (value nil: the key could not be decoded).
+func (s *Server) differs(view *router.Snapshot, kind, name string, value []byte) (repair, bool) {
+	r := repair{kind: kind, name: name}
+	switch kind {
+	case changelog.KindTenant:
+		t, err := router.DecodeTenant(name, value)
+		have := view.Tenant(name)
+		switch {
+		case err != nil && have == nil, err == nil && have != nil && have.Equal(t):
+			return r, false
+		case err == nil:
+			r.value = append([]byte(nil), value...)
+		}
+	default:
+		p, err := router.DecodePod(name, value)
+		have := view.Pod(name)
+		registered := have != nil && have.Registered
+		switch {
+		case err != nil && !registered, err == nil && registered && have.Pod.Equal(p):
+			return r, false
+		case err == nil:
+			r.value = append([]byte(nil), value...)
+		}
+	}
+	return r, true
+}
+
+func (s *Server) inView(view *router.Snapshot, kind, name string) bool {
+	if kind == changelog.KindTenant {
+		return view.Tenant(name) != nil
+	}
+	p := view.Pod(name)
+	return p != nil && p.Registered
+}
+
+// dedupRepairs keeps one repair per key, the first.
+func dedupRepairs(rs []repair) []repair {
+	seen := map[string]bool{}
+	out := rs[:0]
+	for _, r := range rs {
+		if !seen[r.key] {
+			seen[r.key] = true
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -1,0 +1,179 @@
+package leader
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/podedge/podedge/internal/changelog"
+)
+
+// inlineEntries is how many of the newest log entries the head holds
+// inline (more when one write adds more): a reader a few entries behind
+// needs nothing but the head.
+const inlineEntries = 8
+
+// logHead is the store's copy of the change log's head. The leader is the
+// log's only writer, so after one consistent read the copy stays exact by
+// applying its own committed writes; any write that did not commit drops
+// it, and the next write reads it again. Every write is guarded by the
+// head's index, so a stale copy costs a retry, never a gap.
+type logHead struct {
+	head  changelog.Head
+	index uint64 // ModifyIndex of log/head; 0 while it does not exist
+}
+
+// loadLog returns the store's copy of the head, reading it when it has
+// none. A head that does not parse, or whose ring is not the configured
+// one, is replaced by a new epoch: every reader then reads the folders
+// once and follows the new log.
+func (s *Store) loadLog(ctx context.Context) (*logHead, error) {
+	if s.logHead != nil {
+		return s.logHead, nil
+	}
+	key := s.keys.logHead()
+	kvs, err := s.readKeys(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	lh := &logHead{}
+	if kv := kvs[key]; kv != nil {
+		lh.index = kv.ModifyIndex
+		h, err := changelog.DecodeHead(kv.Value)
+		switch {
+		case err != nil:
+			s.log.Error("change log head does not parse; starting a new epoch", "error", err.Error())
+		case h.Ring != s.ring:
+			s.log.Warn("change log ring size changed; starting a new epoch", "was", h.Ring, "now", s.ring)
+		default:
+			lh.head = *h
+			s.logHead = lh
+			return lh, nil
+		}
+	}
+	epoch, err := newEpoch()
+	if err != nil {
+		return nil, err
+	}
+	lh.head = changelog.NewHead(epoch, s.ring)
+	s.logHead = lh
+	return lh, nil
+}
+
+func newEpoch() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("new change log epoch: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// logChanges adds to tx the log entries of changes: the new head, guarded
+// by the index it was read at, and a ring slot per entry. It returns the
+// head to record once tx commits (logCommitted).
+func (s *Store) logChanges(tx *txn, lh *logHead, changes ...changelog.Change) (changelog.Head, error) {
+	next, added := lh.head.Next(changes, inlineEntries)
+	value, err := json.Marshal(next)
+	if err != nil {
+		return changelog.Head{}, err
+	}
+	tx.cas(s.keys.logHead(), lh.index, value, nil)
+	for _, e := range added {
+		v, err := json.Marshal(e)
+		if err != nil {
+			return changelog.Head{}, err
+		}
+		tx.set(changelog.RingKey(s.keys.prefix, e.Seq, next.Ring), v)
+	}
+	return next, nil
+}
+
+// logCommitted records the head a committed transaction wrote, and the
+// names it wrote for the auditor.
+func (s *Store) logCommitted(next changelog.Head, res committed) {
+	if s.logHead == nil {
+		return
+	}
+	index := res[s.keys.logHead()]
+	s.written.add(next.Entries[len(next.Entries)-int(next.Seq-s.logHead.head.Seq):], index)
+	s.logHead.head = next
+	s.logHead.index = index
+}
+
+// writtenNames are the names the leader logged, by kind, with the index
+// of the write, until the auditor has looked at them (takeWritten): a key
+// written and deleted again between two of its reads of a folder shows in
+// neither, and the auditor must still see that readers have it right.
+type writtenNames struct {
+	mu    sync.Mutex
+	names map[string]map[string]uint64
+}
+
+func (w *writtenNames) add(entries []changelog.Entry, index uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.names == nil {
+		w.names = map[string]map[string]uint64{}
+	}
+	for _, e := range entries {
+		m := w.names[e.Kind]
+		if m == nil {
+			m = map[string]uint64{}
+			w.names[e.Kind] = m
+		}
+		m[e.Name] = index
+	}
+}
+
+// take returns the names of kind written at index upTo or before, and
+// forgets them.
+func (w *writtenNames) take(kind string, upTo uint64) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for name, index := range w.names[kind] {
+		if index <= upTo {
+			out = append(out, name)
+			delete(w.names[kind], name)
+		}
+	}
+	return out
+}
+
+// tenantChange and podChange are the log entries of a tenant or pod value
+// written (value) or deleted (nil).
+func tenantChange(name string, value []byte) changelog.Change {
+	return logChange(changelog.KindTenant, name, value)
+}
+
+func podChange(name string, value []byte) changelog.Change {
+	return logChange(changelog.KindPod, name, value)
+}
+
+func logChange(kind, name string, value []byte) changelog.Change {
+	v, err := changelog.Normalize(value)
+	if err != nil {
+		// The leader writes what it marshalled itself: always JSON.
+		panic(fmt.Sprintf("leader: %s %q: %v", kind, name, err))
+	}
+	return changelog.Change{Kind: kind, Name: name, Value: v}
+}
+
+// putBack returns names that take gave, for a pass that failed.
+func (w *writtenNames) putBack(kind string, names []string, index uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m := w.names[kind]
+	if m == nil {
+		m = map[string]uint64{}
+		w.names[kind] = m
+	}
+	for _, name := range names {
+		if _, newer := m[name]; !newer {
+			m[name] = index
+		}
+	}
+}

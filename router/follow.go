@@ -1,0 +1,573 @@
+package router
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/changelog"
+	"github.com/podedge/podedge/internal/retry"
+)
+
+// follower keeps the router's pods and tenants from the change log
+// (internal/changelog): it blocks on the log's small head key and applies
+// the entries it has not applied, touching O(change) of its state, and
+// reads the folders and the head again in one read-only transaction only
+// when it cannot follow (a resync). While the log does not exist (no leader
+// has written yet) it watches the pods/ and tenants/ folders themselves,
+// reading them whole at each change, until a head appears.
+type follower struct {
+	r     *Router
+	w     *watcher
+	kv    *api.KV
+	list  KVLister
+	txn   KVTxnReader
+	keys  logKeys
+	pods  map[string]Pod
+	idx   *tenantIndex
+	names map[string]string // pod names, interned
+
+	// The log as applied.
+	epoch     string
+	seq       uint64
+	chain     string
+	headIndex uint64
+	recent    [recentChains]seqChain // the chain after each of the newest entries, by seq % recentChains
+
+	stats *logStats
+}
+
+// logKeys names the keys the follower reads.
+type logKeys struct {
+	prefix, head, pods, tenants string
+}
+
+// recentChains is how many of the newest entries' chains a follower keeps,
+// to tell a Consul server that is behind the others (same history, older)
+// from a history that changed (a restored snapshot).
+const recentChains = 4096
+
+type seqChain struct {
+	seq   uint64
+	chain string
+}
+
+// logStats counts what the follower did, for Router.LogStatus.
+type logStats struct {
+	following atomic.Bool
+	seq       atomic.Uint64
+	entries   atomic.Uint64
+	mu        sync.Mutex
+	resyncs   map[string]uint64
+}
+
+func (s *logStats) resynced(reason string) {
+	s.mu.Lock()
+	if s.resyncs == nil {
+		s.resyncs = map[string]uint64{}
+	}
+	s.resyncs[reason]++
+	s.mu.Unlock()
+}
+
+// LogStatus is how the router follows the change log.
+type LogStatus struct {
+	// Following is true while the router follows the log; false while
+	// there is none and it reads the folders whole.
+	Following bool
+	// Seq is the newest entry applied; Entries counts the entries applied
+	// since the start.
+	Seq, Entries uint64
+	// Resyncs counts the full reads of the folders, by reason: "start",
+	// "log_started" (the log appeared), "new_epoch", "behind_ring", "ring_overwritten", "chain",
+	// "went_back", "head_gone", "bad_head", "bad_entry".
+	Resyncs map[string]uint64
+}
+
+// LogStatus reports how the router follows the change log.
+func (r *Router) LogStatus() LogStatus {
+	s := r.logStats
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := LogStatus{Following: s.following.Load(), Seq: s.seq.Load(), Entries: s.entries.Load(), Resyncs: map[string]uint64{}}
+	for k, v := range s.resyncs {
+		st.Resyncs[k] = v
+	}
+	return st
+}
+
+func newFollower(r *Router, w *watcher, kv *api.KV, list KVLister, txn KVTxnReader) *follower {
+	p := r.cfg.Prefix
+	return &follower{
+		r: r, w: w, kv: kv, list: list, txn: txn,
+		keys:  logKeys{prefix: p, head: changelog.HeadKey(p), pods: p + "pods/", tenants: p + "tenants/"},
+		names: map[string]string{},
+		stats: r.logStats,
+	}
+}
+
+// run follows until ctx ends.
+func (f *follower) run(ctx context.Context) {
+	reason := "start"
+	failures := 0
+	for ctx.Err() == nil {
+		started := time.Now()
+		found, err := f.resync(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			backoff := retry.Backoff(f.r.cfg.RetryBase, f.r.cfg.RetryMax, failures)
+			f.r.queryResult("kv:log", started, err, backoff)
+			if !retry.Sleep(ctx, backoff) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		f.r.queryResult("kv:log", started, nil, 0)
+		f.stats.resynced(reason)
+		if reason != "start" {
+			f.r.log.Warn("change log: read the platform again", "reason", reason, "seq", f.seq, "tenants", f.idx.byName.Len())
+		}
+		if !found {
+			f.stats.following.Store(false)
+			f.followFolders(ctx)
+			reason = "log_started"
+			continue
+		}
+		f.stats.following.Store(true)
+		reason = f.followLog(ctx)
+	}
+}
+
+// resync reads the head and both folders in one transaction and publishes
+// them whole. found is false when there is no usable head.
+func (f *follower) resync(ctx context.Context) (found bool, err error) {
+	q := (&api.QueryOptions{AllowStale: !f.r.cfg.Consistent}).WithContext(ctx)
+	list, meta, err := f.txn.ReadKV([]string{f.keys.head}, []string{f.keys.pods, f.keys.tenants}, q)
+	if err != nil {
+		return false, err
+	}
+	defer list.release()
+	var head *changelog.Head
+	var headIndex uint64
+	pods := map[string]Pod{}
+	var tenants []Tenant
+	var errs []error
+	index := meta.LastIndex
+	var raw []byte
+	for i := range list.Entries {
+		e := &list.Entries[i]
+		key := string(e.Key)
+		value := e.Value
+		if e.Base64 {
+			if raw, err = base64.StdEncoding.AppendDecode(raw[:0], e.Value); err != nil {
+				errs = append(errs, fmt.Errorf("key %q: value is not base64: %w", key, err))
+				continue
+			}
+			value = raw
+		}
+		index = max(index, e.ModifyIndex)
+		switch {
+		case key == f.keys.head:
+			if e.ModifyIndex == 0 {
+				continue
+			}
+			if head, err = changelog.DecodeHead(value); err != nil {
+				f.r.log.Error("change log head does not parse; reading the folders instead", "error", err.Error())
+				head = nil
+				continue
+			}
+			headIndex = e.ModifyIndex
+		case strings.HasPrefix(key, f.keys.pods):
+			if p, err := f.decodePod(strings.TrimPrefix(key, f.keys.pods), value); err != nil {
+				errs = append(errs, fmt.Errorf("key %q: %w", key, err))
+			} else {
+				pods[p.Name] = p
+			}
+		case strings.HasPrefix(key, f.keys.tenants):
+			if t, err := f.decodeTenant(strings.TrimPrefix(key, f.keys.tenants), value); err != nil {
+				errs = append(errs, fmt.Errorf("key %q: %w", key, err))
+			} else {
+				tenants = append(tenants, t)
+			}
+		}
+	}
+	f.w.logSkipped(errs)
+	idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, tenants)
+	f.logProblems(problems)
+	f.pods, f.idx = pods, idx
+	f.epoch, f.seq, f.chain, f.headIndex = "", 0, "", 0
+	f.recent = [recentChains]seqChain{}
+	if head != nil {
+		f.epoch, f.seq, f.chain, f.headIndex = head.Epoch, head.Seq, head.Chain(), headIndex
+		f.remember(head.Seq, head.Chain())
+		for _, e := range head.Entries {
+			f.remember(e.Seq, e.Chain)
+		}
+		index = headIndex
+	}
+	f.stats.seq.Store(f.seq)
+	f.w.setKV(f.podList(), idx, nil, true, index)
+	return head != nil, nil
+}
+
+// decodePod and decodeTenant decode a value as the folders hold it, with
+// the pod names interned: 100,000 tenants share a handful of them.
+func (f *follower) decodePod(name string, raw []byte) (Pod, error) {
+	if name == "" || strings.Contains(name, "/") {
+		return Pod{}, fmt.Errorf("not a pod name")
+	}
+	return decodePod(name, raw)
+}
+
+func (f *follower) decodeTenant(name string, raw []byte) (Tenant, error) {
+	if name == "" || strings.Contains(name, "/") {
+		return Tenant{}, fmt.Errorf("not a tenant name")
+	}
+	t, err := decodeTenant(name, raw)
+	if err != nil {
+		return Tenant{}, err
+	}
+	if p, ok := f.names[t.Pod]; ok {
+		t.Pod = p
+	} else {
+		f.names[t.Pod] = t.Pod
+	}
+	return t, nil
+}
+
+func (f *follower) podList() []Pod {
+	out := make([]Pod, 0, len(f.pods))
+	for _, p := range f.pods {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Pod) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (f *follower) logProblems(problems []error) {
+	for _, p := range problems {
+		f.r.log.Warn("inconsistent platform data", "problem", p.Error())
+	}
+}
+
+func (f *follower) remember(seq uint64, chain string) {
+	f.recent[seq%recentChains] = seqChain{seq: seq, chain: chain}
+}
+
+// knows reports whether chain is the chain this follower applied after
+// entry seq.
+func (f *follower) knows(seq uint64, chain string) bool {
+	c := f.recent[seq%recentChains]
+	return c.seq == seq && c.chain == chain
+}
+
+// followLog follows the head until it cannot, and returns why.
+func (f *follower) followLog(ctx context.Context) (reason string) {
+	cfg := &f.r.cfg
+	waitIndex := f.headIndex
+	failures := 0
+	for ctx.Err() == nil {
+		started := time.Now()
+		q := (&api.QueryOptions{AllowStale: !cfg.Consistent, WaitIndex: waitIndex, WaitTime: min(cfg.WaitTime, headWait)}).WithContext(ctx)
+		pair, meta, err := f.kv.Get(f.keys.head, q)
+		if ctx.Err() != nil {
+			return ""
+		}
+		if err != nil {
+			waitIndex = 0 // an agent that restarted may answer with lower indexes
+			failures++
+			backoff := retry.Backoff(cfg.RetryBase, cfg.RetryMax, failures)
+			f.r.queryResult("kv:log", started, err, backoff)
+			if !retry.Sleep(ctx, backoff) {
+				return ""
+			}
+			continue
+		}
+		failures = 0
+		f.r.queryResult("kv:log", started, nil, 0)
+		if pair == nil {
+			return "head_gone"
+		}
+		if reason := f.advance(ctx, pair); reason != "" {
+			return reason
+		}
+		waitIndex = nextIndex(waitIndex, meta.LastIndex)
+		var cost time.Duration
+		if q.WaitIndex > 0 {
+			cost = time.Since(started) - meta.RequestTime
+		}
+		if !retry.Sleep(ctx, pause(cfg.MinWait, time.Since(started), cost)) {
+			return ""
+		}
+	}
+	return ""
+}
+
+// advance applies what a read of the head brings, and returns why it
+// cannot when it cannot.
+func (f *follower) advance(ctx context.Context, pair *api.KVPair) (reason string) {
+	if pair.ModifyIndex == f.headIndex {
+		return "" // the wait ran out: nothing new
+	}
+	h, err := changelog.DecodeHead(pair.Value)
+	if err != nil {
+		f.r.log.Error("change log head does not parse", "error", err.Error())
+		return "bad_head"
+	}
+	if h.Epoch != f.epoch {
+		return "new_epoch"
+	}
+	if f.older(h, pair.ModifyIndex) {
+		// Behind what was applied: a server behind the others answers
+		// this way, and so does a cluster restored from an older
+		// snapshot. The Consul leader tells them apart.
+		latest, _, err := f.kv.Get(f.keys.head, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		if err != nil {
+			return "" // the next read of the head tries again
+		}
+		if latest == nil {
+			return "head_gone"
+		}
+		if h, err = changelog.DecodeHead(latest.Value); err != nil {
+			return "bad_head"
+		}
+		switch {
+		case h.Epoch != f.epoch:
+			return "new_epoch"
+		case h.Seq == f.seq && h.Chain() == f.chain:
+			return "" // the server was behind; the log is where it was
+		case h.Seq < f.seq || h.Seq == f.seq:
+			return "went_back"
+		}
+		pair = latest
+	}
+	if h.Seq-f.seq > h.Ring {
+		return "behind_ring"
+	}
+	entries, reason := f.missing(ctx, h)
+	if reason != "" {
+		return reason
+	}
+	seq, chain := f.seq, f.chain
+	for i := range entries {
+		if err := entries[i].Follows(seq, chain); err != nil {
+			f.r.log.Warn("change log entries do not follow", "error", err.Error())
+			return "chain"
+		}
+		seq, chain = entries[i].Seq, entries[i].Chain
+	}
+	f.apply(entries, pair.ModifyIndex)
+	return ""
+}
+
+// older reports whether the head h, read at index, is behind what was
+// applied or beside it (the same length, another history).
+func (f *follower) older(h *changelog.Head, index uint64) bool {
+	return h.Seq < f.seq || index < f.headIndex || h.Seq == f.seq && h.Chain() != f.chain
+}
+
+// missing returns the entries after f.seq up to h.Seq: from the ring those
+// older than the head holds inline.
+func (f *follower) missing(ctx context.Context, h *changelog.Head) ([]changelog.Entry, string) {
+	var entries []changelog.Entry
+	firstInline := h.Seq + 1
+	if len(h.Entries) > 0 {
+		firstInline = h.Entries[0].Seq
+	}
+	for from := f.seq + 1; from < firstInline; from += ringBatch {
+		to := min(from+ringBatch, firstInline)
+		keys := make([]string, 0, to-from)
+		for s := from; s < to; s++ {
+			keys = append(keys, changelog.RingKey(f.keys.prefix, s, h.Ring))
+		}
+		list, _, err := f.txn.ReadKV(keys, nil, (&api.QueryOptions{AllowStale: !f.r.cfg.Consistent}).WithContext(ctx))
+		if err != nil {
+			return nil, "" // Consul failed: the next read of the head tries again
+		}
+		got, ok := decodeSlots(list, from)
+		list.release()
+		if !ok {
+			return nil, "ring_overwritten"
+		}
+		entries = append(entries, got...)
+	}
+	for _, e := range h.Entries {
+		if e.Seq > f.seq {
+			entries = append(entries, e)
+		}
+	}
+	return entries, ""
+}
+
+// headWait bounds a blocking read of the head. A Consul restored from a
+// snapshot holds the head at a lower index than a reader waits past, and
+// answers it only when the wait runs out: this bounds how long readers
+// take to notice. A head is small; reading it this often costs little.
+const headWait = 15 * time.Second
+
+// ringBatch is how many ring slots one transaction reads (Consul takes 128
+// operations at most).
+const ringBatch = 64
+
+// decodeSlots decodes ring slots read in order, entries from on; ok is
+// false when a slot holds another entry than the one due.
+func decodeSlots(list *KVList, from uint64) ([]changelog.Entry, bool) {
+	out := make([]changelog.Entry, 0, len(list.Entries))
+	for i := range list.Entries {
+		e := &list.Entries[i]
+		value := e.Value
+		if e.Base64 {
+			var err error
+			if value, err = base64.StdEncoding.DecodeString(string(e.Value)); err != nil {
+				return nil, false
+			}
+		}
+		entry, err := changelog.DecodeEntry(value)
+		if e.ModifyIndex == 0 || err != nil || entry.Seq != from+uint64(i) {
+			return nil, false
+		}
+		out = append(out, entry)
+	}
+	return out, true
+}
+
+// apply applies entries that follow the applied ones and publishes the
+// result, which reflects the log through the head's index.
+func (f *follower) apply(entries []changelog.Entry, index uint64) {
+	var changes []tenantChange
+	var errs []error
+	podsChanged := false
+	for i := range entries {
+		e := &entries[i]
+		switch e.Kind {
+		case changelog.KindTenant:
+			ch := tenantChange{name: e.Name}
+			if !e.Deleted() {
+				t, err := f.decodeTenant(e.Name, e.Value)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("change log entry %d: %w", e.Seq, err))
+				} else {
+					ch.t = &t
+				}
+			}
+			changes = append(changes, ch)
+		case changelog.KindPod:
+			podsChanged = true
+			delete(f.pods, e.Name)
+			if !e.Deleted() {
+				p, err := f.decodePod(e.Name, e.Value)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("change log entry %d: %w", e.Seq, err))
+				} else {
+					f.pods[p.Name] = p
+				}
+			}
+		}
+		f.remember(e.Seq, e.Chain)
+		f.seq, f.chain = e.Seq, e.Chain
+	}
+	f.headIndex = index
+	f.w.logSkipped(errs)
+	var delta []string
+	if len(changes) > 0 {
+		var problems []error
+		f.idx, problems = f.idx.apply(changes)
+		f.logProblems(problems)
+		for _, c := range changes {
+			delta = append(delta, c.name)
+		}
+	}
+	pods := f.w.currentPods()
+	if podsChanged {
+		pods = f.podList()
+	}
+	f.stats.seq.Store(f.seq)
+	f.stats.entries.Add(uint64(len(entries)))
+	f.w.setKV(pods, f.idx, delta, false, index)
+}
+
+// followFolders watches the pods/ and tenants/ folders whole, as readers
+// do while there is no change log, until its head appears.
+func (f *follower) followFolders(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pods := &kvDecoder[Pod]{folder: f.keys.pods, decode: decodePod}
+	tenants := &kvDecoder[Tenant]{folder: f.keys.tenants, decode: decodeTenant}
+	var mu sync.Mutex
+	var podsIndex, tenantsIndex uint64
+	var havePods, haveTenants bool
+	publish := func() {
+		if !havePods || !haveTenants {
+			return
+		}
+		f.w.setKV(f.podList(), f.idx, nil, true, max(podsIndex, tenantsIndex))
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		runQuery(ctx, f.r, "kv:pods", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+			return f.list.ListKV(pods.folder, q)
+		}, func(list *KVList, index uint64) {
+			defer list.release()
+			v, errs, changed := pods.decodeAll(list.Entries)
+			f.w.logSkipped(errs)
+			mu.Lock()
+			defer mu.Unlock()
+			podsIndex = index
+			if changed || !havePods {
+				havePods = true
+				f.pods = map[string]Pod{}
+				for _, p := range v {
+					f.pods[p.Name] = p
+				}
+				publish()
+			}
+		})
+	})
+	wg.Go(func() {
+		runQuery(ctx, f.r, "kv:tenants", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+			return f.list.ListKV(tenants.folder, q)
+		}, func(list *KVList, index uint64) {
+			defer list.release()
+			v, errs, changed := tenants.decodeAll(list.Entries)
+			f.w.logSkipped(errs)
+			mu.Lock()
+			defer mu.Unlock()
+			tenantsIndex = index
+			if changed || !haveTenants {
+				haveTenants = true
+				idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, v)
+				f.logProblems(problems)
+				f.idx = idx
+				publish()
+			}
+		})
+	})
+	wg.Go(func() {
+		defer cancel()
+		runQuery(ctx, f.r, "kv:log", func(q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+			return f.kv.Get(f.keys.head, q)
+		}, func(pair *api.KVPair, _ uint64) {
+			if pair != nil {
+				cancel() // a log to follow
+			}
+		})
+	})
+	wg.Wait()
+}
+
+// currentPods is the pods of the follower's last state.
+func (w *watcher) currentPods() []Pod {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.kv.pods
+}
