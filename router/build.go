@@ -76,7 +76,7 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 	case b.tenants != nil && b.tenants.from != nil && sameSlice(b.tenants.from, st.Tenants):
 		idx = b.tenants
 	default:
-		idx, problems = buildTenantIndex(b.seed, s.zoneSuffix, st.Tenants)
+		idx, problems = buildTenantIndex(b.seed, s.zoneSuffix, st.Tenants, b.tenants)
 		s.deltaFull = true
 	}
 	b.tenants = idx

@@ -202,7 +202,7 @@ func (f *follower) resync(ctx context.Context) (found bool, err error) {
 		}
 	}
 	f.w.logSkipped(errs)
-	idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, tenants)
+	idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, tenants, f.idx)
 	f.logProblems(problems)
 	f.pods, f.idx = pods, idx
 	f.epoch, f.seq, f.chain, f.headIndex = "", 0, "", 0
@@ -545,7 +545,7 @@ func (f *follower) followFolders(ctx context.Context) {
 			tenantsIndex = index
 			if changed || !haveTenants {
 				haveTenants = true
-				idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, v)
+				idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, v, f.idx)
 				f.logProblems(problems)
 				f.idx = idx
 				publish()

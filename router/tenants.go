@@ -69,8 +69,8 @@ func (idx *tenantIndex) lookup(h []byte) (tenantEntry, bool) {
 }
 
 // buildTenantIndex indexes tenants whole. Of two tenants of one name the
-// first is kept.
-func buildTenantIndex(seed maphash.Seed, zoneSuffix string, tenants []Tenant) (*tenantIndex, []error) {
+// first is kept. A tenant prev holds keeps its live state.
+func buildTenantIndex(seed maphash.Seed, zoneSuffix string, tenants []Tenant, prev *tenantIndex) (*tenantIndex, []error) {
 	idx := newTenantIndex(seed, zoneSuffix)
 	sorted := make([]*Tenant, 0, len(tenants))
 	seen := make(map[string]bool, len(tenants))
@@ -87,6 +87,15 @@ func buildTenantIndex(seed maphash.Seed, zoneSuffix string, tenants []Tenant) (*
 	byName := idx.byName.edit()
 	domains := map[string][]tenantEntry{}
 	for _, t := range sorted {
+		t.state = nil
+		if prev != nil {
+			if old, ok := prev.byName.get(t.Name); ok {
+				t.state = old.t.state
+			}
+		}
+		if t.state == nil {
+			t.state = new(TenantState)
+		}
 		e := tenantEntry{t: t, slot: idx.slot(t.Pod)}
 		idx.counts[e.slot]++
 		byName.set(t.Name, e)
@@ -158,7 +167,9 @@ func (idx *tenantIndex) apply(changes []tenantChange) (*tenantIndex, []error) {
 	changed := map[string]bool{}
 	for _, ch := range changes {
 		changed[ch.name] = true
+		var state *TenantState
 		if old, had := byName.get(ch.name); had {
+			state = old.t.state
 			next.counts[old.slot]--
 			for _, d := range old.t.Domains {
 				c, _ := domains.get(d)
@@ -178,6 +189,9 @@ func (idx *tenantIndex) apply(changes []tenantChange) (*tenantIndex, []error) {
 		t := ch.t
 		if t == nil {
 			continue
+		}
+		if t.state = state; state == nil {
+			t.state = new(TenantState)
 		}
 		if _, ok := next.slotOf[t.Pod]; !ok && !newPods {
 			newPods = true

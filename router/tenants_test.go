@@ -94,7 +94,7 @@ func TestTenantIndexAppliesChangesAsAFullBuildWould(t *testing.T) {
 		for _, tn := range current {
 			all = append(all, *tn)
 		}
-		full, _ := buildTenantIndex(seed, testSuffix, all)
+		full, _ := buildTenantIndex(seed, testSuffix, all, nil)
 		sameIndex(t, step, idx, full)
 		if step%500 == 0 {
 			var names []string
@@ -157,7 +157,7 @@ func manyTenants(n int) []Tenant {
 func BenchmarkTenantChange(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			idx, _ := buildTenantIndex(maphash.MakeSeed(), testSuffix, manyTenants(n))
+			idx, _ := buildTenantIndex(maphash.MakeSeed(), testSuffix, manyTenants(n), nil)
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
@@ -179,7 +179,7 @@ func BenchmarkTenantIndexMemory(b *testing.B) {
 				runtime.GC()
 				var before, after runtime.MemStats
 				runtime.ReadMemStats(&before)
-				idx, _ := buildTenantIndex(maphash.MakeSeed(), testSuffix, tenants)
+				idx, _ := buildTenantIndex(maphash.MakeSeed(), testSuffix, tenants, nil)
 				runtime.GC()
 				runtime.ReadMemStats(&after)
 				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "index-B/tenant")

@@ -34,6 +34,10 @@ type Tenant struct {
 	// Limits bounds the tenant's traffic at every edge; nil means the
 	// edge's configured default.
 	Limits *Limits `json:"limits,omitempty"`
+
+	// state is shared by every version of the tenant in one router
+	// (TenantState); set when an index takes the tenant in.
+	state *TenantState
 }
 
 // Limits are a tenant's traffic limits. A zero field sets no limit of its
