@@ -118,7 +118,13 @@ func (f *follower) run(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
 		started := time.Now()
-		found, err := f.resync(ctx)
+		// Without a log there is nothing to resync with: the folders are
+		// watched whole, as they come.
+		pair, _, err := f.kv.Get(f.keys.head, (&api.QueryOptions{AllowStale: !f.r.cfg.Consistent}).WithContext(ctx))
+		found := false
+		if err == nil && pair != nil {
+			found, err = f.resync(ctx)
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -133,15 +139,15 @@ func (f *follower) run(ctx context.Context) {
 		}
 		failures = 0
 		f.r.queryResult("kv:log", started, nil, 0)
-		f.stats.resynced(reason)
-		if reason != "start" {
-			f.r.log.Warn("change log: read the platform again", "reason", reason, "seq", f.seq, "tenants", f.idx.byName.Len())
-		}
 		if !found {
 			f.stats.following.Store(false)
 			f.followFolders(ctx)
 			reason = "log_started"
 			continue
+		}
+		f.stats.resynced(reason)
+		if reason != "start" {
+			f.r.log.Warn("change log: read the platform again", "reason", reason, "seq", f.seq, "tenants", f.idx.byName.Len())
 		}
 		f.stats.following.Store(true)
 		reason = f.followLog(ctx)
@@ -510,6 +516,7 @@ func (f *follower) followFolders(ctx context.Context) {
 		if !havePods || !haveTenants {
 			return
 		}
+		f.epoch, f.seq, f.chain, f.headIndex = "", 0, "", 0
 		f.w.setKV(f.podList(), f.idx, nil, true, max(podsIndex, tenantsIndex))
 	}
 	var wg sync.WaitGroup
