@@ -21,15 +21,37 @@ type TenantState struct {
 	tat atomic.Int64
 	// inflight counts the requests admitted and not done.
 	inflight atomic.Int64
-	// waiting counts the requests waiting for a concurrency slot; wake
-	// holds their callbacks, touched only when someone waits.
+	// waiting counts the requests waiting for a concurrency slot.
 	waiting atomic.Int64
-	mu      sync.Mutex
-	wake    []*Waiter
-	conns   map[netip.Addr]int32 // connections per client address
+	// slow is what only waits, connection counts and refusals touch,
+	// made on first use: most tenants never need it, and 100,000 of
+	// them would hold it for nothing.
+	slow atomic.Pointer[tenantSlow]
+}
 
-	// Rejections by limit, for the metrics of the top offenders.
-	RejectedRate, RejectedConcurrency, RejectedConns atomic.Uint64
+type tenantSlow struct {
+	mu    sync.Mutex
+	wake  []*Waiter
+	conns map[netip.Addr]int32 // connections per client address
+	// Refusals by limit, for the metrics of the top offenders.
+	rate, concurrency, connsRefused atomic.Uint64
+}
+
+func (s *TenantState) slowPart() *tenantSlow {
+	if p := s.slow.Load(); p != nil {
+		return p
+	}
+	s.slow.CompareAndSwap(nil, &tenantSlow{})
+	return s.slow.Load()
+}
+
+// Refused counts the requests the tenant's limits refused, by limit.
+func (s *TenantState) Refused() (rate, concurrency, conns uint64) {
+	p := s.slow.Load()
+	if p == nil {
+		return 0, 0, 0
+	}
+	return p.rate.Load(), p.concurrency.Load(), p.connsRefused.Load()
 }
 
 // State returns the tenant's live state, shared by its versions; nil for
@@ -85,7 +107,7 @@ func (s *TenantState) AdmitRate(now int64, sh *Share) (ok bool, retryAfter time.
 		tat := s.tat.Load()
 		start := max(tat, now)
 		if start-now > tolerance {
-			s.RejectedRate.Add(1)
+			s.slowPart().rate.Add(1)
 			return false, time.Duration(start - now - tolerance)
 		}
 		if s.tat.CompareAndSwap(tat, start+interval) {
@@ -113,16 +135,17 @@ func (s *TenantState) AcquireOrWait(sh *Share, w *Waiter) bool {
 		return true
 	}
 	if w == nil {
-		s.RejectedConcurrency.Add(1)
+		s.slowPart().concurrency.Add(1)
 		return false
 	}
-	s.mu.Lock()
+	p := s.slowPart()
+	p.mu.Lock()
 	if !w.queued {
 		w.queued = true
-		s.wake = append(s.wake, w)
+		p.wake = append(p.wake, w)
 		s.waiting.Add(1)
 	}
-	s.mu.Unlock()
+	p.mu.Unlock()
 	// A slot freed before this wait was visible woke no one: look again.
 	if s.acquire(sh) {
 		s.Withdraw(w)
@@ -141,15 +164,16 @@ func (s *TenantState) acquire(sh *Share) bool {
 
 // Withdraw takes w out of the queue, if it is still there.
 func (s *TenantState) Withdraw(w *Waiter) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	p := s.slowPart()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if !w.queued {
 		return
 	}
 	w.queued = false
-	for i, o := range s.wake {
+	for i, o := range p.wake {
 		if o == w {
-			s.wake = append(s.wake[:i], s.wake[i+1:]...)
+			p.wake = append(p.wake[:i], p.wake[i+1:]...)
 			s.waiting.Add(-1)
 			return
 		}
@@ -157,7 +181,7 @@ func (s *TenantState) Withdraw(w *Waiter) {
 }
 
 // GiveUp counts a request refused after waiting for a slot.
-func (s *TenantState) GiveUp() { s.RejectedConcurrency.Add(1) }
+func (s *TenantState) GiveUp() { s.slowPart().concurrency.Add(1) }
 
 // Release gives back a slot AcquireOrWait gave, and wakes the longest
 // waiter, if any.
@@ -169,15 +193,16 @@ func (s *TenantState) Release(sh *Share) {
 	if s.waiting.Load() == 0 {
 		return
 	}
-	s.mu.Lock()
+	p := s.slowPart()
+	p.mu.Lock()
 	var w *Waiter
-	if len(s.wake) > 0 {
-		w = s.wake[0]
-		s.wake = s.wake[1:]
+	if len(p.wake) > 0 {
+		w = p.wake[0]
+		p.wake = p.wake[1:]
 		w.queued = false
 		s.waiting.Add(-1)
 	}
-	s.mu.Unlock()
+	p.mu.Unlock()
 	if w != nil {
 		w.Wake()
 	}
@@ -190,27 +215,29 @@ func (s *TenantState) OpenConn(addr netip.Addr, sh *Share) bool {
 	if sh.ConnsPerIP <= 0 {
 		return true
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conns == nil {
-		s.conns = map[netip.Addr]int32{}
+	p := s.slowPart()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		p.conns = map[netip.Addr]int32{}
 	}
-	if s.conns[addr] >= sh.ConnsPerIP {
-		s.RejectedConns.Add(1)
+	if p.conns[addr] >= sh.ConnsPerIP {
+		p.connsRefused.Add(1)
 		return false
 	}
-	s.conns[addr]++
+	p.conns[addr]++
 	return true
 }
 
 // CloseConn gives back a connection OpenConn counted.
 func (s *TenantState) CloseConn(addr netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n := s.conns[addr] - 1; n > 0 {
-		s.conns[addr] = n
+	p := s.slowPart()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.conns[addr] - 1; n > 0 {
+		p.conns[addr] = n
 	} else {
-		delete(s.conns, addr)
+		delete(p.conns, addr)
 	}
 }
 

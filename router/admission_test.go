@@ -59,7 +59,7 @@ func TestAdmitRateHoldsTheRate(t *testing.T) {
 		if admitted < 1000 || admitted > 1020 || first > 21 {
 			t.Errorf("offered %d/s: admitted %d in 10 s (%d in the first 10 ms); want 1000 plus a burst of at most 20", offered, admitted, first)
 		}
-		if s.RejectedRate.Load() == 0 {
+		if rate, _, _ := s.Refused(); rate == 0 {
 			t.Errorf("offered %d/s: no rejection counted", offered)
 		}
 	}
@@ -153,8 +153,8 @@ func TestConnectionsPerAddress(t *testing.T) {
 	if !s.OpenConn(a, &sh) {
 		t.Fatal("a connection closed was not given back")
 	}
-	if s.RejectedConns.Load() != 1 {
-		t.Fatalf("%d rejections counted, want 1", s.RejectedConns.Load())
+	if _, _, conns := s.Refused(); conns != 1 {
+		t.Fatalf("%d rejections counted, want 1", conns)
 	}
 }
 

@@ -111,14 +111,14 @@ func TestTenantIndexAppliesChangesAsAFullBuildWould(t *testing.T) {
 	}
 }
 
-// The chunks of the name list split and empty as tenants come and go, and
-// stay in order.
+// The leaves and groups of the name list split and empty as tenants come
+// and go, and stay in order.
 func TestNameListKeepsOrderAcrossSplits(t *testing.T) {
 	l := nameList{}
 	rng := rand.New(rand.NewPCG(3, 4))
 	want := map[string]bool{}
-	for range 20000 {
-		name := fmt.Sprintf("n%05d", rng.IntN(3000))
+	for range 200000 {
+		name := fmt.Sprintf("n%05d", rng.IntN(30000))
 		e := l.edit()
 		if rng.IntN(3) == 0 {
 			e.del(name)
@@ -134,9 +134,14 @@ func TestNameListKeepsOrderAcrossSplits(t *testing.T) {
 	if !slices.IsSorted(got) || len(got) != len(want) || l.n != len(want) {
 		t.Fatalf("%d names (n %d), sorted %v; want %d", len(got), l.n, slices.IsSorted(got), len(want))
 	}
-	for _, c := range l.chunks {
-		if len(c) == 0 || len(c) > chunkSize {
-			t.Fatalf("a chunk of %d names", len(c))
+	for _, g := range l.groups {
+		if len(g.leaves) == 0 || len(g.leaves) > groupSize {
+			t.Fatalf("a group of %d leaves", len(g.leaves))
+		}
+		for _, lf := range g.leaves {
+			if len(lf.names) == 0 || len(lf.names) > leafSize {
+				t.Fatalf("a leaf of %d names", len(lf.names))
+			}
 		}
 	}
 }
