@@ -47,7 +47,7 @@ func (t *tcpServer) serve(l net.Listener) {
 			// Out of file descriptors, say: wait a little and go on,
 			// as net/http does.
 			t.s.m.readErrors.Inc()
-			t.s.log.Warn("tcp accept failed", "error", err.Error(), "retry_in", delay)
+			t.s.log.Warn("tcp accept failed", "error", err.Error(), "retry_in", delay.String())
 			time.Sleep(delay)
 			delay = min(2*delay, time.Second)
 			continue

@@ -337,11 +337,14 @@ func (r *Router) queryResult(name string, started time.Time, err error, backoff 
 		q.ok, q.err = false, err
 	}
 	r.statusMu.Unlock()
+	synced := r.snap.Load().Synced
 	switch {
+	case err != nil && wasOK && synced:
+		r.log.Warn("consul query failed; serving the last snapshot", "query", name, "error", err.Error(), "retry_in", backoff.String())
 	case err != nil && wasOK:
-		r.log.Warn("consul query failed; serving the last snapshot", "query", name, "error", err.Error(), "retry_in", backoff)
+		r.log.Warn("consul query failed; nothing to serve until it answers", "query", name, "error", err.Error(), "retry_in", backoff.String())
 	case err != nil:
-		r.log.Debug("consul query still failing", "query", name, "error", err.Error(), "retry_in", backoff)
+		r.log.Debug("consul query still failing", "query", name, "error", err.Error(), "retry_in", backoff.String())
 	case !wasOK:
 		r.log.Info("consul query recovered", "query", name, "stale_for", now.Sub(since).Round(time.Millisecond))
 	}

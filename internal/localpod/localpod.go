@@ -11,10 +11,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -45,8 +45,29 @@ type Platform struct {
 	opts   Options
 	consul *api.Client
 
-	mu    sync.Mutex
-	procs []*child.Process // in start order
+	mu       sync.Mutex
+	procs    []*child.Process // in start order
+	stopping bool
+}
+
+// Watch calls report, from its own goroutine, for each process that ends
+// before Stop is called: it stays down (nothing restarts it), and the
+// user should hear of it.
+func (p *Platform) Watch(report func(name string, err error)) {
+	p.mu.Lock()
+	procs := slices.Clone(p.procs)
+	p.mu.Unlock()
+	for _, proc := range procs {
+		go func() {
+			<-proc.Done()
+			p.mu.Lock()
+			stopping := p.stopping
+			p.mu.Unlock()
+			if !stopping {
+				report(proc.Name(), proc.Failure())
+			}
+		}()
+	}
 }
 
 // DemoTenant is the tenant Start signs up in the first pod.
@@ -99,12 +120,9 @@ func (p *Platform) say(format string, args ...any) {
 // run starts a program logging to <Logs>/<name>.log, truncated: a log holds
 // one run of the platform.
 func (p *Platform) run(name, bin string, args ...string) error {
+	// SIGTERM, for Consul too: the dev agent keeps nothing, and leaving
+	// its one-server cluster gracefully (SIGINT) takes 11 s for nothing.
 	spec := child.Spec{Name: name, LogDir: p.opts.Logs, Bin: bin, Args: args}
-	if name == "consul" {
-		// Consul leaves gracefully and exits 0 on SIGINT; SIGTERM makes
-		// a server exit 1 without leaving.
-		spec.StopSignal = syscall.SIGINT
-	}
 	proc, err := child.Start(spec)
 	if err != nil {
 		return err
@@ -280,6 +298,7 @@ func (p *Platform) Stop() error {
 	p.mu.Lock()
 	procs := p.procs
 	p.procs = nil
+	p.stopping = true
 	p.mu.Unlock()
 	tiers := [][]string{{"edge"}, {"dnsd", "leader"}, {"-app-"}, {"consul"}}
 	var errs []error
@@ -299,10 +318,15 @@ func (p *Platform) Stop() error {
 				clean := proc.Stop(20 * time.Second)
 				mu.Lock()
 				defer mu.Unlock()
-				if !clean {
+				switch {
+				case !clean:
 					errs = append(errs, fmt.Errorf("%s did not stop within 20s and was killed", proc.Name()))
-				} else if err := proc.CleanExit(); err != nil && wasRunning {
-					errs = append(errs, err)
+				case proc.Name() == "consul":
+					// A server stopped by SIGTERM exits 1 without leaving.
+				default:
+					if err := proc.CleanExit(); err != nil && wasRunning {
+						errs = append(errs, err)
+					}
 				}
 			})
 		}
@@ -410,15 +434,23 @@ func (p *Platform) TryThis() string {
 	fmt.Fprintf(&b, "  dig @%s -p %s %s A\n\n", dnsHost, dnsPort, host)
 	fmt.Fprintf(&b, "  # load its page through an edge of its pod\n")
 	fmt.Fprintf(&b, "  curl --resolve %s:%s:%s http://%s:%s/\n\n", host, edgePort, edgeHost, host, edgePort)
-	fmt.Fprintf(&b, "  # sign up a tenant near New York through a leader replica, then fetch it\n")
-	fmt.Fprintf(&b, "  curl -X POST http://%s/v1/tenants -d '{\"name\":\"acme\",\"lat\":40.7,\"lon\":-74.0}'\n", l.Leaders[len(l.Leaders)-1])
-	fmt.Fprintf(&b, "  dig @%s -p %s acme.%s A +short\n\n", dnsHost, dnsPort, zone)
+	other := l.Pods[len(l.Pods)-1]
+	oe := other.Edges[0]
+	oeHost, oePort, _ := net.SplitHostPort(oe.HTTP)
+	fmt.Fprintf(&b, "  # sign up a tenant near %s through a leader replica, resolve it, fetch it\n", other.City)
+	fmt.Fprintf(&b, "  curl -X POST http://%s/v1/tenants -d '{\"name\":\"acme\",\"lat\":%v,\"lon\":%v}'\n", l.Leaders[len(l.Leaders)-1], other.Lat, other.Lon)
+	fmt.Fprintf(&b, "  dig @%s -p %s acme.%s A +short\n", dnsHost, dnsPort, zone)
+	fmt.Fprintf(&b, "  curl --resolve acme.%s:%s:%s http://acme.%s:%s/\n\n", zone, oePort, oeHost, zone, oePort)
+	fmt.Fprintf(&b, "  # the same through an edge of the other pod: it forwards the request (Via)\n")
+	fmt.Fprintf(&b, "  curl -si --resolve acme.%s:%s:%s http://acme.%s:%s/ | grep -i '^via'\n\n", zone, edgePort, edgeHost, zone, edgePort)
 	fmt.Fprintf(&b, "  # metrics and state\n")
 	fmt.Fprintf(&b, "  curl http://%s/metrics            # edge\n", e.Admin)
 	fmt.Fprintf(&b, "  curl http://%s/debug/routes       # edge routing table\n", e.Admin)
 	fmt.Fprintf(&b, "  curl http://%s/metrics            # dnsd\n", l.DNSAdmin)
 	fmt.Fprintf(&b, "  curl http://%s/metrics            # leader\n", l.Leaders[0])
-	fmt.Fprintf(&b, "  open http://%s/ui                 # Consul UI\n\n", l.ConsulHTTP)
-	fmt.Fprintf(&b, "Logs are in %s. Ctrl-C stops everything.\n", p.opts.Logs)
+	fmt.Fprintf(&b, "  # the Consul UI: http://%s/ui in a browser\n\n", l.ConsulHTTP)
+	fmt.Fprintf(&b, "Everything lives in memory: tenants are gone at the next run. A process\n")
+	fmt.Fprintf(&b, "that dies stays down (this prints a line). Logs are in %s.\n", p.opts.Logs)
+	fmt.Fprintf(&b, "Ctrl-C stops everything.\n")
 	return b.String()
 }

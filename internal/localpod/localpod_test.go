@@ -137,9 +137,20 @@ func TestLocalPlatform(t *testing.T) {
 		t.Fatalf("page through %s: %d %q", ips[0], code, body)
 	}
 
-	// Kill one pod-1 edge: it leaves the DNS answer.
+	// Kill one pod-1 edge: it leaves the DNS answer, and the death is
+	// reported.
+	died := make(chan string, 8)
+	p.Watch(func(name string, err error) { died <- name })
 	if err := p.Kill(l.Pods[0].Edges[1].Name); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case name := <-died:
+		if name != l.Pods[0].Edges[1].Name {
+			t.Fatalf("reported the death of %s, want %s", name, l.Pods[0].Edges[1].Name)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the killed edge's death was not reported")
 	}
 	consultest.WaitFor(t, 15*time.Second, "the killed edge to leave the DNS answer", func() bool {
 		ips, err := p.Resolve("e2e.example.test", dns.TypeA)

@@ -34,6 +34,9 @@ func main() {
 	}
 	fmt.Println()
 	fmt.Print(p.TryThis())
+	p.Watch(func(name string, err error) {
+		fmt.Fprintf(os.Stderr, "\nlocalpod: %s stopped unexpectedly and stays down: %v\n", name, err)
+	})
 	<-ctx.Done()
 	fmt.Println("\nstopping: edges drain first, Consul stops last")
 	if err := p.Stop(); err != nil {
