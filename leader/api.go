@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -175,10 +176,17 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// written is the answer of a write that succeeded.
+type written struct {
+	code  int
+	body  any    // nil for none
+	index uint64 // the Consul index it committed at (X-Podedge-Index)
+}
+
 // handleWrite serves one write: it reads and validates the request here, so
 // bad input gets its 400 from any replica, then runs it when this replica
 // leads and forwards it to the leader otherwise.
-func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error), run func(context.Context, T) (int, any, error)) http.Handler {
+func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error), run func(context.Context, T) (written, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := readBody(w, r, s.cfg.MaxBodyBytes)
 		if err != nil {
@@ -197,12 +205,14 @@ func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error),
 			s.fwd.forward(w, r.WithContext(ctx), body, st.Leader)
 			return
 		}
-		code, resp, err := run(ctx, req)
+		out, err := run(ctx, req)
 		if err != nil {
 			writeError(w, err)
 			return
 		}
-		writeJSON(w, code, resp)
+		s.wrote(out.index)
+		w.Header().Set(IndexHeader, strconv.FormatUint(out.index, 10))
+		writeJSON(w, out.code, out.body)
 	})
 }
 
@@ -234,23 +244,24 @@ func (s *Server) parsePutPod(r *http.Request, body []byte) (router.Pod, error) {
 	return s.val.pod(r.PathValue("pod"), req)
 }
 
-func (s *Server) putPod(ctx context.Context, p router.Pod) (int, any, error) {
-	created, err := s.store.PutPod(ctx, p)
+func (s *Server) putPod(ctx context.Context, p router.Pod) (written, error) {
+	created, index, err := s.store.PutPod(ctx, p)
 	if err != nil {
-		return 0, nil, err
+		return written{}, err
 	}
 	out := podJSON{Name: p.Name, Region: p.Region, Lat: p.Lat, Lon: p.Lon, Capacity: p.Capacity}
 	if ps := s.router.Snapshot().Pod(p.Name); ps != nil {
 		out.Tenants, out.HealthyEdges = ps.Tenants, len(ps.PassingEdges)
 	}
 	if created {
-		return http.StatusCreated, out, nil
+		return written{http.StatusCreated, out, index}, nil
 	}
-	return http.StatusOK, out, nil
+	return written{http.StatusOK, out, index}, nil
 }
 
-func (s *Server) deletePod(ctx context.Context, name string) (int, any, error) {
-	return http.StatusNoContent, nil, s.store.DeletePod(ctx, name)
+func (s *Server) deletePod(ctx context.Context, name string) (written, error) {
+	index, err := s.store.DeletePod(ctx, name)
+	return written{code: http.StatusNoContent, index: index}, err
 }
 
 func (s *Server) parseSignup(r *http.Request, body []byte) (Signup, error) {
@@ -261,16 +272,17 @@ func (s *Server) parseSignup(r *http.Request, body []byte) (Signup, error) {
 	return s.val.signup(req)
 }
 
-func (s *Server) signup(ctx context.Context, su Signup) (int, any, error) {
-	t, err := s.store.SignUp(ctx, su)
+func (s *Server) signup(ctx context.Context, su Signup) (written, error) {
+	t, index, err := s.store.SignUp(ctx, su)
 	if err != nil {
-		return 0, nil, err
+		return written{}, err
 	}
-	return http.StatusCreated, s.tenantJSON(t), nil
+	return written{http.StatusCreated, s.tenantJSON(t), index}, nil
 }
 
-func (s *Server) deleteTenant(ctx context.Context, name string) (int, any, error) {
-	return http.StatusNoContent, nil, s.store.DeleteTenant(ctx, name)
+func (s *Server) deleteTenant(ctx context.Context, name string) (written, error) {
+	index, err := s.store.DeleteTenant(ctx, name)
+	return written{code: http.StatusNoContent, index: index}, err
 }
 
 type moveArgs struct{ name, pod string }
@@ -293,12 +305,12 @@ func (s *Server) parseMove(r *http.Request, body []byte) (moveArgs, error) {
 	return moveArgs{name: name, pod: req.Pod}, nil
 }
 
-func (s *Server) move(ctx context.Context, a moveArgs) (int, any, error) {
-	t, err := s.store.MoveTenant(ctx, a.name, a.pod)
+func (s *Server) move(ctx context.Context, a moveArgs) (written, error) {
+	t, index, err := s.store.MoveTenant(ctx, a.name, a.pod)
 	if err != nil {
-		return 0, nil, err
+		return written{}, err
 	}
-	return http.StatusOK, s.tenantJSON(t), nil
+	return written{http.StatusOK, s.tenantJSON(t), index}, nil
 }
 
 type domainArgs struct{ name, domain string }
@@ -315,16 +327,17 @@ func (s *Server) parseDomain(r *http.Request, _ []byte) (domainArgs, error) {
 	return domainArgs{name: name, domain: d}, nil
 }
 
-func (s *Server) addDomain(ctx context.Context, a domainArgs) (int, any, error) {
-	t, err := s.store.AddDomain(ctx, a.name, a.domain)
+func (s *Server) addDomain(ctx context.Context, a domainArgs) (written, error) {
+	t, index, err := s.store.AddDomain(ctx, a.name, a.domain)
 	if err != nil {
-		return 0, nil, err
+		return written{}, err
 	}
-	return http.StatusOK, s.tenantJSON(t), nil
+	return written{http.StatusOK, s.tenantJSON(t), index}, nil
 }
 
-func (s *Server) removeDomain(ctx context.Context, a domainArgs) (int, any, error) {
-	return http.StatusNoContent, nil, s.store.RemoveDomain(ctx, a.name, a.domain)
+func (s *Server) removeDomain(ctx context.Context, a domainArgs) (written, error) {
+	index, err := s.store.RemoveDomain(ctx, a.name, a.domain)
+	return written{code: http.StatusNoContent, index: index}, err
 }
 
 // unmatched answers requests no route takes: 405 with Allow when the path

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -40,6 +41,10 @@ type Server struct {
 	fwd     *forwarder
 	kv      router.KVLister // for the auditor's reads of the folders
 	kick    chan struct{}   // asks the reconcile loop to run now
+
+	// lastWrite is the highest index of the writes this replica answered,
+	// its own or forwarded: its reads wait for their view to reach it.
+	lastWrite atomic.Uint64
 }
 
 // New validates cfg and builds a replica; Serve or Run starts it.
@@ -130,7 +135,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		LogRing:    s.cfg.LogRing,
 		Logger:     s.log.With("component", "store"),
 	}, s.m)
-	s.fwd = newForwarder(addr, s.log.With("component", "forward"), s.m)
+	s.fwd = newForwarder(addr, s.log.With("component", "forward"), s.m, s.wrote)
 
 	fresh := &freshConns{conns: map[net.Conn]struct{}{}}
 	srv := &http.Server{
