@@ -106,18 +106,8 @@ func writeError(w http.ResponseWriter, err error) {
 	writeJSON(w, e.Status(), map[string]string{"error": e.Msg})
 }
 
-// viewOr503 returns the replica's view, or answers 503 while it has none.
-func (s *Server) viewOr503(w http.ResponseWriter) *router.Snapshot {
-	v := s.router.Snapshot()
-	if !v.Synced {
-		writeError(w, &Error{Kind: KindUnavailable, Msg: "this replica has no view of Consul yet; retry"})
-		return nil
-	}
-	return v
-}
-
 func (s *Server) listPods(w http.ResponseWriter, r *http.Request) {
-	v := s.viewOr503(w)
+	v, _ := s.readView(w, r)
 	if v == nil {
 		return
 	}
@@ -131,7 +121,7 @@ func (s *Server) listPods(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getPod(w http.ResponseWriter, r *http.Request) {
-	v := s.viewOr503(w)
+	v, _ := s.readView(w, r)
 	if v == nil {
 		return
 	}
@@ -144,7 +134,7 @@ func (s *Server) getPod(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getTenant(w http.ResponseWriter, r *http.Request) {
-	v := s.viewOr503(w)
+	v, _ := s.readView(w, r)
 	if v == nil {
 		return
 	}

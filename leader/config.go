@@ -57,6 +57,13 @@ type Config struct {
 	// meanwhile are read together. The leader's reads and placement can
 	// lag this much behind Consul.
 	ViewMinWait time.Duration `yaml:"view_min_wait"`
+	// ReadWait bounds how long a read given an index (?index= or
+	// X-Podedge-Index), or following a write this replica answered, waits
+	// for the replica's view to reach it before answering 503.
+	ReadWait time.Duration `yaml:"read_wait"`
+	// MaxQueryTime caps the wait of a blocking read (?index=N&wait=...),
+	// as Consul's own max_query_time does.
+	MaxQueryTime time.Duration `yaml:"max_query_time"`
 	// Election tunes the Consul lock.
 	Election Election `yaml:"election"`
 	// Consul is the shared consul section.
@@ -118,6 +125,8 @@ func DefaultConfig() Config {
 		AuditInterval:     2 * time.Second,
 		LogRing:           DefaultLogRing,
 		ViewMinWait:       250 * time.Millisecond,
+		ReadWait:          2 * time.Second,
+		MaxQueryTime:      10 * time.Minute,
 		Election: Election{
 			Service:         "leader",
 			SessionTTL:      10 * time.Second,
@@ -162,6 +171,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("log_ring: %d is outside [16, 1048576]", c.LogRing)
 	case c.ViewMinWait < 10*time.Millisecond || c.ViewMinWait > 10*time.Second:
 		return fmt.Errorf("view_min_wait: %s is outside [10ms, 10s]", c.ViewMinWait)
+	case c.ReadWait <= 0 || c.ReadWait > time.Minute:
+		return fmt.Errorf("read_wait: %s is outside (0, 1m]", c.ReadWait)
+	case c.MaxQueryTime < time.Second || c.MaxQueryTime > time.Hour:
+		return fmt.Errorf("max_query_time: %s is outside [1s, 1h]", c.MaxQueryTime)
 	}
 	for _, n := range c.ReservedNames {
 		if err := router.CheckLabel(n); err != nil {

@@ -21,6 +21,7 @@ type metrics struct {
 	txns            *prometheus.CounterVec
 	retries         *prometheus.CounterVec
 	repairs         *prometheus.CounterVec
+	readWaits       *prometheus.CounterVec
 }
 
 // newMetrics registers the leader's metrics on reg. status reports the
@@ -72,8 +73,12 @@ func newMetrics(reg *prometheus.Registry, status func() (synced, healthy bool, a
 			Name: "leader_reconcile_repairs_total",
 			Help: "Keys repaired, by kind: seats and domains (internal keys, by reconciliation), pods and tenants (values written outside the leader, logged for every reader by the auditor).",
 		}, []string{"kind"}),
+		readWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leader_read_waits_total",
+			Help: "Reads that waited for the view, by kind (index, blocking) and result (ok, unchanged, timeout).",
+		}, []string{"kind", "result"}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.forwarded, m.isLeader, m.changes, m.electionErrors,
+	reg.MustRegister(m.readWaits, m.requests, m.duration, m.forwarded, m.isLeader, m.changes, m.electionErrors,
 		m.signups, m.placementFailed, m.txns, m.retries, m.repairs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if status != nil {

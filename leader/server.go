@@ -45,6 +45,10 @@ type Server struct {
 	// lastWrite is the highest index of the writes this replica answered,
 	// its own or forwarded: its reads wait for their view to reach it.
 	lastWrite atomic.Uint64
+	viewIndex atomic.Uint64 // LogIndex of the view published last
+	// reads ends when the replica stops, and blocking reads with it.
+	reads     context.Context
+	stopReads context.CancelFunc
 }
 
 // New validates cfg and builds a replica; Serve or Run starts it.
@@ -87,6 +91,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		zone:   strings.TrimSuffix(rt.Zone(), "."),
 		kick:   make(chan struct{}, 1),
 	}
+	s.reads, s.stopReads = context.WithCancel(context.Background())
 	s.val = newValidator(rt.Zone(), cfg.ReservedNames, cfg.MaxDomains)
 	s.reg.MustRegister(router.LogCollector("leader", rt))
 	s.m = newMetrics(s.reg, func() (bool, bool, time.Duration) {
@@ -149,6 +154,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.log.Info("leader replica serving", "listen", ln.Addr().String(), "advertise", addr, "zone", s.router.Zone(), "consul", s.cfg.Consul.Address)
 
+	s.router.Subscribe(s.viewPublished)
 	bg, stopBG := context.WithCancel(context.Background())
 	elect, stopElect := context.WithCancel(context.Background())
 	var wg, election sync.WaitGroup
@@ -166,6 +172,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		err = fmt.Errorf("serve: %w", err)
 	}
 	s.log.Info("stopping: giving up leadership, then draining requests")
+	s.stopReads()
 	stopElect()
 	election.Wait()
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
