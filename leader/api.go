@@ -70,6 +70,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/pods", s.listPods)
 	mux.HandleFunc("GET /v1/pods/{pod}", s.getPod)
+	mux.HandleFunc("GET /v1/tenants", s.listTenants)
 	mux.HandleFunc("GET /v1/tenants/{name}", s.getTenant)
 	mux.HandleFunc("GET /v1/leader", s.getLeader)
 	mux.HandleFunc("GET /healthz", s.healthz)
