@@ -22,6 +22,7 @@ type podJSON struct {
 	Lat          float64 `json:"lat"`
 	Lon          float64 `json:"lon"`
 	Capacity     int     `json:"capacity"`
+	Accepting    bool    `json:"accepting"`
 	Tenants      int     `json:"tenants"`
 	HealthyEdges int     `json:"healthy_edges"`
 }
@@ -60,7 +61,7 @@ func (s *Server) tenantJSON(t router.Tenant) tenantJSON {
 func podView(ps *router.PodState) podJSON {
 	return podJSON{
 		Name: ps.Name, Region: ps.Pod.Region, Lat: ps.Pod.Lat, Lon: ps.Pod.Lon, Capacity: ps.Pod.Capacity,
-		Tenants: ps.Tenants, HealthyEdges: len(ps.PassingEdges),
+		Accepting: ps.Pod.IsAccepting(), Tenants: ps.Tenants, HealthyEdges: len(ps.PassingEdges),
 	}
 }
 
@@ -240,7 +241,7 @@ func (s *Server) putPod(ctx context.Context, p router.Pod) (written, error) {
 	if err != nil {
 		return written{}, err
 	}
-	out := podJSON{Name: p.Name, Region: p.Region, Lat: p.Lat, Lon: p.Lon, Capacity: p.Capacity}
+	out := podJSON{Name: p.Name, Region: p.Region, Lat: p.Lat, Lon: p.Lon, Capacity: p.Capacity, Accepting: p.IsAccepting()}
 	if ps := s.router.Snapshot().Pod(p.Name); ps != nil {
 		out.Tenants, out.HealthyEdges = ps.Tenants, len(ps.PassingEdges)
 	}

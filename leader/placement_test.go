@@ -42,6 +42,8 @@ func pod(name string, at [2]float64, tenants, capacity int) Candidate {
 
 func noEdges(c Candidate) Candidate { c.PassingEdges = 0; return c }
 
+func cordoned(c Candidate) Candidate { c.Cordoned = true; return c }
+
 func TestPlace(t *testing.T) {
 	cases := []struct {
 		name   string
@@ -116,6 +118,24 @@ func TestPlace(t *testing.T) {
 			name: "equal usage and distance goes to the first name",
 			pods: []Candidate{pod("b", dublin, 1, 2), pod("a", dublin, 2, 4)},
 			at:   dublin, nearKm: 500, want: "a",
+		},
+		{
+			name: "a cordoned pod takes no one, however near and empty",
+			pods: []Candidate{cordoned(pod("dublin", dublin, 0, 10)), pod("london", london, 9, 10)},
+			at:   dublin, nearKm: 500, want: "london",
+		},
+		{
+			name: "a cordoned pod is not the nearest that nearness is measured from",
+			// Dublin is cordoned: London (464 km) is the nearest eligible,
+			// and Frankfurt, 638 km from Dublin but 1088-464 > 500 km
+			// beyond London, is not near.
+			pods: []Candidate{cordoned(pod("dublin", dublin, 0, 10)), pod("london", london, 5, 10), pod("frankfurt", frankfurt, 0, 10)},
+			at:   dublin, nearKm: 500, want: "london",
+		},
+		{
+			name: "only cordoned pods: nothing eligible",
+			pods: []Candidate{cordoned(pod("dublin", dublin, 0, 10)), cordoned(pod("sydney", sydney, 0, 10))},
+			at:   dublin, nearKm: 500, want: "",
 		},
 		{
 			name: "nothing eligible",

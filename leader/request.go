@@ -23,6 +23,8 @@ type podRequest struct {
 	Lat      *float64 `json:"lat"`
 	Lon      *float64 `json:"lon"`
 	Capacity *int     `json:"capacity"`
+	// Accepting false cordons the pod; absent means true.
+	Accepting *bool `json:"accepting"`
 }
 
 // signupRequest is the body of POST /v1/tenants.
@@ -213,5 +215,11 @@ func (v *validator) pod(name string, req podRequest) (router.Pod, error) {
 	case len(req.Region) > 64:
 		return router.Pod{}, invalid("region is longer than 64 characters")
 	}
-	return router.Pod{Name: name, Region: req.Region, Lat: *req.Lat, Lon: *req.Lon, Capacity: *req.Capacity}, nil
+	p := router.Pod{Name: name, Region: req.Region, Lat: *req.Lat, Lon: *req.Lon, Capacity: *req.Capacity}
+	if req.Accepting != nil && !*req.Accepting {
+		// Stored only when false: the stored form of an accepting pod
+		// stays what it was before the field existed.
+		p.Accepting = req.Accepting
+	}
+	return p, nil
 }

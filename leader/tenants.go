@@ -20,7 +20,7 @@ func candidates(pods podCache, view *router.Snapshot) []Candidate {
 		if !e.valid || e.podIndex == 0 {
 			continue
 		}
-		c := Candidate{Name: name, Lat: e.pod.Lat, Lon: e.pod.Lon, Capacity: e.pod.Capacity, Tenants: e.seats}
+		c := Candidate{Name: name, Lat: e.pod.Lat, Lon: e.pod.Lon, Capacity: e.pod.Capacity, Tenants: e.seats, Cordoned: !e.pod.IsAccepting()}
 		if vp := view.Pod(name); vp != nil {
 			c.PassingEdges = len(vp.PassingEdges)
 		}
@@ -221,6 +221,9 @@ func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant
 		}
 		if !dst.valid {
 			return conflict("pod %q has an invalid registration; fix it with PUT /v1/pods/%s", pod, pod)
+		}
+		if !dst.pod.IsAccepting() {
+			return conflict("pod %q is cordoned (accepting is false) and takes no tenant; PUT /v1/pods/%s with \"accepting\": true to open it", pod, pod)
 		}
 		if dst.seats >= dst.pod.Capacity {
 			return conflict("pod %q is full: %d of %d seats taken", pod, min(dst.seats, dst.pod.Capacity), dst.pod.Capacity)
