@@ -35,6 +35,8 @@ type tenantJSON struct {
 	CNAME    string    `json:"cname"`
 	Domains  []string  `json:"domains"`
 	Created  time.Time `json:"created"`
+	// Placement explains a sign-up's placement, in its answer only.
+	Placement *Placement `json:"placement,omitempty"`
 }
 
 // leaderJSON is the answer of GET /v1/leader.
@@ -80,6 +82,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("PUT /v1/pods/{pod}", handleWrite(s, s.parsePutPod, s.putPod))
 	mux.Handle("DELETE /v1/pods/{pod}", handleWrite(s, parsePath("pod", podName), s.deletePod))
 	mux.Handle("POST /v1/tenants", handleWrite(s, s.parseSignup, s.signup))
+	// A dry run writes nothing but runs on the leader, from the reads a
+	// sign-up would make.
+	mux.Handle("POST /v1/placements", handleWrite(s, s.parsePlacement, s.dryRun))
 	mux.Handle("DELETE /v1/tenants/{name}", handleWrite(s, parsePath("name", s.val.tenantLabel), s.deleteTenant))
 	mux.Handle("POST /v1/tenants/{name}/move", handleWrite(s, s.parseMove, s.move))
 	mux.Handle("PUT /v1/tenants/{name}/domains/{domain}", handleWrite(s, s.parseDomain, s.addDomain))
@@ -257,19 +262,56 @@ func (s *Server) deletePod(ctx context.Context, name string) (written, error) {
 }
 
 func (s *Server) parseSignup(r *http.Request, body []byte) (Signup, error) {
+	return s.parseLocated(body, false)
+}
+
+func (s *Server) parsePlacement(r *http.Request, body []byte) (Signup, error) {
+	return s.parseLocated(body, true)
+}
+
+// parseLocated validates a sign-up or a dry run and locates it. The
+// replica that receives it looks its address up, so that a 400 comes from
+// there; the leader, which places it, looks it up again in its own copy.
+func (s *Server) parseLocated(body []byte, dryRun bool) (Signup, error) {
 	var req signupRequest
 	if err := decodeJSON(body, &req); err != nil {
 		return Signup{}, err
 	}
-	return s.val.signup(req)
+	su, err := s.val.signup(req, dryRun)
+	if err != nil || req.IP == nil {
+		return su, err
+	}
+	loc, err := s.locate(*req.IP)
+	if err != nil {
+		return Signup{}, err
+	}
+	su.Lat, su.Lon, su.Source = loc.Lat, loc.Lon, loc.Source
+	return su, nil
 }
 
 func (s *Server) signup(ctx context.Context, su Signup) (written, error) {
-	t, index, err := s.store.SignUp(ctx, su)
+	p, index, err := s.store.SignUp(ctx, su)
 	if err != nil {
 		return written{}, err
 	}
-	return written{http.StatusCreated, s.tenantJSON(t), index}, nil
+	out := s.tenantJSON(p.Tenant)
+	out.Placement = &p.Placement
+	return written{http.StatusCreated, out, index}, nil
+}
+
+// placementJSON is the answer of POST /v1/placements.
+type placementJSON struct {
+	Pod       string    `json:"pod"`
+	CNAME     string    `json:"cname"`
+	Placement Placement `json:"placement"`
+}
+
+func (s *Server) dryRun(ctx context.Context, su Signup) (written, error) {
+	pod, pl, index, err := s.store.DryRun(ctx, su)
+	if err != nil {
+		return written{}, err
+	}
+	return written{http.StatusOK, placementJSON{Pod: pod, CNAME: pod + ".pods." + s.zone, Placement: pl}, index}, nil
 }
 
 func (s *Server) deleteTenant(ctx context.Context, name string) (written, error) {

@@ -54,7 +54,7 @@ func TestSignupValidation(t *testing.T) {
 			err := decodeJSON([]byte(c.body), &req)
 			var su Signup
 			if err == nil {
-				su, err = v.signup(req)
+				su, err = v.signup(req, false)
 			}
 			if c.want == "" {
 				if err != nil {

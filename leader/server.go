@@ -34,6 +34,7 @@ type Server struct {
 	m      *metrics
 	val    *validator
 	zone   string // without the trailing dot
+	geo    *geoDB // nil without geoip.database
 
 	// Set by Serve.
 	elector *Elector
@@ -102,6 +103,11 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		return st.Synced, st.Healthy, stale
 	})
+	if cfg.GeoIP.Database != "" {
+		if s.geo, err = openGeo(cfg.GeoIP.Database, log.With("component", "geoip"), s.m); err != nil {
+			return nil, fmt.Errorf("geoip.database: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -161,6 +167,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	wg.Go(func() { s.router.Run(bg, s.client) })
 	wg.Go(func() { s.reconcileLoop(bg) })
 	wg.Go(func() { s.auditLoop(bg, s.kv) })
+	if s.geo != nil {
+		wg.Go(func() { s.geo.watch(bg, s.cfg.GeoIP.CheckInterval) })
+		defer s.geo.close()
+	}
 	election.Go(func() { s.elector.Run(elect) })
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -46,8 +46,8 @@ func domainsFree(view *router.Snapshot, name string, domains []string) error {
 // SignUp places a new tenant in the pod the placement rule picks and
 // stores it, with its custom domains, in one transaction that takes one of
 // the pod's seats.
-func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, uint64, error) {
-	var placed router.Tenant
+func (s *Store) SignUp(ctx context.Context, su Signup) (Placed, uint64, error) {
+	var placed Placed
 	index, err := s.write(ctx, "signup", func(session string) error {
 		pods, err := s.loadPods(ctx)
 		if err != nil {
@@ -61,7 +61,7 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, uint64, e
 			s.m.placementFailed.WithLabelValues("domain_taken").Inc()
 			return err
 		}
-		c, ok := Place(candidates(pods, view), su.Lat, su.Lon, s.nearKm)
+		c, explained, ok := Explain(candidates(pods, view), su.Location(), s.nearKm)
 		if !ok {
 			s.m.placementFailed.WithLabelValues("no_capacity").Inc()
 			return &Error{Kind: KindNoCapacity, Msg: "no pod has a free seat and a passing edge"}
@@ -100,7 +100,7 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, uint64, e
 		s.logCommitted(next, res)
 		e.seats++
 		e.seatsIdx = res[s.keys.seats(c.Name)]
-		placed = t
+		placed = Placed{Tenant: t, Placement: explained}
 		s.m.signups.Inc()
 		return nil
 	})
