@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ type podJSON struct {
 	Lat          float64 `json:"lat"`
 	Lon          float64 `json:"lon"`
 	Capacity     int     `json:"capacity"`
+	Accepting    bool    `json:"accepting"`
 	Tenants      int     `json:"tenants"`
 	HealthyEdges int     `json:"healthy_edges"`
 }
@@ -33,6 +35,8 @@ type tenantJSON struct {
 	CNAME    string    `json:"cname"`
 	Domains  []string  `json:"domains"`
 	Created  time.Time `json:"created"`
+	// Placement explains a sign-up's placement, in its answer only.
+	Placement *Placement `json:"placement,omitempty"`
 }
 
 // leaderJSON is the answer of GET /v1/leader.
@@ -59,7 +63,7 @@ func (s *Server) tenantJSON(t router.Tenant) tenantJSON {
 func podView(ps *router.PodState) podJSON {
 	return podJSON{
 		Name: ps.Name, Region: ps.Pod.Region, Lat: ps.Pod.Lat, Lon: ps.Pod.Lon, Capacity: ps.Pod.Capacity,
-		Tenants: ps.Tenants, HealthyEdges: len(ps.PassingEdges),
+		Accepting: ps.Pod.IsAccepting(), Tenants: ps.Tenants, HealthyEdges: len(ps.PassingEdges),
 	}
 }
 
@@ -69,6 +73,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/pods", s.listPods)
 	mux.HandleFunc("GET /v1/pods/{pod}", s.getPod)
+	mux.HandleFunc("GET /v1/tenants", s.listTenants)
 	mux.HandleFunc("GET /v1/tenants/{name}", s.getTenant)
 	mux.HandleFunc("GET /v1/leader", s.getLeader)
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -77,6 +82,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("PUT /v1/pods/{pod}", handleWrite(s, s.parsePutPod, s.putPod))
 	mux.Handle("DELETE /v1/pods/{pod}", handleWrite(s, parsePath("pod", podName), s.deletePod))
 	mux.Handle("POST /v1/tenants", handleWrite(s, s.parseSignup, s.signup))
+	// A dry run writes nothing but runs on the leader, from the reads a
+	// sign-up would make.
+	mux.Handle("POST /v1/placements", handleWrite(s, s.parsePlacement, s.dryRun))
 	mux.Handle("DELETE /v1/tenants/{name}", handleWrite(s, parsePath("name", s.val.tenantLabel), s.deleteTenant))
 	mux.Handle("POST /v1/tenants/{name}/move", handleWrite(s, s.parseMove, s.move))
 	mux.Handle("PUT /v1/tenants/{name}/domains/{domain}", handleWrite(s, s.parseDomain, s.addDomain))
@@ -105,18 +113,8 @@ func writeError(w http.ResponseWriter, err error) {
 	writeJSON(w, e.Status(), map[string]string{"error": e.Msg})
 }
 
-// viewOr503 returns the replica's view, or answers 503 while it has none.
-func (s *Server) viewOr503(w http.ResponseWriter) *router.Snapshot {
-	v := s.router.Snapshot()
-	if !v.Synced {
-		writeError(w, &Error{Kind: KindUnavailable, Msg: "this replica has no view of Consul yet; retry"})
-		return nil
-	}
-	return v
-}
-
 func (s *Server) listPods(w http.ResponseWriter, r *http.Request) {
-	v := s.viewOr503(w)
+	v, _ := s.readView(w, r)
 	if v == nil {
 		return
 	}
@@ -130,7 +128,7 @@ func (s *Server) listPods(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getPod(w http.ResponseWriter, r *http.Request) {
-	v := s.viewOr503(w)
+	v, _ := s.readView(w, r)
 	if v == nil {
 		return
 	}
@@ -143,7 +141,7 @@ func (s *Server) getPod(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getTenant(w http.ResponseWriter, r *http.Request) {
-	v := s.viewOr503(w)
+	v, _ := s.readView(w, r)
 	if v == nil {
 		return
 	}
@@ -175,10 +173,17 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// written is the answer of a write that succeeded.
+type written struct {
+	code  int
+	body  any    // nil for none
+	index uint64 // the Consul index it committed at (X-Podedge-Index)
+}
+
 // handleWrite serves one write: it reads and validates the request here, so
 // bad input gets its 400 from any replica, then runs it when this replica
 // leads and forwards it to the leader otherwise.
-func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error), run func(context.Context, T) (int, any, error)) http.Handler {
+func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error), run func(context.Context, T) (written, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := readBody(w, r, s.cfg.MaxBodyBytes)
 		if err != nil {
@@ -197,12 +202,14 @@ func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error),
 			s.fwd.forward(w, r.WithContext(ctx), body, st.Leader)
 			return
 		}
-		code, resp, err := run(ctx, req)
+		out, err := run(ctx, req)
 		if err != nil {
 			writeError(w, err)
 			return
 		}
-		writeJSON(w, code, resp)
+		s.wrote(out.index)
+		w.Header().Set(IndexHeader, strconv.FormatUint(out.index, 10))
+		writeJSON(w, out.code, out.body)
 	})
 }
 
@@ -234,43 +241,82 @@ func (s *Server) parsePutPod(r *http.Request, body []byte) (router.Pod, error) {
 	return s.val.pod(r.PathValue("pod"), req)
 }
 
-func (s *Server) putPod(ctx context.Context, p router.Pod) (int, any, error) {
-	created, err := s.store.PutPod(ctx, p)
+func (s *Server) putPod(ctx context.Context, p router.Pod) (written, error) {
+	created, index, err := s.store.PutPod(ctx, p)
 	if err != nil {
-		return 0, nil, err
+		return written{}, err
 	}
-	out := podJSON{Name: p.Name, Region: p.Region, Lat: p.Lat, Lon: p.Lon, Capacity: p.Capacity}
+	out := podJSON{Name: p.Name, Region: p.Region, Lat: p.Lat, Lon: p.Lon, Capacity: p.Capacity, Accepting: p.IsAccepting()}
 	if ps := s.router.Snapshot().Pod(p.Name); ps != nil {
 		out.Tenants, out.HealthyEdges = ps.Tenants, len(ps.PassingEdges)
 	}
 	if created {
-		return http.StatusCreated, out, nil
+		return written{http.StatusCreated, out, index}, nil
 	}
-	return http.StatusOK, out, nil
+	return written{http.StatusOK, out, index}, nil
 }
 
-func (s *Server) deletePod(ctx context.Context, name string) (int, any, error) {
-	return http.StatusNoContent, nil, s.store.DeletePod(ctx, name)
+func (s *Server) deletePod(ctx context.Context, name string) (written, error) {
+	index, err := s.store.DeletePod(ctx, name)
+	return written{code: http.StatusNoContent, index: index}, err
 }
 
 func (s *Server) parseSignup(r *http.Request, body []byte) (Signup, error) {
+	return s.parseLocated(body, false)
+}
+
+func (s *Server) parsePlacement(r *http.Request, body []byte) (Signup, error) {
+	return s.parseLocated(body, true)
+}
+
+// parseLocated validates a sign-up or a dry run and locates it. The
+// replica that receives it looks its address up, so that a 400 comes from
+// there; the leader, which places it, looks it up again in its own copy.
+func (s *Server) parseLocated(body []byte, dryRun bool) (Signup, error) {
 	var req signupRequest
 	if err := decodeJSON(body, &req); err != nil {
 		return Signup{}, err
 	}
-	return s.val.signup(req)
-}
-
-func (s *Server) signup(ctx context.Context, su Signup) (int, any, error) {
-	t, err := s.store.SignUp(ctx, su)
-	if err != nil {
-		return 0, nil, err
+	su, err := s.val.signup(req, dryRun)
+	if err != nil || req.IP == nil {
+		return su, err
 	}
-	return http.StatusCreated, s.tenantJSON(t), nil
+	loc, err := s.locate(*req.IP)
+	if err != nil {
+		return Signup{}, err
+	}
+	su.Lat, su.Lon, su.Source = loc.Lat, loc.Lon, loc.Source
+	return su, nil
 }
 
-func (s *Server) deleteTenant(ctx context.Context, name string) (int, any, error) {
-	return http.StatusNoContent, nil, s.store.DeleteTenant(ctx, name)
+func (s *Server) signup(ctx context.Context, su Signup) (written, error) {
+	p, index, err := s.store.SignUp(ctx, su)
+	if err != nil {
+		return written{}, err
+	}
+	out := s.tenantJSON(p.Tenant)
+	out.Placement = &p.Placement
+	return written{http.StatusCreated, out, index}, nil
+}
+
+// placementJSON is the answer of POST /v1/placements.
+type placementJSON struct {
+	Pod       string    `json:"pod"`
+	CNAME     string    `json:"cname"`
+	Placement Placement `json:"placement"`
+}
+
+func (s *Server) dryRun(ctx context.Context, su Signup) (written, error) {
+	pod, pl, index, err := s.store.DryRun(ctx, su)
+	if err != nil {
+		return written{}, err
+	}
+	return written{http.StatusOK, placementJSON{Pod: pod, CNAME: pod + ".pods." + s.zone, Placement: pl}, index}, nil
+}
+
+func (s *Server) deleteTenant(ctx context.Context, name string) (written, error) {
+	index, err := s.store.DeleteTenant(ctx, name)
+	return written{code: http.StatusNoContent, index: index}, err
 }
 
 type moveArgs struct{ name, pod string }
@@ -293,12 +339,12 @@ func (s *Server) parseMove(r *http.Request, body []byte) (moveArgs, error) {
 	return moveArgs{name: name, pod: req.Pod}, nil
 }
 
-func (s *Server) move(ctx context.Context, a moveArgs) (int, any, error) {
-	t, err := s.store.MoveTenant(ctx, a.name, a.pod)
+func (s *Server) move(ctx context.Context, a moveArgs) (written, error) {
+	t, index, err := s.store.MoveTenant(ctx, a.name, a.pod)
 	if err != nil {
-		return 0, nil, err
+		return written{}, err
 	}
-	return http.StatusOK, s.tenantJSON(t), nil
+	return written{http.StatusOK, s.tenantJSON(t), index}, nil
 }
 
 type domainArgs struct{ name, domain string }
@@ -315,16 +361,17 @@ func (s *Server) parseDomain(r *http.Request, _ []byte) (domainArgs, error) {
 	return domainArgs{name: name, domain: d}, nil
 }
 
-func (s *Server) addDomain(ctx context.Context, a domainArgs) (int, any, error) {
-	t, err := s.store.AddDomain(ctx, a.name, a.domain)
+func (s *Server) addDomain(ctx context.Context, a domainArgs) (written, error) {
+	t, index, err := s.store.AddDomain(ctx, a.name, a.domain)
 	if err != nil {
-		return 0, nil, err
+		return written{}, err
 	}
-	return http.StatusOK, s.tenantJSON(t), nil
+	return written{http.StatusOK, s.tenantJSON(t), index}, nil
 }
 
-func (s *Server) removeDomain(ctx context.Context, a domainArgs) (int, any, error) {
-	return http.StatusNoContent, nil, s.store.RemoveDomain(ctx, a.name, a.domain)
+func (s *Server) removeDomain(ctx context.Context, a domainArgs) (written, error) {
+	index, err := s.store.RemoveDomain(ctx, a.name, a.domain)
+	return written{code: http.StatusNoContent, index: index}, err
 }
 
 // unmatched answers requests no route takes: 405 with Allow when the path

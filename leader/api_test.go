@@ -211,7 +211,7 @@ func TestAPI(t *testing.T) {
 	t.Run("unknown routes", func(t *testing.T) {
 		expect(t, 404, "GET", sb.url+"/v1/nothing", nil, "no such endpoint: GET /v1/nothing")
 		expect(t, 405, "PATCH", sb.url+"/v1/tenants/acme2", nil, "method PATCH is not allowed on /v1/tenants/acme2; use GET, DELETE")
-		expect(t, 405, "GET", sb.url+"/v1/tenants", nil, "use POST")
+		expect(t, 405, "PUT", sb.url+"/v1/tenants", nil, "use GET, POST")
 	})
 
 	t.Run("forwarding loop refused", func(t *testing.T) {

@@ -44,7 +44,7 @@ const repairsPerTxn = (maxTxnOps - 2) / 2
 func (s *Store) Repair(ctx context.Context, repairs []repair) error {
 	for start := 0; start < len(repairs); start += repairsPerTxn {
 		batch := repairs[start:min(start+repairsPerTxn, len(repairs))]
-		err := s.write(ctx, "repair", func(session string) error {
+		_, err := s.write(ctx, "repair", func(session string) error {
 			lh, err := s.loadLog(ctx)
 			if err != nil {
 				return err

@@ -57,12 +57,59 @@ type Config struct {
 	// meanwhile are read together. The leader's reads and placement can
 	// lag this much behind Consul.
 	ViewMinWait time.Duration `yaml:"view_min_wait"`
+	// ReadWait bounds how long a read given an index (?index= or
+	// X-Podedge-Index), or following a write this replica answered, waits
+	// for the replica's view to reach it before answering 503.
+	ReadWait time.Duration `yaml:"read_wait"`
+	// MaxQueryTime caps the wait of a blocking read (?index=N&wait=...),
+	// as Consul's own max_query_time does.
+	MaxQueryTime time.Duration `yaml:"max_query_time"`
+	// GeoIP locates sign-ups given by their IP address.
+	GeoIP GeoIP `yaml:"geoip"`
 	// Election tunes the Consul lock.
 	Election Election `yaml:"election"`
 	// Consul is the shared consul section.
 	Consul config.Consul `yaml:"consul"`
 	// Log is the shared log section.
 	Log config.Log `yaml:"log"`
+}
+
+// GeoIP configures the location of sign-ups given by their IP address.
+type GeoIP struct {
+	// Database is the path of a MaxMind-format database with city
+	// coordinates (GeoLite2-City, DB-IP City Lite); empty: none, and a
+	// sign-up by address is refused unless Fallback is set.
+	Database string `yaml:"database"`
+	// CheckInterval is how often the file is checked for a new version
+	// (geoipupdate replaces it); a new one is opened without a restart.
+	CheckInterval time.Duration `yaml:"check_interval"`
+	// Fallback, when set, is where a sign-up whose address cannot be
+	// located (unknown, private, loopback, no database) is placed from.
+	Fallback *GeoPoint `yaml:"fallback"`
+}
+
+// GeoPoint is a position; both fields are required.
+type GeoPoint struct {
+	Lat *float64 `yaml:"lat"`
+	Lon *float64 `yaml:"lon"`
+}
+
+func (g *GeoIP) validate() error {
+	if g.CheckInterval < 100*time.Millisecond || g.CheckInterval > 24*time.Hour {
+		return fmt.Errorf("geoip.check_interval: %s is outside [100ms, 24h]", g.CheckInterval)
+	}
+	if f := g.Fallback; f != nil {
+		switch {
+		case f.Lat == nil:
+			return fmt.Errorf("geoip.fallback.lat: required with geoip.fallback")
+		case f.Lon == nil:
+			return fmt.Errorf("geoip.fallback.lon: required with geoip.fallback")
+		}
+		if err := router.CheckCoordinates(*f.Lat, *f.Lon); err != nil {
+			return fmt.Errorf("geoip.fallback: %w", err)
+		}
+	}
+	return nil
 }
 
 // Election tunes leader election on Consul.
@@ -118,6 +165,9 @@ func DefaultConfig() Config {
 		AuditInterval:     2 * time.Second,
 		LogRing:           DefaultLogRing,
 		ViewMinWait:       250 * time.Millisecond,
+		ReadWait:          2 * time.Second,
+		MaxQueryTime:      10 * time.Minute,
+		GeoIP:             GeoIP{CheckInterval: time.Minute},
 		Election: Election{
 			Service:         "leader",
 			SessionTTL:      10 * time.Second,
@@ -162,11 +212,18 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("log_ring: %d is outside [16, 1048576]", c.LogRing)
 	case c.ViewMinWait < 10*time.Millisecond || c.ViewMinWait > 10*time.Second:
 		return fmt.Errorf("view_min_wait: %s is outside [10ms, 10s]", c.ViewMinWait)
+	case c.ReadWait <= 0 || c.ReadWait > time.Minute:
+		return fmt.Errorf("read_wait: %s is outside (0, 1m]", c.ReadWait)
+	case c.MaxQueryTime < time.Second || c.MaxQueryTime > time.Hour:
+		return fmt.Errorf("max_query_time: %s is outside [1s, 1h]", c.MaxQueryTime)
 	}
 	for _, n := range c.ReservedNames {
 		if err := router.CheckLabel(n); err != nil {
 			return fmt.Errorf("reserved_names: %w", err)
 		}
+	}
+	if err := c.GeoIP.validate(); err != nil {
+		return err
 	}
 	if err := c.Election.validate(); err != nil {
 		return err

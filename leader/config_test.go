@@ -61,6 +61,12 @@ func TestConfigErrors(t *testing.T) {
 		{name: "service", tweak: func(c *Config) { c.Election.Service = "Leader" }, want: "election.service:"},
 		{name: "consul address", tweak: func(c *Config) { c.Consul.Address = "" }, want: "consul.address:"},
 		{name: "log level", tweak: func(c *Config) { c.Log.Level = "loud" }, want: "log.level:"},
+		{name: "read_wait", tweak: func(c *Config) { c.ReadWait = 0 }, want: "read_wait:"},
+		{name: "max_query_time", tweak: func(c *Config) { c.MaxQueryTime = time.Millisecond }, want: "max_query_time:"},
+		{name: "geoip check_interval", tweak: func(c *Config) { c.GeoIP.CheckInterval = 0 }, want: "geoip.check_interval:"},
+		{name: "geoip fallback without lon", yaml: "geoip:\n  fallback: {lat: 50}\n", want: "geoip.fallback.lon: required"},
+		{name: "geoip fallback off the map", yaml: "geoip:\n  fallback: {lat: 91, lon: 0}\n", want: "geoip.fallback: lat 91 is outside"},
+		{name: "geoip fallback unknown key", yaml: "geoip:\n  fallback: {lat: 1, lng: 2}\n", want: `unknown key "lng"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

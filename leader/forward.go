@@ -32,14 +32,16 @@ type forwarder struct {
 	transport *http.Transport
 	m         *metrics
 	log       *slog.Logger
+	// wrote is told the index of every write the leader answered.
+	wrote func(index uint64)
 
 	mu       sync.Mutex
 	failing  string // the leader whose failures were already logged
 	failedAt time.Time
 }
 
-func newForwarder(self string, log *slog.Logger, m *metrics) *forwarder {
-	f := &forwarder{self: self, m: m, log: log}
+func newForwarder(self string, log *slog.Logger, m *metrics, wrote func(uint64)) *forwarder {
+	f := &forwarder{self: self, m: m, log: log, wrote: wrote}
 	f.transport = &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 64,
@@ -54,6 +56,9 @@ func newForwarder(self string, log *slog.Logger, m *metrics) *forwarder {
 		ModifyResponse: func(resp *http.Response) error {
 			m.forwarded.WithLabelValues("ok").Inc()
 			resp.Header.Set(LeaderHeader, resp.Request.URL.Host)
+			if n, ok := parseIndex(resp.Header.Get(IndexHeader)); ok && f.wrote != nil {
+				f.wrote(n)
+			}
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

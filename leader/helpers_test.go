@@ -66,6 +66,9 @@ func startReplica(t testing.TB, agent *consultest.Agent, tweak ...func(*Config))
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Consul.Address = agent.HTTPAddr
+	// A loaded machine, the race detector: views may take longer than the
+	// default 2s to reach a write.
+	cfg.ReadWait = 10 * time.Second
 	for _, f := range tweak {
 		f(&cfg)
 	}

@@ -21,6 +21,11 @@ func (k keys) tenant(name string) string { return k.tenantsDir() + name }
 // advertised API address, which standbys forward writes to.
 func (k keys) lock() string { return k.prefix + "leader/lock" }
 
+// written is set by a write whose transaction would otherwise change no
+// key (one that only deletes): Consul reports a transaction's index only in
+// the ModifyIndex of the keys it set, and every write answers with its index.
+func (k keys) written() string { return k.prefix + "leader/written" }
+
 // seatsDir holds, per pod, the number of tenants placed in it, as a decimal
 // integer. Every write that adds a tenant to a pod or takes one out updates
 // it with check-and-set in the same transaction, which is what keeps a pod

@@ -21,6 +21,9 @@ type metrics struct {
 	txns            *prometheus.CounterVec
 	retries         *prometheus.CounterVec
 	repairs         *prometheus.CounterVec
+	readWaits       *prometheus.CounterVec
+	geoLookups      *prometheus.CounterVec
+	geoReloads      *prometheus.CounterVec
 }
 
 // newMetrics registers the leader's metrics on reg. status reports the
@@ -72,8 +75,20 @@ func newMetrics(reg *prometheus.Registry, status func() (synced, healthy bool, a
 			Name: "leader_reconcile_repairs_total",
 			Help: "Keys repaired, by kind: seats and domains (internal keys, by reconciliation), pods and tenants (values written outside the leader, logged for every reader by the auditor).",
 		}, []string{"kind"}),
+		readWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leader_read_waits_total",
+			Help: "Reads that waited for the view, by kind (index, blocking) and result (ok, unchanged, timeout).",
+		}, []string{"kind", "result"}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.forwarded, m.isLeader, m.changes, m.electionErrors,
+	m.geoLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "leader_geoip_lookups_total",
+		Help: "Sign-up addresses looked up, by result (located, not_found, unroutable, no_database, error).",
+	}, []string{"result"})
+	m.geoReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "leader_geoip_reloads_total",
+		Help: "Times the GeoIP database file was found replaced and opened again, by result (ok, error).",
+	}, []string{"result"})
+	reg.MustRegister(m.readWaits, m.geoLookups, m.geoReloads, m.requests, m.duration, m.forwarded, m.isLeader, m.changes, m.electionErrors,
 		m.signups, m.placementFailed, m.txns, m.retries, m.repairs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if status != nil {

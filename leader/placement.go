@@ -30,12 +30,14 @@ type Candidate struct {
 	Capacity, Tenants int
 	// PassingEdges is how many of its edges pass their health checks.
 	PassingEdges int
+	// Cordoned is true when the pod is not accepting new tenants.
+	Cordoned bool
 }
 
-// Eligible reports whether the pod can take a tenant: it has a free seat
-// and at least one passing edge to serve it.
+// Eligible reports whether the pod can take a tenant: it is accepting,
+// has a free seat and at least one passing edge to serve it.
 func (c Candidate) Eligible() bool {
-	return c.Tenants < c.Capacity && c.PassingEdges > 0
+	return !c.Cordoned && c.Tenants < c.Capacity && c.PassingEdges > 0
 }
 
 // Place picks the pod for a tenant signing up at lat, lon, and reports

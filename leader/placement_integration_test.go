@@ -2,6 +2,7 @@ package leader
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,4 +162,71 @@ func TestConcurrentSignups(t *testing.T) {
 			checkSeats(t, agent)
 		})
 	}
+}
+
+// TestCordon: a pod PUT with "accepting": false takes no new tenant, by
+// sign-up or by move, while its tenants stay served; every replica shows it
+// cordoned; PUT accepting again, it takes tenants again.
+func TestCordon(t *testing.T) {
+	agent := consultest.Start(t)
+	rs := startCluster(t, agent, 2)
+	lead, sb := waitLeader(t, rs), standby(t, rs)
+	edges(t, agent, "dublin", "london")
+	waitEdges(t, rs, "dublin", 1)
+	waitEdges(t, rs, "london", 1)
+	expect(t, 201, "PUT", sb.url+"/v1/pods/dublin", podBody(dublin, 10), "")
+	expect(t, 201, "PUT", sb.url+"/v1/pods/london", podBody(london, 10), "")
+	if out := expect(t, 201, "POST", sb.url+"/v1/tenants", signupBody("before", dublin), ""); out["pod"] != "dublin" {
+		t.Fatalf("before the cordon: placed in %v", out["pod"])
+	}
+	if out := expect(t, 201, "POST", sb.url+"/v1/tenants", signupBody("mover", london), ""); out["pod"] != "london" {
+		t.Fatalf("from London: placed in %v", out["pod"])
+	}
+
+	code, out, idx := callIndexed(t, "PUT", sb.url+"/v1/pods/dublin", `{"region":"test","lat":53.3498,"lon":-6.2603,"capacity":10,"accepting":false}`)
+	if code != 200 || out["accepting"] != false {
+		t.Fatalf("PUT accepting false: %d %v", code, out)
+	}
+	if got := kv(t, agent)["podedge/pods/dublin"]; !strings.Contains(got, `"accepting":false`) {
+		t.Fatalf("stored pod %s", got)
+	}
+	for _, r := range rs {
+		code, out, _ := callIndexed(t, "GET", fmt.Sprintf("%s/v1/pods/dublin?index=%d", r.url, idx), nil)
+		if code != 200 || out["accepting"] != false {
+			t.Fatalf("GET cordoned pod on %s: %d %v", r.addr, code, out)
+		}
+		_, list, _ := callIndexed(t, "GET", r.url+"/v1/pods", nil)
+		if s := fmt.Sprint(list["pods"]); !strings.Contains(s, "accepting:false") || !strings.Contains(s, "accepting:true") {
+			t.Fatalf("GET /v1/pods on %s: %s", r.addr, s)
+		}
+	}
+	for i := range 3 {
+		if out := expect(t, 201, "POST", rs[i%2].url+"/v1/tenants", signupBody(fmt.Sprintf("after%d", i), dublin), ""); out["pod"] != "london" {
+			t.Fatalf("from Dublin with Dublin cordoned: placed in %v", out["pod"])
+		}
+	}
+	expect(t, 409, "POST", sb.url+"/v1/tenants/mover/move", `{"pod":"dublin"}`, `pod "dublin" is cordoned (accepting is false)`)
+	// Its tenants stay served: routed, and moved out on request.
+	for _, r := range rs {
+		if rt, ok := r.srv.router.Snapshot().LookupString("before.example.test"); !ok || rt.Pod.Name != "dublin" || len(rt.Pod.PassingEdges) != 1 {
+			t.Fatalf("tenant of the cordoned pod not routed on %s", r.addr)
+		}
+	}
+	expect(t, 200, "GET", lead.url+"/v1/tenants/before", nil, "")
+	expect(t, 200, "POST", lead.url+"/v1/tenants/before/move", `{"pod":"london"}`, "")
+
+	// Every seat elsewhere taken: a cordoned pod still takes no one.
+	expect(t, 200, "PUT", lead.url+"/v1/pods/london", podBody(london, 5), "")
+	expect(t, 503, "POST", sb.url+"/v1/tenants", signupBody("nowhere", dublin), "no pod has a free seat")
+
+	// Accepting again (the field omitted means true).
+	expect(t, 200, "PUT", sb.url+"/v1/pods/dublin", podBody(dublin, 10), "")
+	if got := kv(t, agent)["podedge/pods/dublin"]; strings.Contains(got, "accepting") {
+		t.Fatalf("stored pod %s", got)
+	}
+	if out := expect(t, 201, "POST", sb.url+"/v1/tenants", signupBody("reopened", dublin), ""); out["pod"] != "dublin" {
+		t.Fatalf("after reopening: placed in %v", out["pod"])
+	}
+	expect(t, 200, "POST", sb.url+"/v1/tenants/mover/move", `{"pod":"dublin"}`, "")
+	checkSeats(t, agent)
 }

@@ -1,6 +1,7 @@
 package leader
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -41,6 +42,8 @@ func pod(name string, at [2]float64, tenants, capacity int) Candidate {
 }
 
 func noEdges(c Candidate) Candidate { c.PassingEdges = 0; return c }
+
+func cordoned(c Candidate) Candidate { c.Cordoned = true; return c }
 
 func TestPlace(t *testing.T) {
 	cases := []struct {
@@ -118,6 +121,24 @@ func TestPlace(t *testing.T) {
 			at:   dublin, nearKm: 500, want: "a",
 		},
 		{
+			name: "a cordoned pod takes no one, however near and empty",
+			pods: []Candidate{cordoned(pod("dublin", dublin, 0, 10)), pod("london", london, 9, 10)},
+			at:   dublin, nearKm: 500, want: "london",
+		},
+		{
+			name: "a cordoned pod is not the nearest that nearness is measured from",
+			// Dublin is cordoned: London (464 km) is the nearest eligible,
+			// and Frankfurt, 638 km from Dublin but 1088-464 > 500 km
+			// beyond London, is not near.
+			pods: []Candidate{cordoned(pod("dublin", dublin, 0, 10)), pod("london", london, 5, 10), pod("frankfurt", frankfurt, 0, 10)},
+			at:   dublin, nearKm: 500, want: "london",
+		},
+		{
+			name: "only cordoned pods: nothing eligible",
+			pods: []Candidate{cordoned(pod("dublin", dublin, 0, 10)), cordoned(pod("sydney", sydney, 0, 10))},
+			at:   dublin, nearKm: 500, want: "",
+		},
+		{
 			name: "nothing eligible",
 			pods: []Candidate{pod("dublin", dublin, 10, 10), noEdges(pod("london", london, 0, 10))},
 			at:   dublin, nearKm: 500, want: "",
@@ -154,5 +175,40 @@ func BenchmarkPlace(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		Place(pods, dublin[0], dublin[1], 500)
+	}
+}
+
+// TestExplain: the explanation names the pod Place chooses first, then the
+// other eligible, near pods in the order the rule ranks them, and leaves
+// out the far, full, cordoned and edgeless ones.
+func TestExplain(t *testing.T) {
+	pods := []Candidate{
+		pod("dublin", dublin, 9, 10), pod("london", london, 2, 10), pod("frankfurt", frankfurt, 0, 10),
+		cordoned(pod("cork", [2]float64{51.8985, -8.4756}, 0, 10)), noEdges(pod("belfast", [2]float64{54.5973, -5.9301}, 0, 10)),
+		pod("full", dublin, 10, 10), pod("sydney", sydney, 0, 10),
+	}
+	c, pl, ok := Explain(pods, Location{Lat: dublin[0], Lon: dublin[1], Source: "request"}, 500)
+	if !ok || c.Name != "london" {
+		t.Fatalf("chose %q (%v)", c.Name, ok)
+	}
+	var got []string
+	for _, x := range pl.Candidates {
+		got = append(got, x.Pod)
+	}
+	if fmt.Sprint(got) != "[london dublin]" {
+		t.Fatalf("candidates %v, want [london dublin] (frankfurt is 1,088 km away, beyond 0 + 500)", got)
+	}
+	first := pl.Candidates[0]
+	if pl.DistanceKm != first.DistanceKm || pl.PodUsage != 0.2 || first.Usage != 0.2 || first.Tenants != 2 || first.Capacity != 10 {
+		t.Fatalf("placement %+v", pl)
+	}
+	if d := pl.DistanceKm; d < 460 || d > 467 {
+		t.Fatalf("Dublin to London: %v km", d)
+	}
+	if pl.Location != (Location{Lat: dublin[0], Lon: dublin[1], Source: "request"}) {
+		t.Fatalf("location %+v", pl.Location)
+	}
+	if _, pl, ok := Explain(pods[3:6], pl.Location, 500); ok || len(pl.Candidates) != 0 {
+		t.Fatalf("nothing eligible: %v %+v", ok, pl)
 	}
 }

@@ -165,6 +165,8 @@ func TestCommandLine(t *testing.T) {
 		{"missing config file", []string{"-config", filepath.Join(dir, "none.yaml")}, "no such file"},
 		{"unknown config key", []string{"-config", write("unknown.yaml", "listen: 127.0.0.1:1\nnear_mk: 3\n")}, `line 2: unknown key "near_mk"`},
 		{"bad config value", []string{"-config", write("ttl.yaml", "election:\n  check_ttl: 1ms\n")}, "election.check_ttl: 1ms is outside"},
+		{"missing geoip database", []string{"-config", write("geo.yaml", "geoip:\n  database: "+filepath.Join(dir, "none.mmdb")+"\n")}, "geoip.database: stat "},
+		{"not a geoip database", []string{"-config", write("notgeo.yaml", "geoip:\n  database: "+write("city.mmdb", "not a database")+"\n")}, "geoip.database: "},
 		{"stray argument", []string{"serve"}, `unexpected argument "serve"`},
 	}
 	for _, c := range bad {

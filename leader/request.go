@@ -23,13 +23,17 @@ type podRequest struct {
 	Lat      *float64 `json:"lat"`
 	Lon      *float64 `json:"lon"`
 	Capacity *int     `json:"capacity"`
+	// Accepting false cordons the pod; absent means true.
+	Accepting *bool `json:"accepting"`
 }
 
-// signupRequest is the body of POST /v1/tenants.
+// signupRequest is the body of POST /v1/tenants and POST /v1/placements.
+// The location is either lat and lon or ip.
 type signupRequest struct {
 	Name    string   `json:"name"`
 	Lat     *float64 `json:"lat"`
 	Lon     *float64 `json:"lon"`
+	IP      *string  `json:"ip"`
 	Domains []string `json:"domains"`
 }
 
@@ -42,8 +46,20 @@ type moveRequest struct {
 type Signup struct {
 	Name     string
 	Lat, Lon float64
+	// Source is where Lat and Lon come from, as Location.Source; empty
+	// means "request".
+	Source string
 	// Domains are normalised, distinct custom domains.
 	Domains []string
+}
+
+// Location is where the sign-up is placed from.
+func (su Signup) Location() Location {
+	src := su.Source
+	if src == "" {
+		src = "request"
+	}
+	return Location{Lat: su.Lat, Lon: su.Lon, Source: src}
 }
 
 // decodeJSON decodes a JSON body into dst strictly: unknown fields and
@@ -179,19 +195,35 @@ func (v *validator) domains(ds []string) ([]string, error) {
 	return out, nil
 }
 
-// signup validates a sign-up request.
-func (v *validator) signup(req signupRequest) (Signup, error) {
-	if err := v.tenantName(req.Name); err != nil {
-		return Signup{}, err
+// signup validates a sign-up request. A sign-up given by its IP address
+// comes back with Source "ip" and no coordinates yet: the caller locates
+// it. A dry run (POST /v1/placements) may leave the name out.
+func (v *validator) signup(req signupRequest, dryRun bool) (Signup, error) {
+	if req.Name != "" || !dryRun {
+		if err := v.tenantName(req.Name); err != nil {
+			return Signup{}, err
+		}
 	}
-	if err := checkCoordinates(req.Lat, req.Lon); err != nil {
-		return Signup{}, err
+	su := Signup{Name: req.Name, Source: "request"}
+	switch {
+	case req.IP != nil && (req.Lat != nil || req.Lon != nil):
+		return Signup{}, invalid("give either ip or lat and lon, not both")
+	case req.IP == nil && req.Lat == nil && req.Lon == nil:
+		return Signup{}, invalid("a location is required: ip, or lat and lon")
+	case req.IP != nil:
+		su.Source = "ip"
+	default:
+		if err := checkCoordinates(req.Lat, req.Lon); err != nil {
+			return Signup{}, err
+		}
+		su.Lat, su.Lon = *req.Lat, *req.Lon
 	}
 	ds, err := v.domains(req.Domains)
 	if err != nil {
 		return Signup{}, err
 	}
-	return Signup{Name: req.Name, Lat: *req.Lat, Lon: *req.Lon, Domains: ds}, nil
+	su.Domains = ds
+	return su, nil
 }
 
 // pod validates a pod registration for the pod named in the path.
@@ -213,5 +245,11 @@ func (v *validator) pod(name string, req podRequest) (router.Pod, error) {
 	case len(req.Region) > 64:
 		return router.Pod{}, invalid("region is longer than 64 characters")
 	}
-	return router.Pod{Name: name, Region: req.Region, Lat: *req.Lat, Lon: *req.Lon, Capacity: *req.Capacity}, nil
+	p := router.Pod{Name: name, Region: req.Region, Lat: *req.Lat, Lon: *req.Lon, Capacity: *req.Capacity}
+	if req.Accepting != nil && !*req.Accepting {
+		// Stored only when false: the stored form of an accepting pod
+		// stays what it was before the field existed.
+		p.Accepting = req.Accepting
+	}
+	return p, nil
 }

@@ -54,7 +54,7 @@ func TestSignupValidation(t *testing.T) {
 			err := decodeJSON([]byte(c.body), &req)
 			var su Signup
 			if err == nil {
-				su, err = v.signup(req)
+				su, err = v.signup(req, false)
 			}
 			if c.want == "" {
 				if err != nil {
@@ -92,6 +92,9 @@ func TestPodValidation(t *testing.T) {
 		{name: "missing lat", pod: "dublin", body: `{"lon":1,"capacity":1}`, want: "lat is required"},
 		{name: "lon out of range", pod: "dublin", body: `{"lat":1,"lon":200,"capacity":1}`, want: "lon 200 is outside"},
 		{name: "unknown field", pod: "dublin", body: `{"lat":1,"lon":1,"capacity":1,"tenants":3}`, want: `unknown field "tenants"`},
+		{name: "cordoned", pod: "dublin", body: `{"lat":1,"lon":1,"capacity":1,"accepting":false}`},
+		{name: "accepting", pod: "dublin", body: `{"lat":1,"lon":1,"capacity":1,"accepting":true}`},
+		{name: "accepting is a boolean", pod: "dublin", body: `{"lat":1,"lon":1,"capacity":1,"accepting":"no"}`, want: `field "accepting": string is not a bool`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -33,6 +34,7 @@ type Server struct {
 	m      *metrics
 	val    *validator
 	zone   string // without the trailing dot
+	geo    *geoDB // nil without geoip.database
 
 	// Set by Serve.
 	elector *Elector
@@ -40,6 +42,14 @@ type Server struct {
 	fwd     *forwarder
 	kv      router.KVLister // for the auditor's reads of the folders
 	kick    chan struct{}   // asks the reconcile loop to run now
+
+	// lastWrite is the highest index of the writes this replica answered,
+	// its own or forwarded: its reads wait for their view to reach it.
+	lastWrite atomic.Uint64
+	viewIndex atomic.Uint64 // LogIndex of the view published last
+	// reads ends when the replica stops, and blocking reads with it.
+	reads     context.Context
+	stopReads context.CancelFunc
 }
 
 // New validates cfg and builds a replica; Serve or Run starts it.
@@ -82,6 +92,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		zone:   strings.TrimSuffix(rt.Zone(), "."),
 		kick:   make(chan struct{}, 1),
 	}
+	s.reads, s.stopReads = context.WithCancel(context.Background())
 	s.val = newValidator(rt.Zone(), cfg.ReservedNames, cfg.MaxDomains)
 	s.reg.MustRegister(router.LogCollector("leader", rt))
 	s.m = newMetrics(s.reg, func() (bool, bool, time.Duration) {
@@ -92,6 +103,11 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		return st.Synced, st.Healthy, stale
 	})
+	if cfg.GeoIP.Database != "" {
+		if s.geo, err = openGeo(cfg.GeoIP.Database, log.With("component", "geoip"), s.m); err != nil {
+			return nil, fmt.Errorf("geoip.database: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -130,7 +146,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		LogRing:    s.cfg.LogRing,
 		Logger:     s.log.With("component", "store"),
 	}, s.m)
-	s.fwd = newForwarder(addr, s.log.With("component", "forward"), s.m)
+	s.fwd = newForwarder(addr, s.log.With("component", "forward"), s.m, s.wrote)
 
 	fresh := &freshConns{conns: map[net.Conn]struct{}{}}
 	srv := &http.Server{
@@ -144,12 +160,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.log.Info("leader replica serving", "listen", ln.Addr().String(), "advertise", addr, "zone", s.router.Zone(), "consul", s.cfg.Consul.Address)
 
+	s.router.Subscribe(s.viewPublished)
 	bg, stopBG := context.WithCancel(context.Background())
 	elect, stopElect := context.WithCancel(context.Background())
 	var wg, election sync.WaitGroup
 	wg.Go(func() { s.router.Run(bg, s.client) })
 	wg.Go(func() { s.reconcileLoop(bg) })
 	wg.Go(func() { s.auditLoop(bg, s.kv) })
+	if s.geo != nil {
+		wg.Go(func() { s.geo.watch(bg, s.cfg.GeoIP.CheckInterval) })
+		defer s.geo.close()
+	}
 	election.Go(func() { s.elector.Run(elect) })
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -161,6 +182,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		err = fmt.Errorf("serve: %w", err)
 	}
 	s.log.Info("stopping: giving up leadership, then draining requests")
+	s.stopReads()
 	stopElect()
 	election.Wait()
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

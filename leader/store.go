@@ -55,6 +55,10 @@ type Store struct {
 	ring       uint64        // the change log's ring slots
 	podsFor    string        // the session pods and logHead were read under
 	reconciled string        // the session the internal keys were last reconciled under
+	// seen is the highest ModifyIndex the current write attempt read or
+	// committed: the index it answers with (X-Podedge-Index). A write
+	// that changes nothing answers with the index of the state it found.
+	seen uint64
 }
 
 // StoreConfig configures a Store. View and Fence are required.
@@ -223,39 +227,45 @@ func decodeTenant(name string, raw []byte) (router.Tenant, error) {
 // write runs one API write: attempt builds and commits a transaction from a
 // fresh read under session; when the transaction rolls back on a concurrent
 // change (errRetry) the cached reads are dropped and it runs again, up to
-// the configured number of times.
-func (s *Store) write(ctx context.Context, op string, attempt func(session string) error) error {
+// the configured number of times. It returns the Consul index the write
+// committed at, or for a write that had nothing to change the highest
+// index of what it read.
+func (s *Store) write(ctx context.Context, op string, attempt func(session string) error) (uint64, error) {
 	if err := s.acquire(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	defer s.release()
 	for try := 1; ; try++ {
 		session, ok := s.fence.Session()
 		if !ok {
-			return errNotLeader
+			return 0, errNotLeader
 		}
 		if s.podsFor != session {
 			// A new leadership reads everything afresh.
 			s.pods, s.logHead, s.podsFor = nil, nil, session
 		}
 		if err := s.reconcileLocked(ctx, session); err != nil {
-			return err
+			return 0, err
 		}
+		s.seen = 0
 		err := attempt(session)
 		if !errors.Is(err, errRetry) {
 			if err != nil && !isOutcome(err) {
 				// Consul failed us; what we cached may be out of date.
 				s.pods, s.logHead = nil, nil
 			}
-			return err
+			if err != nil {
+				return 0, err
+			}
+			return s.seen, nil
 		}
 		s.pods, s.logHead = nil, nil
 		if try >= s.retries {
-			return &Error{Kind: KindUnavailable, Msg: fmt.Sprintf("%s kept conflicting with concurrent changes after %d attempts; retry", op, try)}
+			return 0, &Error{Kind: KindUnavailable, Msg: fmt.Sprintf("%s kept conflicting with concurrent changes after %d attempts; retry", op, try)}
 		}
 		s.m.retries.WithLabelValues(op).Inc()
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w", op, ctx.Err())
+			return 0, fmt.Errorf("%s: %w", op, ctx.Err())
 		}
 	}
 }
@@ -268,12 +278,12 @@ func isOutcome(err error) bool {
 }
 
 // PutPod registers a pod or updates it, and reports whether it was new.
-func (s *Store) PutPod(ctx context.Context, p router.Pod) (created bool, err error) {
+func (s *Store) PutPod(ctx context.Context, p router.Pod) (created bool, index uint64, err error) {
 	value, err := json.Marshal(p)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
-	err = s.write(ctx, "put_pod", func(session string) error {
+	index, err = s.write(ctx, "put_pod", func(session string) error {
 		pods, err := s.loadPods(ctx)
 		if err != nil {
 			return err
@@ -306,11 +316,11 @@ func (s *Store) PutPod(ctx context.Context, p router.Pod) (created bool, err err
 		e.pod, e.valid, e.podIndex = p, true, res[s.keys.pod(p.Name)]
 		return nil
 	})
-	return created, err
+	return created, index, err
 }
 
 // DeletePod removes a pod that holds no tenants.
-func (s *Store) DeletePod(ctx context.Context, name string) error {
+func (s *Store) DeletePod(ctx context.Context, name string) (uint64, error) {
 	return s.write(ctx, "delete_pod", func(session string) error {
 		pods, err := s.loadPods(ctx)
 		if err != nil {

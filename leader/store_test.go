@@ -88,7 +88,7 @@ func TestSeatGuardWithoutSerialisation(t *testing.T) {
 		stores[i] = testStore(t, agent, fence, view, 100)
 	}
 	ctx := context.Background()
-	if _, err := stores[0].PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 5}); err != nil {
+	if _, _, err := stores[0].PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 5}); err != nil {
 		t.Fatal(err)
 	}
 	// Every store reads the pod (and its empty seat count) before any
@@ -108,7 +108,7 @@ func TestSeatGuardWithoutSerialisation(t *testing.T) {
 	for i := range total {
 		wg.Go(func() {
 			<-start
-			_, errs[i] = stores[i%len(stores)].SignUp(ctx, Signup{Name: fmt.Sprintf("t%02d", i), Lat: dublin[0], Lon: dublin[1]})
+			_, _, errs[i] = stores[i%len(stores)].SignUp(ctx, Signup{Name: fmt.Sprintf("t%02d", i), Lat: dublin[0], Lon: dublin[1]})
 		})
 	}
 	close(start)
@@ -149,15 +149,15 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 	view := viewWithEdges(t, "dublin")
 	deposed := testStore(t, agent, oldFence, view, 10)
 	ctx := context.Background()
-	if _, err := deposed.PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 5}); err != nil {
+	if _, _, err := deposed.PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 5}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"london", "empty"} {
-		if _, err := deposed.PutPod(ctx, router.Pod{Name: p, Lat: london[0], Lon: london[1], Capacity: 5}); err != nil {
+		if _, _, err := deposed.PutPod(ctx, router.Pod{Name: p, Lat: london[0], Lon: london[1], Capacity: 5}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := deposed.SignUp(ctx, Signup{Name: "first", Lat: dublin[0], Lon: dublin[1], Domains: []string{"first.org"}}); err != nil {
+	if _, _, err := deposed.SignUp(ctx, Signup{Name: "first", Lat: dublin[0], Lon: dublin[1], Domains: []string{"first.org"}}); err != nil {
 		t.Fatal(err)
 	}
 	before := kv(t, agent)
@@ -171,15 +171,15 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 
 	writes := map[string]func() error{
 		"sign-up": func() error {
-			_, err := deposed.SignUp(ctx, Signup{Name: "late", Lat: dublin[0], Lon: dublin[1], Domains: []string{"late.com"}})
+			_, _, err := deposed.SignUp(ctx, Signup{Name: "late", Lat: dublin[0], Lon: dublin[1], Domains: []string{"late.com"}})
 			return err
 		},
-		"put pod":       func() error { _, err := deposed.PutPod(ctx, router.Pod{Name: "paris", Capacity: 1}); return err },
-		"move":          func() error { _, err := deposed.MoveTenant(ctx, "first", "london"); return err },
-		"add domain":    func() error { _, err := deposed.AddDomain(ctx, "first", "first.com"); return err },
-		"remove domain": func() error { return deposed.RemoveDomain(ctx, "first", "first.org") },
-		"delete tenant": func() error { return deposed.DeleteTenant(ctx, "first") },
-		"delete pod":    func() error { return deposed.DeletePod(ctx, "empty") },
+		"put pod":       func() error { _, _, err := deposed.PutPod(ctx, router.Pod{Name: "paris", Capacity: 1}); return err },
+		"move":          func() error { _, _, err := deposed.MoveTenant(ctx, "first", "london"); return err },
+		"add domain":    func() error { _, _, err := deposed.AddDomain(ctx, "first", "first.com"); return err },
+		"remove domain": func() error { _, err := deposed.RemoveDomain(ctx, "first", "first.org"); return err },
+		"delete tenant": func() error { _, err := deposed.DeleteTenant(ctx, "first"); return err },
+		"delete pod":    func() error { _, err := deposed.DeletePod(ctx, "empty"); return err },
 		"reconcile":     func() error { return deposed.Reconcile(ctx) },
 	}
 	for name, write := range writes {
@@ -205,7 +205,7 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 
 	// The new leader writes as usual.
 	current := testStore(t, agent, newFence, view, 10)
-	if _, err := current.SignUp(ctx, Signup{Name: "late", Lat: dublin[0], Lon: dublin[1]}); err != nil {
+	if _, _, err := current.SignUp(ctx, Signup{Name: "late", Lat: dublin[0], Lon: dublin[1]}); err != nil {
 		t.Fatal(err)
 	}
 	checkSeats(t, agent)
@@ -220,7 +220,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	view := viewWithEdges(t, "dublin")
 	s := testStore(t, agent, fence, view, 10)
 	ctx := context.Background()
-	if _, err := s.PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 3}); err != nil {
+	if _, _, err := s.PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 3}); err != nil {
 		t.Fatal(err)
 	}
 	agent.Put(t, "podedge/tenants/x1", `{"name":"x1","pod":"dublin","domains":["X.com"],"created":"2020-01-01T00:00:00Z"}`)
@@ -253,13 +253,13 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	if got := counterValue(t, s.m.repairs.WithLabelValues("seats")); got != 2 {
 		t.Errorf("%v seat repairs counted, want 2", got)
 	}
-	if _, err := s.SignUp(ctx, Signup{Name: "x3", Lat: dublin[0], Lon: dublin[1], Domains: []string{"x2.com"}}); asError(err).Kind != KindConflict {
+	if _, _, err := s.SignUp(ctx, Signup{Name: "x3", Lat: dublin[0], Lon: dublin[1], Domains: []string{"x2.com"}}); asError(err).Kind != KindConflict {
 		t.Fatalf("a domain claimed in KV was given again: %v", err)
 	}
-	if _, err := s.SignUp(ctx, Signup{Name: "x3", Lat: dublin[0], Lon: dublin[1]}); err != nil {
+	if _, _, err := s.SignUp(ctx, Signup{Name: "x3", Lat: dublin[0], Lon: dublin[1]}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.SignUp(ctx, Signup{Name: "x4", Lat: dublin[0], Lon: dublin[1]}); asError(err).Kind != KindNoCapacity {
+	if _, _, err := s.SignUp(ctx, Signup{Name: "x4", Lat: dublin[0], Lon: dublin[1]}); asError(err).Kind != KindNoCapacity {
 		t.Fatalf("fourth tenant in a pod of 3: %v", err)
 	}
 
@@ -273,7 +273,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	fence.mu.Lock()
 	fence.session = next
 	fence.mu.Unlock()
-	if _, err := s.SignUp(ctx, Signup{Name: "x6", Lat: dublin[0], Lon: dublin[1]}); err == nil || asError(err).Kind != KindNoCapacity {
+	if _, _, err := s.SignUp(ctx, Signup{Name: "x6", Lat: dublin[0], Lon: dublin[1]}); err == nil || asError(err).Kind != KindNoCapacity {
 		t.Fatalf("the view has no edge in london, dublin is over-full: got %v", err)
 	}
 	if got := kv(t, agent)["podedge/leader/seats/dublin"]; got != "4" {

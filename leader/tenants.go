@@ -20,7 +20,7 @@ func candidates(pods podCache, view *router.Snapshot) []Candidate {
 		if !e.valid || e.podIndex == 0 {
 			continue
 		}
-		c := Candidate{Name: name, Lat: e.pod.Lat, Lon: e.pod.Lon, Capacity: e.pod.Capacity, Tenants: e.seats}
+		c := Candidate{Name: name, Lat: e.pod.Lat, Lon: e.pod.Lon, Capacity: e.pod.Capacity, Tenants: e.seats, Cordoned: !e.pod.IsAccepting()}
 		if vp := view.Pod(name); vp != nil {
 			c.PassingEdges = len(vp.PassingEdges)
 		}
@@ -46,9 +46,9 @@ func domainsFree(view *router.Snapshot, name string, domains []string) error {
 // SignUp places a new tenant in the pod the placement rule picks and
 // stores it, with its custom domains, in one transaction that takes one of
 // the pod's seats.
-func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
-	var placed router.Tenant
-	err := s.write(ctx, "signup", func(session string) error {
+func (s *Store) SignUp(ctx context.Context, su Signup) (Placed, uint64, error) {
+	var placed Placed
+	index, err := s.write(ctx, "signup", func(session string) error {
 		pods, err := s.loadPods(ctx)
 		if err != nil {
 			return err
@@ -61,7 +61,7 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
 			s.m.placementFailed.WithLabelValues("domain_taken").Inc()
 			return err
 		}
-		c, ok := Place(candidates(pods, view), su.Lat, su.Lon, s.nearKm)
+		c, explained, ok := Explain(candidates(pods, view), su.Location(), s.nearKm)
 		if !ok {
 			s.m.placementFailed.WithLabelValues("no_capacity").Inc()
 			return &Error{Kind: KindNoCapacity, Msg: "no pod has a free seat and a passing edge"}
@@ -100,11 +100,11 @@ func (s *Store) SignUp(ctx context.Context, su Signup) (router.Tenant, error) {
 		s.logCommitted(next, res)
 		e.seats++
 		e.seatsIdx = res[s.keys.seats(c.Name)]
-		placed = t
+		placed = Placed{Tenant: t, Placement: explained}
 		s.m.signups.Inc()
 		return nil
 	})
-	return placed, err
+	return placed, index, err
 }
 
 // readTenant reads a tenant and the index keys of the given domains in one
@@ -150,7 +150,7 @@ func (s *Store) applySeats(pods podCache, res committed, deltas map[string]int) 
 }
 
 // DeleteTenant removes a tenant, frees its seat and its domains.
-func (s *Store) DeleteTenant(ctx context.Context, name string) error {
+func (s *Store) DeleteTenant(ctx context.Context, name string) (uint64, error) {
 	return s.write(ctx, "delete_tenant", func(session string) error {
 		pods, err := s.loadPods(ctx)
 		if err != nil {
@@ -200,9 +200,9 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 
 // MoveTenant moves a tenant to another pod, taking a seat there and
 // freeing its seat in the old one. A full pod refuses it with 409.
-func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant, error) {
+func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant, uint64, error) {
 	var moved router.Tenant
-	err := s.write(ctx, "move", func(session string) error {
+	index, err := s.write(ctx, "move", func(session string) error {
 		pods, err := s.loadPods(ctx)
 		if err != nil {
 			return err
@@ -221,6 +221,9 @@ func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant
 		}
 		if !dst.valid {
 			return conflict("pod %q has an invalid registration; fix it with PUT /v1/pods/%s", pod, pod)
+		}
+		if !dst.pod.IsAccepting() {
+			return conflict("pod %q is cordoned (accepting is false) and takes no tenant; PUT /v1/pods/%s with \"accepting\": true to open it", pod, pod)
 		}
 		if dst.seats >= dst.pod.Capacity {
 			return conflict("pod %q is full: %d of %d seats taken", pod, min(dst.seats, dst.pod.Capacity), dst.pod.Capacity)
@@ -253,14 +256,14 @@ func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant
 		moved = t
 		return nil
 	})
-	return moved, err
+	return moved, index, err
 }
 
 // AddDomain gives a custom domain to a tenant. Adding a domain the tenant
 // already has changes nothing.
-func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tenant, error) {
+func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tenant, uint64, error) {
 	var out router.Tenant
-	err := s.write(ctx, "add_domain", func(session string) error {
+	index, err := s.write(ctx, "add_domain", func(session string) error {
 		t, kv, owners, err := s.readTenant(ctx, name, domain)
 		if err != nil {
 			return err
@@ -314,11 +317,11 @@ func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tena
 		out = t
 		return nil
 	})
-	return out, err
+	return out, index, err
 }
 
 // RemoveDomain takes a custom domain from a tenant and frees it.
-func (s *Store) RemoveDomain(ctx context.Context, name, domain string) error {
+func (s *Store) RemoveDomain(ctx context.Context, name, domain string) (uint64, error) {
 	return s.write(ctx, "remove_domain", func(session string) error {
 		t, kv, owners, err := s.readTenant(ctx, name, domain)
 		if err != nil {

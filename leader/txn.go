@@ -66,11 +66,29 @@ func (t *txn) deleteCAS(key string, index uint64, onFail error) {
 // ModifyIndex.
 type committed map[string]uint64
 
+// sets reports whether the transaction sets a key: only then does Consul's
+// answer carry the index it committed at.
+func (t *txn) sets() bool {
+	for _, op := range t.ops {
+		switch op.KV.Verb {
+		case api.KVSet, api.KVCAS, api.KVLock, api.KVUnlock:
+			return true
+		}
+	}
+	return false
+}
+
 // commit runs t. It returns the new indexes when it committed; errNotLeader
 // (after telling fence) when the session no longer holds the lock; errRetry
 // or the operation's own outcome when another guard failed; and any other
 // error when Consul could not be asked.
 func (s *Store) commit(ctx context.Context, session string, t *txn) (committed, error) {
+	if !t.sets() {
+		// A write's answer names the index it committed at; Consul's
+		// answer to a transaction holds none (no X-Consul-Index) but in
+		// the keys it set.
+		t.add(&api.KVTxnOp{Verb: api.KVSet, Key: s.keys.written()}, nil)
+	}
 	if len(t.ops) > maxTxnOps {
 		return nil, fmt.Errorf("%s: %d operations exceed Consul's limit of %d", t.name, len(t.ops), maxTxnOps)
 	}
@@ -85,6 +103,7 @@ func (s *Store) commit(ctx context.Context, session string, t *txn) (committed, 
 		for _, r := range resp.Results {
 			if r != nil && r.KV != nil {
 				out[r.KV.Key] = r.KV.ModifyIndex
+				s.seen = max(s.seen, r.KV.ModifyIndex)
 			}
 		}
 		return out, nil
@@ -169,6 +188,11 @@ func (s *Store) readTxn(ctx context.Context, ops api.TxnOps) (api.TxnResults, er
 			what = resp.Errors[0].What
 		}
 		return nil, fmt.Errorf("consul read failed: %s", what)
+	}
+	for _, r := range resp.Results {
+		if r != nil && r.KV != nil {
+			s.seen = max(s.seen, r.KV.ModifyIndex)
+		}
 	}
 	return resp.Results, nil
 }

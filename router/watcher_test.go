@@ -175,3 +175,61 @@ func TestWatcherSurvivesConsulRestart(t *testing.T) {
 	})
 	consultest.WaitFor(t, 5*time.Second, "healthy status", func() bool { return r.Status().Healthy })
 }
+
+// TestFoldersNeverLoseAPod: while there is no change log, the router reads
+// the pods/ and tenants/ folders with two blocking queries, each sleeping
+// MinWait after an answer. A pod registered during the pods query's sleep
+// (an empty pods/ folder answers at every write anywhere in KV), then
+// filled at once, must not reach a snapshot after its tenants: no
+// snapshot may hold tenants in a pod it does not show registered.
+func TestFoldersNeverLoseAPod(t *testing.T) {
+	agent := consultest.Start(t)
+	r, err := New(Config{Logger: slog.New(slog.DiscardHandler), MinWait: 250 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var torn []string
+	r.Subscribe(func(s *Snapshot) {
+		for _, ps := range s.Pods() {
+			if ps.Tenants > 0 && !ps.Registered {
+				mu.Lock()
+				torn = append(torn, fmt.Sprintf("a snapshot at index %d holds %d tenants in pod %s but not the pod", s.Index, ps.Tenants, ps.Name))
+				mu.Unlock()
+			}
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Run(ctx, agent.Client) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	<-r.Ready()
+
+	for round := range 6 {
+		if round == 0 {
+			// Writes elsewhere in KV wake the query of the empty pods/.
+			agent.Put(t, "podedge/leader/other", "x")
+		} else {
+			agent.Put(t, "podedge/pods/far", `{"name":"far","lat":-33.9,"lon":151.2,"capacity":1000}`)
+		}
+		pod := fmt.Sprintf("tiny-%d", round)
+		agent.Put(t, "podedge/pods/"+pod, `{"name":"`+pod+`","lat":53.3,"lon":-6.3,"capacity":5}`)
+		var ops api.TxnOps
+		for i := range 5 {
+			name := fmt.Sprintf("r%d-t%d", round, i)
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: "podedge/tenants/" + name, Value: []byte(`{"name":"` + name + `","pod":"` + pod + `"}`)}})
+		}
+		if ok, resp, _, err := agent.Client.Txn().Txn(ops, nil); err != nil || !ok {
+			t.Fatalf("tenants: %v %+v", err, resp)
+		}
+		consultest.WaitFor(t, 5*time.Second, pod+" and its tenants", func() bool {
+			p := r.Snapshot().Pod(pod)
+			return p != nil && p.Registered && p.Tenants == 5
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range torn {
+		t.Error(s)
+	}
+}
