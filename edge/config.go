@@ -95,6 +95,12 @@ type ACME struct {
 	// doubling with each failure in a row, on every edge.
 	BackoffMin time.Duration `yaml:"backoff_min"`
 	BackoffMax time.Duration `yaml:"backoff_max"`
+	// DNS01Nameservers are the name servers (host:port, the zone's dnsd)
+	// that must serve the zone certificate's DNS-01 tokens before the CA
+	// is asked to check them. Empty: the zone's NS records.
+	DNS01Nameservers []string `yaml:"dns01_nameservers"`
+	// DNS01Timeout bounds that wait.
+	DNS01Timeout time.Duration `yaml:"dns01_timeout"`
 }
 
 // TLS is the HTTPS listener's behaviour (see edge/certs/README.md).
@@ -123,6 +129,7 @@ func defaultACME() ACME {
 		OrderTimeout: 3 * time.Minute,
 		BackoffMin:   time.Minute,
 		BackoffMax:   time.Hour,
+		DNS01Timeout: time.Minute,
 	}
 }
 

@@ -16,13 +16,21 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // BenchmarkGetCertificate is the handshake's certificate lookup for a name
-// held in memory: the host policy and the memory map, nothing else.
+// whose certificate is in memory, by the way it is chosen: a tenant
+// hostname (the zone's certificate), a custom domain's own.
 func BenchmarkGetCertificate(b *testing.B) {
-	for _, name := range []string{"acme.example.test", "ACME.Example.Test"} {
-		b.Run(name, func(b *testing.B) {
+	for _, bc := range []struct {
+		name, sni string
+	}{
+		{"zone", "acme.example.test"},
+		{"zone/mixed-case", "ACME.Example.Test"},
+		{"custom-domain", "shop.acme.com"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
 			m, _ := newUnitManager(b, nil)
-			hold(b, m, "acme.example.test")
-			hello := &tls.ClientHelloInfo{ServerName: name}
+			holdZone(b, m)
+			hold(b, m, "shop.acme.com")
+			hello := &tls.ClientHelloInfo{ServerName: bc.sni}
 			b.ReportAllocs()
 			for b.Loop() {
 				if c, err := m.getCertificate(hello); c == nil || err != nil {

@@ -1,8 +1,11 @@
 // Package certs gives the edge's HTTPS listener a certificate for every
-// tenant hostname and custom domain, ordered on demand from an ACME CA
-// (Let's Encrypt by default) and shared by every edge through Consul KV:
+// tenant hostname and custom domain, from an ACME CA (Let's Encrypt by
+// default) and shared by every edge through Consul KV:
 //
-//   - a handshake for a name the router knows and no edge has a
+//   - one certificate for *.<zone> and <zone>, ordered by DNS-01 (dnsd
+//     answers the tokens written to KV), serves every tenant hostname: a
+//     new tenant costs no order (zone.go, dns01.go);
+//   - a handshake for a custom domain the router knows and no edge has a
 //     certificate for orders one; a name it does not know fails at once
 //     and orders nothing;
 //   - the certificates, the ACME account key and the answers to challenges
@@ -56,6 +59,7 @@ type Manager struct {
 	tickets    *tickets
 	metrics    *metrics
 	tlsConfig  *tls.Config
+	zone       zoneNames
 
 	snap    atomic.Pointer[router.Snapshot]
 	edgeIPs atomic.Pointer[map[netip.Addr]struct{}]
@@ -97,6 +101,7 @@ func New(cfg Config) (*Manager, error) {
 		mem:    newMemory(),
 		names:  map[string]*nameState{},
 		synced: make(chan struct{}),
+		zone:   newZoneNames(cfg.Zone),
 	}
 	m.snap.Store(empty.Snapshot())
 	noEdges := map[netip.Addr]struct{}{}
@@ -110,7 +115,7 @@ func New(cfg Config) (*Manager, error) {
 		kv: cfg.Consul.KV(), key: cfg.Prefix + "tls/ticket-keys", conf: m.tlsConfig,
 		rotation: cfg.TicketRotation, keep: cfg.TicketKeys, log: log,
 	}
-	m.metrics = newMetrics(m.mem, m.tickets.age)
+	m.metrics = newMetrics(metricSources{mem: m.mem, zoneName: m.zone.name, ticketAge: m.tickets.age})
 	m.tickets.metrics = m.metrics
 	if m.orderer, err = newOrderer(&m.cfg, m.cache, m.challenges, m.metrics); err != nil {
 		return nil, err
@@ -177,6 +182,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		return errors.New("certs: Run called twice")
 	}
 	var bg sync.WaitGroup
+	// The zone's certificate, from KV or ordered now rather than at the
+	// first tenant's handshake; the renewal loop tries again if this fails.
+	_, _ = m.begin(m.zone.name, nil)
 	bg.Go(func() { m.challenges.watch(ctx) })
 	bg.Go(func() { m.tickets.run(ctx) })
 	bg.Go(func() {
@@ -188,7 +196,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.watchIndex(ctx)
 	})
 	bg.Go(func() { m.renewLoop(ctx) })
-	m.log.Info("certificates on demand", "ca", m.cfg.Directory, "challenges", m.cfg.Challenges, "redirect", m.cfg.Redirect)
+	m.log.Info("certificates", "ca", m.cfg.Directory, "zone", m.zone.name, "challenges", m.cfg.Challenges, "redirect", m.cfg.Redirect)
 	<-ctx.Done()
 	m.mu.Lock()
 	m.stopped = true
