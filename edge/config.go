@@ -118,6 +118,18 @@ type TLS struct {
 	// edge is replaced; TicketKeys how many are kept.
 	TicketRotation time.Duration `yaml:"ticket_rotation"`
 	TicketKeys     int           `yaml:"ticket_keys"`
+	// Certificates are operators' own certificates, served by SNI before
+	// any from ACME; CertificateCheck is how often their files are read
+	// again.
+	Certificates     []TLSCertificate `yaml:"certificates"`
+	CertificateCheck time.Duration    `yaml:"certificate_check"`
+}
+
+// TLSCertificate is an operator's certificate: PEM files of the chain
+// (leaf first) and of the private key; they may be one file.
+type TLSCertificate struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // defaultACME and defaultTLS are the defaults of edge/certs.Config (a test
@@ -134,7 +146,7 @@ func defaultACME() ACME {
 }
 
 func defaultTLS() TLS {
-	return TLS{Redirect: true, HandshakeTimeout: 8 * time.Second, TicketRotation: 12 * time.Hour, TicketKeys: 3}
+	return TLS{Redirect: true, HandshakeTimeout: 8 * time.Second, TicketRotation: 12 * time.Hour, TicketKeys: 3, CertificateCheck: 10 * time.Second}
 }
 
 // Register is the edge's own entry in Consul.

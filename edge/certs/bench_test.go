@@ -17,19 +17,29 @@ func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // BenchmarkGetCertificate is the handshake's certificate lookup for a name
 // whose certificate is in memory, by the way it is chosen: a tenant
-// hostname (the zone's certificate), a custom domain's own.
+// hostname (the zone's certificate; the operators' maps looked up first,
+// empty or not), a custom domain's own, an operator's by exact name and by
+// wildcard.
 func BenchmarkGetCertificate(b *testing.B) {
 	for _, bc := range []struct {
 		name, sni string
+		operators bool
 	}{
-		{"zone", "acme.example.test"},
-		{"zone/mixed-case", "ACME.Example.Test"},
-		{"custom-domain", "shop.acme.com"},
+		{"zone", "acme.example.test", false},
+		{"zone/mixed-case", "ACME.Example.Test", false},
+		{"zone/with-operators", "acme.example.test", true},
+		{"custom-domain", "shop.acme.com", false},
+		{"operator/exact", "www.operator.example", true},
+		{"operator/wildcard", "api.operator.example", true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			m, _ := newUnitManager(b, nil)
 			holdZone(b, m)
 			hold(b, m, "shop.acme.com")
+			if bc.operators {
+				holdOperator(b, m, "www.operator.example")
+				holdOperator(b, m, "*.operator.example")
+			}
 			hello := &tls.ClientHelloInfo{ServerName: bc.sni}
 			b.ReportAllocs()
 			for b.Loop() {

@@ -86,6 +86,14 @@ type Config struct {
 	// renewal. Default 1m.
 	RenewCheck time.Duration
 
+	// Certificates are operators' certificate and key files, served by
+	// SNI before anything from ACME. More come from Consul KV, under
+	// <prefix>certs/operator/.
+	Certificates []CertFile
+	// CertificateCheck is how often the files are read again to find out
+	// whether they changed. Default 10s.
+	CertificateCheck time.Duration
+
 	// Redirect answers plain-HTTP requests for known hosts with a 308 to
 	// https (ACME challenges excepted). The zero value does not redirect;
 	// the edge's tls.redirect defaults to true.
@@ -106,10 +114,18 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// CertFile is an operator's certificate: the chain, leaf first, and its
+// private key, each a PEM file (they may be the same file).
+type CertFile struct {
+	Cert string
+	Key  string
+}
+
 // Defaults of Config.
 const (
 	DefaultZone             = "example.test."
 	DefaultDNS01Timeout     = time.Minute
+	DefaultCertificateCheck = 10 * time.Second
 	DefaultOrderTimeout     = 3 * time.Minute
 	DefaultHandshakeTimeout = 8 * time.Second
 	DefaultBackoffMin       = time.Minute
@@ -151,6 +167,7 @@ func (c *Config) setDefaults() {
 	def(&c.RenewCheck, DefaultRenewCheck)
 	def(&c.TicketRotation, DefaultTicketRotation)
 	def(&c.DNS01Timeout, DefaultDNS01Timeout)
+	def(&c.CertificateCheck, DefaultCertificateCheck)
 	if c.TicketKeys == 0 {
 		c.TicketKeys = DefaultTicketKeys
 	}
@@ -193,6 +210,7 @@ func (c *Config) Validate() error {
 		{"tls.handshake_timeout", c.HandshakeTimeout}, {"acme.backoff_min", c.BackoffMin},
 		{"acme.backoff_max", c.BackoffMax}, {"RenewCheck", c.RenewCheck},
 		{"tls.ticket_rotation", c.TicketRotation}, {"acme.dns01_timeout", c.DNS01Timeout},
+		{"tls.certificate_check", c.CertificateCheck},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s: %s is negative", d.key, d.v)
@@ -203,9 +221,19 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("acme.dns01_nameservers[%d]: %q is not host:port", i, ns)
 		}
 	}
+	for i, f := range c.Certificates {
+		switch {
+		case f.Cert == "":
+			return fmt.Errorf("tls.certificates[%d].cert: must name the certificate's PEM file", i)
+		case f.Key == "":
+			return fmt.Errorf("tls.certificates[%d].key: must name the private key's PEM file", i)
+		}
+	}
 	switch {
 	case c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("acme.backoff_max: %s is shorter than acme.backoff_min %s", c.BackoffMax, c.BackoffMin)
+	case c.CertificateCheck < 10*time.Millisecond:
+		return fmt.Errorf("tls.certificate_check: must be at least 10ms, got %s", c.CertificateCheck)
 	case c.TicketRotation < time.Second:
 		return fmt.Errorf("tls.ticket_rotation: must be at least 1s, got %s", c.TicketRotation)
 	case c.TicketKeys < 1 || c.TicketKeys > 16:

@@ -36,14 +36,16 @@ func newTLSConfig(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls
 	}
 }
 
-// getCertificate is the handshake's tls.Config.GetCertificate. For a name
-// the router knows (the host policy) it serves the zone's certificate for
-// the zone's apex and every name one label below it, or else the name's
-// own, held in memory; on that path it neither allocates nor waits.
-// Otherwise the certificate is loaded from Consul or ordered (the zone's,
-// or the name's: a custom domain), and the handshake waits for it at most
-// HandshakeTimeout. A name the router does not know fails at once and
-// orders nothing.
+// getCertificate is the handshake's tls.Config.GetCertificate. It chooses
+// by SNI: an operator's certificate naming the name, then one whose
+// wildcard covers it; then, for a name the router knows (the host policy),
+// the zone's certificate for the zone's apex and every name one label
+// below it, or else the name's own, held in memory. On that path it
+// neither allocates nor waits. Otherwise the certificate is loaded from
+// Consul or ordered (the zone's, or the name's: a custom domain), and the
+// handshake waits for it at most HandshakeTimeout. A name the router does
+// not know and no operator's certificate covers fails at once and orders
+// nothing.
 func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := hello.ServerName
 	if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto {
@@ -65,11 +67,14 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	}
 	var buf [maxNameLen]byte
 	lname := lowerInto(&buf, name)
+	now := time.Now()
+	if cert := m.operators.lookup(lname, now); cert != nil {
+		return cert, nil
+	}
 	if !m.known(name) {
 		m.metrics.handshakeFailed(reasonUnknown)
 		return nil, fmt.Errorf("no tenant or custom domain is named %q", name)
 	}
-	now := time.Now()
 	if m.zone.covers(lname) {
 		if e := m.mem.get(m.zone.name); e != nil && now.Before(e.notAfter) {
 			return e.cert, nil

@@ -297,6 +297,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Zone = "." }, "zone:"},
 		{func(c *Config) { c.DNS01Nameservers = []string{"127.0.0.1"} }, "acme.dns01_nameservers[0]:"},
 		{func(c *Config) { c.DNS01Timeout = -time.Second }, "acme.dns01_timeout:"},
+		{func(c *Config) { c.Certificates = []CertFile{{Key: "k.pem"}} }, "tls.certificates[0].cert:"},
+		{func(c *Config) { c.CertificateCheck = -time.Second }, "tls.certificate_check:"},
 	} {
 		var c Config
 		tc.mutate(&c)
@@ -314,7 +316,7 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("zero config: %v", err)
 	}
 	if c.Directory != LetsEncrypt || len(c.Challenges) != 2 || c.HandshakeTimeout != DefaultHandshakeTimeout || c.Prefix != "podedge/" ||
-		c.Zone != "example.test." || c.DNS01Timeout != time.Minute {
+		c.Zone != "example.test." || c.DNS01Timeout != time.Minute || c.CertificateCheck != 10*time.Second {
 		t.Errorf("defaults not filled: %+v", c)
 	}
 }

@@ -19,6 +19,10 @@ func certsConfig(cfg edge.Config) certs.Config {
 			port, _ = strconv.Atoi(p)
 		}
 	}
+	var files []certs.CertFile
+	for _, f := range cfg.TLS.Certificates {
+		files = append(files, certs.CertFile{Cert: f.Cert, Key: f.Key})
+	}
 	return certs.Config{
 		Prefix:           cfg.Consul.Prefix,
 		Pod:              cfg.Pod,
@@ -34,6 +38,8 @@ func certsConfig(cfg edge.Config) certs.Config {
 		BackoffMax:       cfg.ACME.BackoffMax,
 		DNS01Nameservers: cfg.ACME.DNS01Nameservers,
 		DNS01Timeout:     cfg.ACME.DNS01Timeout,
+		Certificates:     files,
+		CertificateCheck: cfg.TLS.CertificateCheck,
 		HandshakeTimeout: cfg.TLS.HandshakeTimeout,
 		Redirect:         cfg.TLS.Redirect,
 		RedirectPort:     port,

@@ -55,6 +55,7 @@ func TestBadTLSConfigNamesTheKey(t *testing.T) {
 		{tlsBase + "tls:\n  redirect_port: -1\n", nil, "tls.redirect_port: -1 is not a port"},
 		{tlsBase + "acme:\n  dns01_nameservers: [dnsd]\n", nil, `acme.dns01_nameservers[0]: "dnsd" is not host:port`},
 		{tlsBase + "acme:\n  dns01_timeout: -1s\n", nil, "acme.dns01_timeout: -1s is negative"},
+		{tlsBase + "tls:\n  certificates: [{cert: /etc/a.pem}]\n", nil, "tls.certificates[0].key: must name the private key's PEM file"},
 	} {
 		args := append([]string{"-config", tlsConfigFile(t, tc.file)}, tc.args...)
 		_, err := parse(args)
@@ -62,13 +63,13 @@ func TestBadTLSConfigNamesTheKey(t *testing.T) {
 			t.Errorf("%q %v: got %v, want %q", tc.file, tc.args, err, tc.want)
 		}
 	}
-	cfg, err := parse([]string{"-config", tlsConfigFile(t, tlsBase+"https: 127.0.0.1:8443\n"),
+	cfg, err := parse([]string{"-config", tlsConfigFile(t, tlsBase+"https: 127.0.0.1:8443\ntls:\n  certificates: [{cert: /etc/a.pem, key: /etc/a.key}]\n"),
 		"-acme-email", "ops@example.net", "-zone", "Platform.Example."})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cc := certsConfig(cfg)
-	if cc.Email != "ops@example.net" || cc.RedirectPort != 8443 || !cc.Redirect {
+	if cc.Email != "ops@example.net" || cc.RedirectPort != 8443 || !cc.Redirect || len(cc.Certificates) != 1 || cc.Certificates[0].Key != "/etc/a.key" {
 		t.Errorf("certificates config %+v", cc)
 	}
 	if err := cc.Validate(); err != nil || cc.Zone != "platform.example." {
