@@ -21,10 +21,14 @@ import (
 // (dnsd/challenges.go reads the same keys).
 const folderDNS01 = "dns01/"
 
-// dns01Poll is how often the name servers are asked again while they do
-// not serve every token yet; dnsd follows KV with a blocking query, so the
-// first or second try normally finds them.
-const dns01Poll = 200 * time.Millisecond
+// The name servers are asked again while they do not serve every token,
+// first after dns01PollMin, then twice as long each time up to
+// dns01PollMax: dnsd follows KV with a blocking query, so the tokens are
+// there within milliseconds unless something is wrong.
+const (
+	dns01PollMin = 20 * time.Millisecond
+	dns01PollMax = time.Second
+)
 
 // dns01 publishes the tokens of DNS-01 challenges in Consul KV, where dnsd
 // finds them, and waits until the zone's name servers answer them, so that
@@ -92,7 +96,7 @@ func (d *dns01) await(ctx context.Context, name string, values []string) error {
 		missing[s] = "no answer yet"
 	}
 	c := &dns.Client{Timeout: 2 * time.Second}
-	for {
+	for wait := dns01PollMin; ; wait = min(2*wait, dns01PollMax) {
 		for s := range missing {
 			if got, err := askTXT(ctx, c, s, name); err != nil {
 				missing[s] = err.Error()
@@ -113,7 +117,7 @@ func (d *dns01) await(ctx context.Context, name string, values []string) error {
 			}
 			slices.Sort(why)
 			return fmt.Errorf("dns-01: %s not served within %s by %s", strings.TrimSuffix(name, "."), d.timeout, strings.Join(why, "; "))
-		case <-time.After(dns01Poll):
+		case <-time.After(wait):
 		}
 	}
 }
