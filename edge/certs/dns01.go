@@ -116,7 +116,7 @@ func (d *dns01) await(ctx context.Context, name string, values []string) error {
 				why = append(why, s+": "+m)
 			}
 			slices.Sort(why)
-			return fmt.Errorf("dns-01: %s not served within %s by %s", strings.TrimSuffix(name, "."), d.timeout, strings.Join(why, "; "))
+			return fmt.Errorf("%s not served within %s by %s", strings.TrimSuffix(name, "."), d.timeout, strings.Join(why, "; "))
 		case <-time.After(wait):
 		}
 	}
