@@ -230,6 +230,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch {
+	case c.DNS01Timeout >= c.OrderTimeout:
+		return fmt.Errorf("acme.dns01_timeout: %s must be shorter than acme.order_timeout (%s), which bounds the whole order", c.DNS01Timeout, c.OrderTimeout)
 	case c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("acme.backoff_max: %s is shorter than acme.backoff_min %s", c.BackoffMax, c.BackoffMin)
 	case c.CertificateCheck < 10*time.Millisecond:

@@ -297,6 +297,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Zone = "." }, "zone:"},
 		{func(c *Config) { c.DNS01Nameservers = []string{"127.0.0.1"} }, "acme.dns01_nameservers[0]:"},
 		{func(c *Config) { c.DNS01Timeout = -time.Second }, "acme.dns01_timeout:"},
+		{func(c *Config) { c.DNS01Timeout = 5 * time.Minute }, "acme.dns01_timeout:"},
 		{func(c *Config) { c.Certificates = []CertFile{{Key: "k.pem"}} }, "tls.certificates[0].cert:"},
 		{func(c *Config) { c.CertificateCheck = -time.Second }, "tls.certificate_check:"},
 	} {

@@ -218,3 +218,37 @@ func TestZoneOrderWaitsForTheNameServers(t *testing.T) {
 		t.Errorf("handshakes refused for the zone's backoff = %v, want 1", got)
 	}
 }
+
+// TestDNS01Publish: the tokens of a name are written each under its own
+// key, and the same write removes what an order that did not finish left
+// there, but nothing of another name; remove deletes them.
+func TestDNS01Publish(t *testing.T) {
+	agent := consultest.Start(t)
+	kv := agent.Client.KV()
+	d := &dns01{kv: kv, folder: "podedge/certs/dns01/", log: testLogger(t, nil)}
+	agent.Put(t, "podedge/certs/dns01/_acme-challenge.example.test/0000000000000000", "left by a dead edge")
+	agent.Put(t, "podedge/certs/dns01/_acme-challenge.shop.example.test/0000000000000000", "another name's")
+	remove, err := d.publish(t.Context(), "_acme-challenge.example.test.", []string{"value-1", "value-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs, _, err := kv.List("podedge/certs/dns01/_acme-challenge.example.test/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values []string
+	for _, p := range pairs {
+		values = append(values, string(p.Value))
+		if p.Key != d.tokenKey("_acme-challenge.example.test.", string(p.Value)) {
+			t.Errorf("key %s", p.Key)
+		}
+	}
+	if slices.Sort(values); !slices.Equal(values, []string{"value-1", "value-2"}) {
+		t.Errorf("tokens %q, want the two written and nothing else", values)
+	}
+	remove()
+	keys, _, _ := kv.Keys("podedge/certs/dns01/", "", nil)
+	if !slices.Equal(keys, []string{"podedge/certs/dns01/_acme-challenge.shop.example.test/0000000000000000"}) {
+		t.Errorf("after remove: %v, want the other name's token only", keys)
+	}
+}
