@@ -217,12 +217,13 @@ func (c *challenges) apply(folder string, pairs api.KVPairs, logged map[string]u
 			rrs[i] = &dns.TXT{Hdr: dns.RR_Header{Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: c.ttl}, Txt: []string{escapeTXT(v)}}
 		}
 		served += len(vs)
-		names[wireKey(name)] = &challengeNode{txt: fixedSet(dns.TypeTXT, rrs, true)}
+		k, _ := wireKey(name) // checked by challenge
+		names[k] = &challengeNode{txt: fixedSet(dns.TypeTXT, rrs, true)}
 	}
 	// The names between each challenge name and the apex exist too.
 	for name := range values {
 		for n := parentName(name); n != c.origin && dns.IsSubDomain(c.origin, n); n = parentName(n) {
-			if k := wireKey(n); names[k] == nil {
+			if k, err := wireKey(n); err == nil && names[k] == nil {
 				names[k] = &challengeNode{}
 			}
 		}
@@ -244,8 +245,16 @@ func (c *challenges) challenge(rest string, value []byte) (name, v string, err e
 	if _, ok := dns.IsDomainName(name); !ok || len(name) > 254 {
 		return "", "", fmt.Errorf("%q is not a domain name", name)
 	}
+	if _, err := wireKey(name); err != nil {
+		return "", "", fmt.Errorf("%q is not a domain name: %w", name, err)
+	}
 	if first, _, _ := strings.Cut(name, "."); first != challengeLabel {
 		return "", "", fmt.Errorf("%q does not start with %s", name, challengeLabel)
+	}
+	for _, l := range strings.Split(name[:len(name)-1], ".") {
+		if !hostLabel(l) {
+			return "", "", fmt.Errorf("%q is not a host name: label %q", name, l)
+		}
 	}
 	if name == c.origin || !dns.IsSubDomain(c.origin, name) {
 		return "", "", fmt.Errorf("%q is outside the zone %s", name, c.origin)
@@ -270,16 +279,15 @@ func escapeTXT(v string) string {
 	return strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v)
 }
 
-// wireKey is the lower-case wire form of an absolute name, the key of
+// wireKey is the wire form of an absolute lower-case name, the key of
 // challenges.names.
-func wireKey(name string) string {
+func wireKey(name string) (string, error) {
 	buf := make([]byte, maxNameLen)
 	n, err := dns.PackDomainName(name, buf, 0, nil, false)
 	if err != nil {
-		// Names are checked with IsDomainName first.
-		panic(fmt.Sprintf("dnsd: pack %q: %v", name, err))
+		return "", err
 	}
-	return string(buf[:n])
+	return string(buf[:n]), nil
 }
 
 // parentName is name without its first label ("b.c." for "a.b.c.").

@@ -78,10 +78,11 @@ func TestACMEChallenges(t *testing.T) {
 	agent.Put(t, dns01Folder+"_acme-challenge.shop.example.test/1", oddValue)
 	agent.Put(t, dns01Folder+"_acme-challenge.www.store.example.test/1", token1)
 	// Not served.
-	agent.Put(t, dns01Folder+"_acme-challenge.example.net/1", token1)         // outside the zone
-	agent.Put(t, dns01Folder+"www.example.test/1", token1)                    // not a challenge name
-	agent.Put(t, dns01Folder+"_acme-challenge.example.test/bad", "tab\there") // not printable
-	agent.Put(t, dns01Folder+"_acme-challenge.example.test", token1)          // no id
+	agent.Put(t, dns01Folder+"_acme-challenge.example.net/1", token1)                              // outside the zone
+	agent.Put(t, dns01Folder+"www.example.test/1", token1)                                         // not a challenge name
+	agent.Put(t, dns01Folder+"_acme-challenge.example.test/bad", "tab\there")                      // not printable
+	agent.Put(t, dns01Folder+"_acme-challenge.example.test", token1)                               // no id
+	agent.Put(t, dns01Folder+"_acme-challenge."+strings.Repeat("a", 64)+".example.test/1", token1) // a label too long
 	consultest.WaitFor(t, 5*time.Second, "both tokens in the answer", func() bool {
 		return len(ts.query(t, "udp", apex, dns.TypeTXT).Answer) == 2
 	})
@@ -142,8 +143,8 @@ func TestACMEChallenges(t *testing.T) {
 	if got := ts.metric(t, "dnsd_acme_challenges"); got != 4 {
 		t.Errorf("dnsd_acme_challenges = %v, want 4", got)
 	}
-	if got := ts.metric(t, "dnsd_acme_challenges_ignored"); got != 4 {
-		t.Errorf("dnsd_acme_challenges_ignored = %v, want 4", got)
+	if got := ts.metric(t, "dnsd_acme_challenges_ignored"); got != 5 {
+		t.Errorf("dnsd_acme_challenges_ignored = %v, want 5", got)
 	}
 
 	// The order is done: its tokens go, one, then all.
@@ -251,5 +252,41 @@ func BenchmarkChallengeQuery(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		h.Handle(q, out, true)
+	}
+}
+
+// TestChallengeKeys: whatever the keys under the folder hold, dnsd serves
+// only _acme-challenge names inside its zone with printable values, and
+// ignores the rest without failing.
+func TestChallengeKeys(t *testing.T) {
+	c := newChallenges("example.test.", DefaultACMEChallenges(), slog.New(slog.DiscardHandler))
+	var pairs api.KVPairs
+	for _, rest := range []string{
+		"_acme-challenge.example.test/ok",
+		"_ACME-Challenge.Example.Test/upper",
+		"_acme-challenge.example.test./dot",
+		"_acme-challenge/x",
+		"_acme-challenge.example.test.evil.example/x",
+		"_acme-challenge..example.test/x",
+		"_acme-challenge.\\000.example.test/x",
+		"_acme-challenge. .example.test/x",
+		"_acme-challenge." + strings.Repeat("a.", 130) + "example.test/x",
+		"_acme-challenge.example.test/a/b",
+		"_acme-challenge.example.test/",
+		"/x",
+		"",
+	} {
+		pairs = append(pairs, &api.KVPair{Key: dns01Folder + rest, Value: []byte(token1)})
+	}
+	pairs = append(pairs,
+		&api.KVPair{Key: dns01Folder + "_acme-challenge.example.test/long", Value: []byte(strings.Repeat("x", 256))},
+		&api.KVPair{Key: dns01Folder + "_acme-challenge.example.test/empty", Value: nil},
+		&api.KVPair{Key: dns01Folder + "_acme-challenge.example.test/nul", Value: []byte("a\x00b")},
+	)
+	c.apply(dns01Folder, pairs, map[string]uint64{})
+	names := *c.names.Load()
+	k, _ := wireKey("_acme-challenge.example.test.")
+	if len(names) != 1 || names[k] == nil || names[k].txt.n != 1 {
+		t.Errorf("%d names served; want _acme-challenge.example.test with its one value", len(names))
 	}
 }
