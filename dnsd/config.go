@@ -57,6 +57,9 @@ type Config struct {
 	MX []MailExchanger `yaml:"mx"`
 	// TCP bounds the TCP listener.
 	TCP TCP `yaml:"tcp"`
+	// ACMEChallenges configures the answers to ACME DNS-01 challenges
+	// (challenges.go).
+	ACMEChallenges ACMEChallenges `yaml:"acme_challenges"`
 	// Consul and Log are the sections every podedge binary shares.
 	Consul config.Consul `yaml:"consul"`
 	Log    config.Log    `yaml:"log"`
@@ -144,6 +147,8 @@ func DefaultConfig() Config {
 		TCP:    TCP{IdleTimeout: 10 * time.Second, MaxConnections: 1024},
 		Consul: config.DefaultConsul(),
 		Log:    config.DefaultLog(),
+
+		ACMEChallenges: DefaultACMEChallenges(),
 	}
 }
 
@@ -223,6 +228,9 @@ func (c *Config) zoneData() (*zoneData, error) {
 	}
 	if c.TCP.MaxConnections < 1 {
 		return nil, fmt.Errorf("tcp.max_connections: %d must be at least 1", c.TCP.MaxConnections)
+	}
+	if err := c.ACMEChallenges.validate(); err != nil {
+		return nil, err
 	}
 	if err := c.Consul.Validate(); err != nil {
 		return nil, err

@@ -19,6 +19,8 @@ type Handler struct {
 	data *zoneData
 	m    *Metrics
 
+	challenges *challenges // ACME DNS-01 answers, beside the zone
+
 	zone atomic.Pointer[zone] // nil until the first snapshot
 
 	buildMu sync.Mutex // one build at a time; guards builder
@@ -39,7 +41,7 @@ func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Handler{data: d, m: m, builder: newBuilder(d, m, log)}, nil
+	return &Handler{data: d, m: m, builder: newBuilder(d, m, log), challenges: newChallenges(d.zone, cfg.ACMEChallenges, log)}, nil
 }
 
 // Update builds the answers of snapshot s and publishes them. The router
@@ -168,6 +170,9 @@ func (h *Handler) answer(q *query, p []byte, r *response) (rcode int, aa bool) {
 		if pod, ok := z.tenants[string(rel[1:])]; ok {
 			return z.tenant(q, r, len(rel), pod), true
 		}
+	}
+	if rcode, ok := h.challenges.answer(q, r, lname, z.soa); ok {
+		return rcode, true
 	}
 	r.add(secAuthority, z.soa, 0)
 	return rcodeNXDomain, true

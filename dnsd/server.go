@@ -81,6 +81,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	reg.MustRegister(router.LogCollector("dnsd", r))
 	s := &Server{cfg: cfg, log: log.With("component", "dnsd"), router: r, handler: h, reg: reg, m: m}
 	s.registerStatus()
+	h.challenges.register(reg)
 	r.Subscribe(h.Update)
 	return s, nil
 }
@@ -157,6 +158,7 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 	var wg sync.WaitGroup
 	if client != nil {
 		wg.Go(func() { s.router.Run(ctx, client) })
+		wg.Go(func() { s.handler.challenges.run(ctx, client.KV(), s.router.Prefix()) })
 	}
 	for _, c := range s.udp {
 		wg.Go(func() { c.serve(s) })

@@ -95,6 +95,12 @@ type ACME struct {
 	// doubling with each failure in a row, on every edge.
 	BackoffMin time.Duration `yaml:"backoff_min"`
 	BackoffMax time.Duration `yaml:"backoff_max"`
+	// DNS01Nameservers are the name servers (host:port, the zone's dnsd)
+	// that must serve the zone certificate's DNS-01 tokens before the CA
+	// is asked to check them. Empty: the zone's NS records.
+	DNS01Nameservers []string `yaml:"dns01_nameservers"`
+	// DNS01Timeout bounds that wait.
+	DNS01Timeout time.Duration `yaml:"dns01_timeout"`
 }
 
 // TLS is the HTTPS listener's behaviour (see edge/certs/README.md).
@@ -112,6 +118,18 @@ type TLS struct {
 	// edge is replaced; TicketKeys how many are kept.
 	TicketRotation time.Duration `yaml:"ticket_rotation"`
 	TicketKeys     int           `yaml:"ticket_keys"`
+	// Certificates are operators' own certificates, served by SNI before
+	// any from ACME; CertificateCheck is how often their files are read
+	// again.
+	Certificates     []TLSCertificate `yaml:"certificates"`
+	CertificateCheck time.Duration    `yaml:"certificate_check"`
+}
+
+// TLSCertificate is an operator's certificate: PEM files of the chain
+// (leaf first) and of the private key; they may be one file.
+type TLSCertificate struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // defaultACME and defaultTLS are the defaults of edge/certs.Config (a test
@@ -123,11 +141,12 @@ func defaultACME() ACME {
 		OrderTimeout: 3 * time.Minute,
 		BackoffMin:   time.Minute,
 		BackoffMax:   time.Hour,
+		DNS01Timeout: time.Minute,
 	}
 }
 
 func defaultTLS() TLS {
-	return TLS{Redirect: true, HandshakeTimeout: 8 * time.Second, TicketRotation: 12 * time.Hour, TicketKeys: 3}
+	return TLS{Redirect: true, HandshakeTimeout: 8 * time.Second, TicketRotation: 12 * time.Hour, TicketKeys: 3, CertificateCheck: 10 * time.Second}
 }
 
 // Register is the edge's own entry in Consul.

@@ -16,13 +16,31 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // BenchmarkGetCertificate is the handshake's certificate lookup for a name
-// held in memory: the host policy and the memory map, nothing else.
+// whose certificate is in memory, by the way it is chosen: a tenant
+// hostname (the zone's certificate; the operators' maps looked up first,
+// empty or not), a custom domain's own, an operator's by exact name and by
+// wildcard.
 func BenchmarkGetCertificate(b *testing.B) {
-	for _, name := range []string{"acme.example.test", "ACME.Example.Test"} {
-		b.Run(name, func(b *testing.B) {
+	for _, bc := range []struct {
+		name, sni string
+		operators bool
+	}{
+		{"zone", "acme.example.test", false},
+		{"zone/mixed-case", "ACME.Example.Test", false},
+		{"zone/with-operators", "acme.example.test", true},
+		{"custom-domain", "shop.acme.com", false},
+		{"operator/exact", "www.operator.example", true},
+		{"operator/wildcard", "api.operator.example", true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
 			m, _ := newUnitManager(b, nil)
-			hold(b, m, "acme.example.test")
-			hello := &tls.ClientHelloInfo{ServerName: name}
+			holdZone(b, m)
+			hold(b, m, "shop.acme.com")
+			if bc.operators {
+				holdOperator(b, m, "www.operator.example")
+				holdOperator(b, m, "*.operator.example")
+			}
+			hello := &tls.ClientHelloInfo{ServerName: bc.sni}
 			b.ReportAllocs()
 			for b.Loop() {
 				if c, err := m.getCertificate(hello); c == nil || err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -11,10 +12,13 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// Challenge types the Manager can answer.
+// Challenge types the Manager can answer: TLS-ALPN-01 and HTTP-01 for
+// names ordered on demand, DNS-01 (through dnsd) for the zone's
+// certificate.
 const (
 	ChallengeTLSALPN = "tls-alpn-01"
 	ChallengeHTTP    = "http-01"
+	ChallengeDNS     = "dns-01"
 )
 
 // LetsEncrypt is the default ACME directory: Let's Encrypt production.
@@ -36,6 +40,11 @@ type Config struct {
 	// Holder names this edge in lock values and failure records (its
 	// Consul service ID, say). Default: the host name.
 	Holder string
+	// Zone is the DNS zone tenants live in. One certificate for *.<zone>
+	// and <zone>, ordered by ACME DNS-01 (answered by dnsd) and shared by
+	// every edge, serves every name one label below it: no tenant
+	// hostname is ordered on its own. Default "example.test.".
+	Zone string
 
 	// Directory is the ACME directory URL. Default LetsEncrypt.
 	Directory string
@@ -65,9 +74,25 @@ type Config struct {
 	// which doubles with each failure in a row. Defaults 1m and 1h.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
+	// DNS01Nameservers are the name servers (host:port: the zone's dnsd)
+	// that must answer a DNS-01 order's tokens before the CA is told to
+	// look. Empty: the zone's NS records, found through the system
+	// resolver, on port 53; if it finds none, nothing is checked.
+	DNS01Nameservers []string
+	// DNS01Timeout bounds that wait; an order whose tokens are not served
+	// by then fails without the CA being asked. Default 1m.
+	DNS01Timeout time.Duration
 	// RenewCheck is how often certificates in memory are checked for
 	// renewal. Default 1m.
 	RenewCheck time.Duration
+
+	// Certificates are operators' certificate and key files, served by
+	// SNI before anything from ACME. More come from Consul KV, under
+	// <prefix>certs/operator/.
+	Certificates []CertFile
+	// CertificateCheck is how often the files are read again to find out
+	// whether they changed. Default 10s.
+	CertificateCheck time.Duration
 
 	// Redirect answers plain-HTTP requests for known hosts with a 308 to
 	// https (ACME challenges excepted). The zero value does not redirect;
@@ -89,8 +114,18 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// CertFile is an operator's certificate: the chain, leaf first, and its
+// private key, each a PEM file (they may be the same file).
+type CertFile struct {
+	Cert string
+	Key  string
+}
+
 // Defaults of Config.
 const (
+	DefaultZone             = "example.test."
+	DefaultDNS01Timeout     = time.Minute
+	DefaultCertificateCheck = 10 * time.Second
 	DefaultOrderTimeout     = 3 * time.Minute
 	DefaultHandshakeTimeout = 8 * time.Second
 	DefaultBackoffMin       = time.Minute
@@ -111,6 +146,9 @@ func (c *Config) setDefaults() {
 	if c.Holder == "" {
 		c.Holder, _ = os.Hostname()
 	}
+	if c.Zone == "" {
+		c.Zone = DefaultZone
+	}
 	if c.Directory == "" {
 		c.Directory = LetsEncrypt
 	}
@@ -128,6 +166,8 @@ func (c *Config) setDefaults() {
 	def(&c.BackoffMax, DefaultBackoffMax)
 	def(&c.RenewCheck, DefaultRenewCheck)
 	def(&c.TicketRotation, DefaultTicketRotation)
+	def(&c.DNS01Timeout, DefaultDNS01Timeout)
+	def(&c.CertificateCheck, DefaultCertificateCheck)
 	if c.TicketKeys == 0 {
 		c.TicketKeys = DefaultTicketKeys
 	}
@@ -141,6 +181,11 @@ func (c *Config) setDefaults() {
 // by New, not here: it is needed only when TLS is on.
 func (c *Config) Validate() error {
 	c.setDefaults()
+	zone, err := normalZone(c.Zone)
+	if err != nil {
+		return fmt.Errorf("zone: %w", err)
+	}
+	c.Zone = zone
 	if !strings.HasPrefix(c.Directory, "https://") && !strings.HasPrefix(c.Directory, "http://") {
 		return fmt.Errorf("acme.directory: %q is not an http(s) URL", c.Directory)
 	}
@@ -164,15 +209,33 @@ func (c *Config) Validate() error {
 		{"acme.renew_before", c.RenewBefore}, {"acme.order_timeout", c.OrderTimeout},
 		{"tls.handshake_timeout", c.HandshakeTimeout}, {"acme.backoff_min", c.BackoffMin},
 		{"acme.backoff_max", c.BackoffMax}, {"RenewCheck", c.RenewCheck},
-		{"tls.ticket_rotation", c.TicketRotation},
+		{"tls.ticket_rotation", c.TicketRotation}, {"acme.dns01_timeout", c.DNS01Timeout},
+		{"tls.certificate_check", c.CertificateCheck},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s: %s is negative", d.key, d.v)
 		}
 	}
+	for i, ns := range c.DNS01Nameservers {
+		if _, port, err := net.SplitHostPort(ns); err != nil || port == "" {
+			return fmt.Errorf("acme.dns01_nameservers[%d]: %q is not host:port", i, ns)
+		}
+	}
+	for i, f := range c.Certificates {
+		switch {
+		case f.Cert == "":
+			return fmt.Errorf("tls.certificates[%d].cert: must name the certificate's PEM file", i)
+		case f.Key == "":
+			return fmt.Errorf("tls.certificates[%d].key: must name the private key's PEM file", i)
+		}
+	}
 	switch {
+	case c.DNS01Timeout >= c.OrderTimeout:
+		return fmt.Errorf("acme.dns01_timeout: %s must be shorter than acme.order_timeout (%s), which bounds the whole order", c.DNS01Timeout, c.OrderTimeout)
 	case c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("acme.backoff_max: %s is shorter than acme.backoff_min %s", c.BackoffMax, c.BackoffMin)
+	case c.CertificateCheck < 10*time.Millisecond:
+		return fmt.Errorf("tls.certificate_check: must be at least 10ms, got %s", c.CertificateCheck)
 	case c.TicketRotation < time.Second:
 		return fmt.Errorf("tls.ticket_rotation: must be at least 1s, got %s", c.TicketRotation)
 	case c.TicketKeys < 1 || c.TicketKeys > 16:
@@ -181,6 +244,21 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("tls.redirect_port: %d is not a port", c.RedirectPort)
 	}
 	return nil
+}
+
+// normalZone is zone in lower case with its trailing dot, or why it is not
+// a DNS name.
+func normalZone(zone string) (string, error) {
+	z := strings.ToLower(strings.TrimSuffix(zone, "."))
+	if z == "" || len(z) > maxNameLen-2 {
+		return "", fmt.Errorf("%q is not a DNS zone", zone)
+	}
+	for _, l := range strings.Split(z, ".") {
+		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' || strings.Trim(l, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+			return "", fmt.Errorf("%q is not a DNS zone: label %q", zone, l)
+		}
+	}
+	return z + ".", nil
 }
 
 // rootsFor is the system pool with the certificates of file added; without

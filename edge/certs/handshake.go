@@ -36,12 +36,16 @@ func newTLSConfig(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls
 	}
 }
 
-// getCertificate is the handshake's tls.Config.GetCertificate. For a name
-// held in memory it neither allocates nor waits: one snapshot lookup (the
-// host policy), one map lookup. Otherwise the name must be a tenant's or a
-// custom domain of one (an unknown name fails at once and orders nothing);
-// its certificate is loaded from Consul or ordered, and the handshake waits
-// for it at most HandshakeTimeout.
+// getCertificate is the handshake's tls.Config.GetCertificate. It chooses
+// by SNI: an operator's certificate naming the name, then one whose
+// wildcard covers it; then, for a name the router knows (the host policy),
+// the zone's certificate for the zone's apex and every name one label
+// below it, or else the name's own, held in memory. On that path it
+// neither allocates nor waits. Otherwise the certificate is loaded from
+// Consul or ordered (the zone's, or the name's: a custom domain), and the
+// handshake waits for it at most HandshakeTimeout. A name the router does
+// not know and no operator's certificate covers fails at once and orders
+// nothing.
 func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := hello.ServerName
 	if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto {
@@ -52,23 +56,35 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 		}
 		return cert, nil
 	}
+	name = strings.TrimSuffix(name, ".")
 	if name == "" {
 		m.metrics.handshakeFailed(reasonNoSNI)
 		return nil, errNoSNI
+	}
+	if len(name) > maxNameLen {
+		m.metrics.handshakeFailed(reasonUnknown)
+		return nil, errors.New("the server name is longer than a DNS name")
+	}
+	var buf [maxNameLen]byte
+	lname := lowerInto(&buf, name)
+	now := time.Now()
+	if cert := m.operators.lookup(lname, now); cert != nil {
+		return cert, nil
 	}
 	if !m.known(name) {
 		m.metrics.handshakeFailed(reasonUnknown)
 		return nil, fmt.Errorf("no tenant or custom domain is named %q", name)
 	}
-	if e := m.held(name); e != nil && time.Now().Before(e.notAfter) {
+	if m.zone.covers(lname) {
+		if e := m.mem.get(m.zone.name); e != nil && now.Before(e.notAfter) {
+			return e.cert, nil
+		}
+		return m.awaitCounted(m.zone.name)
+	}
+	if e := m.mem.snapshot()[string(lname)]; e != nil && now.Before(e.notAfter) {
 		return e.cert, nil
 	}
-	cert, err := m.await(strings.ToLower(name))
-	if err != nil {
-		m.metrics.handshakeFailed(reasonOf(err))
-		return nil, err
-	}
-	return cert, nil
+	return m.awaitCounted(string(lname))
 }
 
 // known reports whether the router's snapshot routes name: the host policy.
@@ -81,30 +97,26 @@ func (m *Manager) known(name string) bool {
 	return ok
 }
 
-// held returns the certificate in memory for name, whatever its case,
-// without allocating.
-func (m *Manager) held(name string) *entry {
-	upper := -1
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c >= 'A' && c <= 'Z' {
-			upper = i
-			break
-		}
-	}
-	if upper < 0 {
-		return m.mem.get(name)
-	}
-	if len(name) > maxNameLen {
-		return nil
-	}
-	var buf [maxNameLen]byte
+// lowerInto copies name into buf in lower case; name is at most
+// maxNameLen long.
+func lowerInto(buf *[maxNameLen]byte, name string) []byte {
 	n := copy(buf[:], name)
-	for i := upper; i < n; i++ {
+	for i := 0; i < n; i++ {
 		if c := buf[i]; c >= 'A' && c <= 'Z' {
 			buf[i] = c + ('a' - 'A')
 		}
 	}
-	return m.mem.snapshot()[string(buf[:n])]
+	return buf[:n]
+}
+
+// awaitCounted is await, counting a failure by its reason.
+func (m *Manager) awaitCounted(name string) (*tls.Certificate, error) {
+	cert, err := m.await(name)
+	if err != nil {
+		m.metrics.handshakeFailed(reasonOf(err))
+		return nil, err
+	}
+	return cert, nil
 }
 
 // await has the certificate of name loaded or issued, waiting at most

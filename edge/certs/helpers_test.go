@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -32,25 +33,42 @@ var edgeIPs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 
 // platform is podedge as in production, on one machine: a real Consul
 // agent, dnsd serving the zone from it, Pebble resolving names through
-// that dnsd, an app server of pod-1 (tenant acme lives there), and edges
-// of pod-1 started by startEdge.
+// that dnsd (directly, or through a resolver that also knows the custom
+// domains), an app server of pod-1 (tenant acme lives there, with the
+// custom domain shop.acme.com), and edges of pod-1 started by startEdge.
 type platform struct {
 	t        *testing.T
 	agent    *consultest.Agent
+	dnsd     *dnsd.Server
 	dnsAddr  string
+	resolver *resolver // nil when Pebble asks dnsd itself
 	pebble   *pebble
 	app      *httptest.Server
 	httpPort int // every edge's plain-HTTP port: Pebble's httpPort
 	tlsPort  int // every edge's HTTPS port: Pebble's tlsPort, unless deadTLS
 }
 
-// newPlatform starts everything but the edges. With deadTLS, Pebble's
-// tlsPort is one nothing listens on, so that TLS-ALPN-01 fails.
+// shopHost is tenant acme's custom domain: its certificate is ordered on
+// demand (TLS-ALPN-01, HTTP-01), not the zone's.
+const shopHost = "shop.acme.com"
+
+// newPlatform starts everything but the edges, with Pebble resolving
+// through a resolver in front of dnsd that points shop.acme.com at pod-1.
+// With deadTLS, Pebble's tlsPort is one nothing listens on, so that
+// TLS-ALPN-01 fails.
 func newPlatform(t *testing.T, deadTLS bool) *platform {
+	return startPlatform(t, deadTLS, true)
+}
+
+// newZonePlatform starts everything but the edges, with Pebble asking
+// dnsd itself: its validations of the zone's DNS-01 go straight to dnsd.
+func newZonePlatform(t *testing.T) *platform { return startPlatform(t, false, false) }
+
+func startPlatform(t *testing.T, deadTLS, viaResolver bool) *platform {
 	t.Helper()
 	agent := consultest.Start(t)
 	putPod(t, agent, "pod-1")
-	putTenant(t, agent, "acme", "pod-1")
+	putTenant(t, agent, "acme", "pod-1", shopHost)
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "app of pod-1 for %s%s", r.Host, r.URL.Path)
 	}))
@@ -75,12 +93,18 @@ func newPlatform(t *testing.T, deadTLS bool) *platform {
 	t.Cleanup(func() { cancel(); <-done })
 
 	ports := sharedPorts(t, edgeIPs, 3)
-	p := &platform{t: t, agent: agent, dnsAddr: srv.Addr(), app: app, httpPort: ports[0], tlsPort: ports[1]}
+	p := &platform{t: t, agent: agent, dnsd: srv, dnsAddr: srv.Addr(), app: app, httpPort: ports[0], tlsPort: ports[1]}
 	pebbleTLS := p.tlsPort
 	if deadTLS {
 		pebbleTLS = ports[2]
 	}
-	p.pebble = startPebble(t, p.dnsAddr, p.httpPort, pebbleTLS)
+	pebbleDNS := p.dnsAddr
+	if viaResolver {
+		p.resolver = startResolver(t, p.dnsAddr)
+		p.resolver.point(shopHost, "pod-1")
+		pebbleDNS = p.resolver.addr
+	}
+	p.pebble = startPebble(t, pebbleDNS, p.httpPort, pebbleTLS)
 	return p
 }
 
@@ -102,13 +126,16 @@ func (p *platform) startEdge(ip string, mutate func(*Config)) *testEdge {
 	t.Helper()
 	te := &testEdge{ip: ip, logs: &consultest.SyncBuffer{}}
 	mc := Config{
-		Consul:       p.agent.Client,
-		Pod:          "pod-1",
-		Holder:       "edge-" + ip,
-		Directory:    p.pebble.dir,
-		CAFile:       p.pebble.caFile,
-		Redirect:     true,
-		RedirectPort: p.tlsPort,
+		Consul:    p.agent.Client,
+		Pod:       "pod-1",
+		Holder:    "edge-" + ip,
+		Directory: p.pebble.dir,
+		CAFile:    p.pebble.caFile,
+		// The zone's tokens must be served by this dnsd before Pebble is
+		// told to look.
+		DNS01Nameservers: []string{p.dnsAddr},
+		Redirect:         true,
+		RedirectPort:     p.tlsPort,
 		// Generous, for a loaded machine under -race: the first request
 		// must succeed, not merely start the issuance.
 		HandshakeTimeout: 45 * time.Second,
@@ -197,6 +224,25 @@ func (p *platform) waitDNS(name string, ips ...string) {
 		slices.Sort(got)
 		return slices.Equal(got, want)
 	})
+}
+
+// waitZone waits until every edge serves the zone's certificate, and
+// returns it. Every edge orders or loads it as it starts.
+func (p *platform) waitZone(edges ...*testEdge) *tls.Certificate {
+	p.t.Helper()
+	var cert *tls.Certificate
+	consultest.WaitFor(p.t, 60*time.Second, "every edge to hold the zone's certificate", func() bool {
+		cert = nil
+		for _, te := range edges {
+			e := te.m.mem.get("*.example.test")
+			if e == nil || cert != nil && !bytes.Equal(e.cert.Leaf.Raw, cert.Leaf.Raw) {
+				return false
+			}
+			cert = e.cert
+		}
+		return true
+	})
+	return cert
 }
 
 // waitKnown waits until every edge routes name.

@@ -1,10 +1,17 @@
 // Package certs gives the edge's HTTPS listener a certificate for every
-// tenant hostname and custom domain, ordered on demand from an ACME CA
-// (Let's Encrypt by default) and shared by every edge through Consul KV:
+// tenant hostname and custom domain, from an ACME CA (Let's Encrypt by
+// default) and shared by every edge through Consul KV, or from the
+// operator:
 //
-//   - a handshake for a name the router knows and no edge has a
+//   - one certificate for *.<zone> and <zone>, ordered by DNS-01 (dnsd
+//     answers the tokens written to KV), serves every tenant hostname: a
+//     new tenant costs no order (zone.go, dns01.go);
+//   - a handshake for a custom domain the router knows and no edge has a
 //     certificate for orders one; a name it does not know fails at once
 //     and orders nothing;
+//   - operators' certificates, from files and from KV, are served before
+//     any of those, by exact name then by wildcard, and reloaded when they
+//     change (operator.go);
 //   - the certificates, the ACME account key and the answers to challenges
 //     live in KV under <prefix>certs/ (Cache is an autocert.Cache there),
 //     so every edge serves the same certificate and any edge answers a
@@ -36,6 +43,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,8 +62,10 @@ type Manager struct {
 	challenges *challenges
 	mem        *memory
 	tickets    *tickets
+	operators  *operators
 	metrics    *metrics
 	tlsConfig  *tls.Config
+	zone       zoneNames
 
 	snap    atomic.Pointer[router.Snapshot]
 	edgeIPs atomic.Pointer[map[netip.Addr]struct{}]
@@ -97,6 +107,7 @@ func New(cfg Config) (*Manager, error) {
 		mem:    newMemory(),
 		names:  map[string]*nameState{},
 		synced: make(chan struct{}),
+		zone:   newZoneNames(cfg.Zone),
 	}
 	m.snap.Store(empty.Snapshot())
 	noEdges := map[netip.Addr]struct{}{}
@@ -110,11 +121,15 @@ func New(cfg Config) (*Manager, error) {
 		kv: cfg.Consul.KV(), key: cfg.Prefix + "tls/ticket-keys", conf: m.tlsConfig,
 		rotation: cfg.TicketRotation, keep: cfg.TicketKeys, log: log,
 	}
-	m.metrics = newMetrics(m.mem, m.tickets.age)
-	m.tickets.metrics = m.metrics
+	m.operators = newOperators(&m.cfg, m.cache, log, nil)
+	m.metrics = newMetrics(metricSources{mem: m.mem, zoneName: m.zone.name, operators: m.operators, ticketAge: m.tickets.age})
+	m.tickets.metrics, m.operators.metrics = m.metrics, m.metrics
 	if m.orderer, err = newOrderer(&m.cfg, m.cache, m.challenges, m.metrics); err != nil {
 		return nil, err
 	}
+	// Operators' files are read now, so that the first handshakes have
+	// them; a bad one is logged and counted, and the edge starts without it.
+	m.operators.checkFiles(time.Now())
 	return m, nil
 }
 
@@ -177,6 +192,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		return errors.New("certs: Run called twice")
 	}
 	var bg sync.WaitGroup
+	// The zone's certificate, from KV or ordered now rather than at the
+	// first tenant's handshake; the renewal loop tries again if this fails.
+	_, _ = m.begin(m.zone.name, nil)
+	bg.Go(func() { m.operators.run(ctx) })
 	bg.Go(func() { m.challenges.watch(ctx) })
 	bg.Go(func() { m.tickets.run(ctx) })
 	bg.Go(func() {
@@ -188,7 +207,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.watchIndex(ctx)
 	})
 	bg.Go(func() { m.renewLoop(ctx) })
-	m.log.Info("certificates on demand", "ca", m.cfg.Directory, "challenges", m.cfg.Challenges, "redirect", m.cfg.Redirect)
+	m.log.Info("certificates", "ca", m.cfg.Directory, "zone", m.zone.name, "challenges", m.cfg.Challenges,
+		"operator_files", len(m.cfg.Certificates), "redirect", m.cfg.Redirect)
 	<-ctx.Done()
 	m.mu.Lock()
 	m.stopped = true

@@ -153,7 +153,7 @@ func (m *Manager) obtain(ctx context.Context, name string, held *entry) (*entry,
 	}
 	m.log.Info("ordering a certificate", "name", name, "ca", m.cfg.Directory, "kind", kind)
 	start := time.Now()
-	cert, err := m.orderer.issue(ctx, name)
+	cert, err := m.orderer.order(ctx, name)
 	if err != nil {
 		return nil, m.orderFailed(ctx, name, err)
 	}

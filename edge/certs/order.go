@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -35,6 +36,8 @@ type orderer struct {
 	challenges *challenges
 	metrics    *metrics
 	httpClient *http.Client
+	zone       zoneNames
+	dns01      *dns01
 
 	mu     sync.Mutex
 	client *acme.Client // registered; nil until the first order
@@ -53,6 +56,11 @@ func newOrderer(cfg *Config, cache *Cache, ch *challenges, m *metrics) (*orderer
 		challenges: ch,
 		metrics:    m,
 		httpClient: &http.Client{Transport: tr, Timeout: 30 * time.Second},
+		zone:       newZoneNames(cfg.Zone),
+		dns01: &dns01{
+			kv: cache.kv, folder: cache.root + folderDNS01, servers: cfg.DNS01Nameservers,
+			timeout: cfg.DNS01Timeout, log: cfg.Logger.With("component", "certs"), resolver: net.DefaultResolver,
+		},
 	}, nil
 }
 

@@ -42,7 +42,11 @@ type pebble struct {
 
 // startPebble runs Pebble until the test ends. Random VA sleeps are off
 // (PEBBLE_VA_NOSLEEP) and so are the deliberately rejected nonces, which
-// only slow the tests; validation is real (PEBBLE_VA_ALWAYS_VALID unset).
+// only slow the tests; validation is real (PEBBLE_VA_ALWAYS_VALID unset),
+// every time: Pebble would otherwise reuse half of the valid
+// authorizations in a new order (PEBBLE_AUTHZREUSE, 50 by default), and a
+// renewal would prove nothing. Pebble 2.4 asks dnsAddr over UDP, three
+// times per challenge, and wants every answer right.
 func startPebble(t *testing.T, dnsAddr string, httpPort, tlsPort int) *pebble {
 	t.Helper()
 	if _, err := os.Stat(pebbleBinary); err != nil {
@@ -72,7 +76,7 @@ func startPebble(t *testing.T, dnsAddr string, httpPort, tlsPort int) *pebble {
 	out := &consultest.SyncBuffer{}
 	proc, err := child.Start(child.Spec{Name: "pebble", LogDir: dir, Bin: pebbleBinary,
 		Args: []string{"-config", cfgFile, "-dnsserver", dnsAddr},
-		Env:  []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"}, Stdout: out, Stderr: out})
+		Env:  []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0"}, Stdout: out, Stderr: out})
 	if err != nil {
 		t.Fatalf("start pebble: %v", err)
 	}
@@ -118,6 +122,12 @@ func startPebble(t *testing.T, dnsAddr string, httpPort, tlsPort int) *pebble {
 
 // orders is how many orders Pebble has created.
 func (p *pebble) orders() int { return strings.Count(p.out.String(), "Added order") }
+
+// validated is how many authorizations Pebble has validated, and failed.
+func (p *pebble) validated() (valid, invalid int) {
+	out := p.out.String()
+	return strings.Count(out, " set VALID by completed challenge"), strings.Count(out, " set INVALID by completed challenge")
+}
 
 // writeServerCert makes a CA and, signed by it, a certificate for
 // 127.0.0.1 and localhost, for Pebble's HTTPS; it returns the CA's file.

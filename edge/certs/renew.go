@@ -32,14 +32,42 @@ func (m *Manager) renewLoop(ctx context.Context) {
 }
 
 // renewDue renews, one after another, the certificates held that are due
-// at now and whose names the router still knows; it drops those it no
-// longer knows (tenant or domain gone). It returns how many it renewed or
+// at now: the zone's (or obtains it, when it is not held), then those of
+// the names the router still knows. It returns how many it renewed or
 // refreshed.
 func (m *Manager) renewDue(ctx context.Context, now time.Time) int {
+	n := m.renewZone(ctx, now)
+	if ctx.Err() != nil {
+		return n
+	}
+	return n + m.renewNames(ctx, now)
+}
+
+// renewZone renews the zone's certificate when it is due at now, or
+// obtains it when it is not held, and reports whether it did.
+func (m *Manager) renewZone(ctx context.Context, now time.Time) int {
+	if e := m.mem.get(m.zone.name); e == nil || !now.Before(e.renewAt) {
+		return m.renew(ctx, m.zone.name, e)
+	}
+	return 0
+}
+
+// renewNames renews the other certificates held that are due at now and
+// whose names the router still knows. It drops those it no longer knows
+// (tenant or domain gone) and those the zone's certificate covers (a
+// tenant's own, stored before the zone had one).
+func (m *Manager) renewNames(ctx context.Context, now time.Time) int {
 	snap := m.snapshot()
-	var gone []string
+	var gone, covered []string
 	n := 0
 	for name, e := range m.mem.snapshot() {
+		switch {
+		case name == m.zone.name:
+			continue
+		case m.zone.coversString(name):
+			covered = append(covered, name)
+			continue
+		}
 		if _, ok := snap.LookupString(name); !ok {
 			if snap.Synced {
 				gone = append(gone, name)
@@ -49,25 +77,39 @@ func (m *Manager) renewDue(ctx context.Context, now time.Time) int {
 		if now.Before(e.renewAt) {
 			continue
 		}
-		f, err := m.begin(name, e)
-		if err != nil {
-			continue // backing off
-		}
-		select {
-		case <-ctx.Done():
+		n += m.renew(ctx, name, e)
+		if ctx.Err() != nil {
 			return n
-		case <-f.done:
-			if f.err == nil {
-				n++
-			}
 		}
 	}
 	if len(gone) > 0 {
 		m.mem.drop(gone...)
 		m.log.Info("dropped certificates of names no longer routed", "names", len(gone))
 	}
+	if len(covered) > 0 {
+		m.mem.drop(covered...)
+		m.log.Info("dropped certificates of names the zone's certificate serves", "names", len(covered))
+	}
 	m.pruneNames(snap.Synced)
 	return n
+}
+
+// renew has the certificate of name, held as e (nil when none), issued or
+// refreshed, and waits for it; it returns 1 when that succeeded.
+func (m *Manager) renew(ctx context.Context, name string, e *entry) int {
+	f, err := m.begin(name, e)
+	if err != nil {
+		return 0 // backing off
+	}
+	select {
+	case <-ctx.Done():
+		return 0
+	case <-f.done:
+		if f.err != nil {
+			return 0
+		}
+		return 1
+	}
 }
 
 // pruneNames forgets the issuance state of names the router no longer
@@ -80,6 +122,9 @@ func (m *Manager) pruneNames(synced bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for name, st := range m.names {
+		if name == m.zone.name {
+			continue
+		}
 		if _, ok := snap.LookupString(name); !ok && st.flight == nil {
 			delete(m.names, name)
 		}
@@ -89,9 +134,10 @@ func (m *Manager) pruneNames(synced bool) {
 // watchIndex follows <prefix>certs/index/, which changes with every
 // certificate stored by any edge: a certificate held here that another
 // edge renewed or replaced is reloaded, one deleted is dropped (the next
-// handshake loads or orders it again), and the certificates of this
-// edge's pod are loaded ahead of their first handshake, so that this edge
-// serves them even if Consul is unreachable when they are first asked for.
+// handshake loads or orders it again), and the zone's and those of the
+// custom domains of this edge's pod are loaded ahead of their first
+// handshake, so that this edge serves them even if Consul is unreachable
+// when they are first asked for.
 func (m *Manager) watchIndex(ctx context.Context) {
 	folder := m.cache.root + folderIndex
 	seen := map[string]uint64{}
@@ -111,7 +157,7 @@ func (m *Manager) watchIndex(ctx context.Context) {
 			if held != nil && held.index >= p.ModifyIndex {
 				continue
 			}
-			if held != nil || m.ownPod(name) {
+			if held != nil || name == m.zone.name || m.ownPod(name) {
 				load = append(load, name)
 			}
 		}
@@ -139,9 +185,10 @@ func (m *Manager) watchIndex(ctx context.Context) {
 	})
 }
 
-// ownPod reports whether name belongs to a tenant of this edge's pod.
+// ownPod reports whether name is a custom domain of a tenant of this
+// edge's pod (tenant hostnames are the zone certificate's).
 func (m *Manager) ownPod(name string) bool {
-	if m.cfg.Pod == "" {
+	if m.cfg.Pod == "" || m.zone.coversString(name) {
 		return false
 	}
 	r, ok := m.snapshot().LookupString(name)

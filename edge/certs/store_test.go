@@ -23,11 +23,17 @@ import (
 // selfSigned makes a certificate for name valid from nb to na.
 func selfSigned(t testing.TB, name string, nb, na time.Time) *tls.Certificate {
 	t.Helper()
+	return selfSignedNames(t, []string{name}, nb, na)
+}
+
+// selfSignedNames makes a certificate for names valid from nb to na.
+func selfSignedNames(t testing.TB, names []string, nb, na time.Time) *tls.Certificate {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
+		Subject:      pkix.Name{CommonName: names[0]},
+		DNSNames:     names,
 		NotBefore:    nb,
 		NotAfter:     na,
 	}

@@ -60,9 +60,17 @@ func hold(t testing.TB, m *Manager, name string) *tls.Certificate {
 	return cert
 }
 
+// holdZone puts a zone certificate (*.example.test and example.test),
+// valid now, in m's memory.
+func holdZone(t testing.TB, m *Manager) *tls.Certificate {
+	cert := selfSignedNames(t, []string{"*.example.test", "example.test"}, time.Now().Add(-time.Hour), time.Now().Add(90*24*time.Hour))
+	m.mem.put(newEntry(m.zone.name, cert, 1, 0))
+	return cert
+}
+
 func TestGetCertificate(t *testing.T) {
 	m, reg := newUnitManager(t, nil)
-	acmeCert := hold(t, m, "acme.example.test")
+	zoneCert := holdZone(t, m)
 	shopCert := hold(t, m, "shop.acme.com")
 	hello := func(name string) *tls.ClientHelloInfo { return &tls.ClientHelloInfo{ServerName: name} }
 
@@ -70,9 +78,11 @@ func TestGetCertificate(t *testing.T) {
 		name string
 		want *tls.Certificate
 	}{
-		{"acme.example.test", acmeCert},
-		{"ACME.Example.TEST", acmeCert},
+		{"acme.example.test", zoneCert},
+		{"ACME.Example.TEST", zoneCert},
+		{"acme.example.test.", zoneCert},
 		{"shop.acme.com", shopCert},
+		{"SHOP.acme.com", shopCert},
 	} {
 		got, err := m.getCertificate(hello(tc.name))
 		if err != nil || got != tc.want {
@@ -83,12 +93,16 @@ func TestGetCertificate(t *testing.T) {
 		name, reason string
 	}{
 		{"nobody.example.test", reasonUnknown},
+		{"a.acme.example.test", reasonUnknown},
+		{strings.Repeat("a", 300), reasonUnknown},
 		{"", reasonNoSNI},
+		{".", reasonNoSNI},
 	} {
+		before := metric(t, reg, "edge_tls_handshake_failures_total", "reason", tc.reason)
 		if _, err := m.getCertificate(hello(tc.name)); err == nil {
 			t.Errorf("%q: got a certificate", tc.name)
 		}
-		if got := metric(t, reg, "edge_tls_handshake_failures_total", "reason", tc.reason); got != 1 {
+		if got := metric(t, reg, "edge_tls_handshake_failures_total", "reason", tc.reason) - before; got != 1 {
 			t.Errorf("%q: %s failures = %v, want 1", tc.name, tc.reason, got)
 		}
 	}
@@ -96,7 +110,7 @@ func TestGetCertificate(t *testing.T) {
 		t.Errorf("refused names started %d issuances", n)
 	}
 
-	// A known name with nothing in memory and Consul unreachable fails
+	// A custom domain with nothing in memory and Consul unreachable fails
 	// fast, then is not retried for storeRetry.
 	m.mem.drop("shop.acme.com")
 	if _, err := m.getCertificate(hello("shop.acme.com")); err == nil || !strings.Contains(err.Error(), "consul") {
@@ -112,12 +126,48 @@ func TestGetCertificate(t *testing.T) {
 		t.Errorf("store errors = %v, want 1 (one attempt)", got)
 	}
 
+	// Without the zone's certificate, a tenant's handshake waits for the
+	// zone's, never for one of its own.
+	m.mem.drop(m.zone.name)
+	if _, err := m.getCertificate(hello("acme.example.test")); err == nil || !strings.Contains(err.Error(), `"*.example.test"`) {
+		t.Fatalf("without the zone's certificate: %v, want the zone's to be looked for", err)
+	}
+	m.mu.Lock()
+	_, tenant := m.names["acme.example.test"]
+	_, zone := m.names["*.example.test"]
+	m.mu.Unlock()
+	if tenant || !zone {
+		t.Errorf("issuances started: tenant's %v, zone's %v; want the zone's only", tenant, zone)
+	}
+
 	// An expired certificate is not served.
-	old := selfSigned(t, "acme.example.test", time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
-	m.mem.drop("acme.example.test")
-	m.mem.put(newEntry("acme.example.test", old, 1, 0))
+	old := selfSignedNames(t, []string{"*.example.test"}, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	m.mem.put(newEntry(m.zone.name, old, 1, 0))
 	if got, _ := m.getCertificate(hello("acme.example.test")); got == old {
 		t.Error("an expired certificate was served")
+	}
+}
+
+func TestZoneCovers(t *testing.T) {
+	z := newZoneNames("example.test.")
+	for name, want := range map[string]bool{
+		"example.test":        true,
+		"acme.example.test":   true,
+		"a-b.example.test":    true,
+		"a.acme.example.test": false,
+		".example.test":       false,
+		"xexample.test":       false,
+		"example.test.com":    false,
+		"test":                false,
+		"":                    false,
+		"acme.example.tesT":   false, // callers lower-case first
+	} {
+		if got := z.covers([]byte(name)); got != want {
+			t.Errorf("covers(%q) = %v, want %v", name, got, want)
+		}
+		if got := z.coversString(name); got != want {
+			t.Errorf("coversString(%q) = %v, want %v", name, got, want)
+		}
 	}
 }
 
@@ -243,6 +293,13 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.TicketRotation = time.Millisecond }, "tls.ticket_rotation:"},
 		{func(c *Config) { c.TicketKeys = 40 }, "tls.ticket_keys:"},
 		{func(c *Config) { c.RedirectPort = 70000 }, "tls.redirect_port:"},
+		{func(c *Config) { c.Zone = "exa_mple.test" }, "zone:"},
+		{func(c *Config) { c.Zone = "." }, "zone:"},
+		{func(c *Config) { c.DNS01Nameservers = []string{"127.0.0.1"} }, "acme.dns01_nameservers[0]:"},
+		{func(c *Config) { c.DNS01Timeout = -time.Second }, "acme.dns01_timeout:"},
+		{func(c *Config) { c.DNS01Timeout = 5 * time.Minute }, "acme.dns01_timeout:"},
+		{func(c *Config) { c.Certificates = []CertFile{{Key: "k.pem"}} }, "tls.certificates[0].cert:"},
+		{func(c *Config) { c.CertificateCheck = -time.Second }, "tls.certificate_check:"},
 	} {
 		var c Config
 		tc.mutate(&c)
@@ -259,7 +316,8 @@ func TestConfigValidate(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("zero config: %v", err)
 	}
-	if c.Directory != LetsEncrypt || len(c.Challenges) != 2 || c.HandshakeTimeout != DefaultHandshakeTimeout || c.Prefix != "podedge/" {
+	if c.Directory != LetsEncrypt || len(c.Challenges) != 2 || c.HandshakeTimeout != DefaultHandshakeTimeout || c.Prefix != "podedge/" ||
+		c.Zone != "example.test." || c.DNS01Timeout != time.Minute || c.CertificateCheck != 10*time.Second {
 		t.Errorf("defaults not filled: %+v", c)
 	}
 }

@@ -19,10 +19,15 @@ func certsConfig(cfg edge.Config) certs.Config {
 			port, _ = strconv.Atoi(p)
 		}
 	}
+	var files []certs.CertFile
+	for _, f := range cfg.TLS.Certificates {
+		files = append(files, certs.CertFile{Cert: f.Cert, Key: f.Key})
+	}
 	return certs.Config{
 		Prefix:           cfg.Consul.Prefix,
 		Pod:              cfg.Pod,
 		Holder:           cfg.Pod + "/" + cfg.PublicIP,
+		Zone:             cfg.Zone,
 		Directory:        cfg.ACME.Directory,
 		CAFile:           cfg.ACME.CA,
 		Email:            cfg.ACME.Email,
@@ -31,6 +36,10 @@ func certsConfig(cfg edge.Config) certs.Config {
 		OrderTimeout:     cfg.ACME.OrderTimeout,
 		BackoffMin:       cfg.ACME.BackoffMin,
 		BackoffMax:       cfg.ACME.BackoffMax,
+		DNS01Nameservers: cfg.ACME.DNS01Nameservers,
+		DNS01Timeout:     cfg.ACME.DNS01Timeout,
+		Certificates:     files,
+		CertificateCheck: cfg.TLS.CertificateCheck,
 		HandshakeTimeout: cfg.TLS.HandshakeTimeout,
 		Redirect:         cfg.TLS.Redirect,
 		RedirectPort:     port,

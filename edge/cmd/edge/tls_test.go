@@ -53,6 +53,9 @@ func TestBadTLSConfigNamesTheKey(t *testing.T) {
 		{tlsBase + "tls:\n  ticket_keys: 40\n", nil, "tls.ticket_keys: 40 is outside 1 to 16"},
 		{tlsBase + "https: 127.0.0.1:8443\ntls:\n  handshake_timeout: 20s\n", nil, "tls.handshake_timeout: 20s must be shorter than timeouts.client_header (10s)"},
 		{tlsBase + "tls:\n  redirect_port: -1\n", nil, "tls.redirect_port: -1 is not a port"},
+		{tlsBase + "acme:\n  dns01_nameservers: [dnsd]\n", nil, `acme.dns01_nameservers[0]: "dnsd" is not host:port`},
+		{tlsBase + "acme:\n  dns01_timeout: -1s\n", nil, "acme.dns01_timeout: -1s is negative"},
+		{tlsBase + "tls:\n  certificates: [{cert: /etc/a.pem}]\n", nil, "tls.certificates[0].key: must name the private key's PEM file"},
 	} {
 		args := append([]string{"-config", tlsConfigFile(t, tc.file)}, tc.args...)
 		_, err := parse(args)
@@ -60,11 +63,16 @@ func TestBadTLSConfigNamesTheKey(t *testing.T) {
 			t.Errorf("%q %v: got %v, want %q", tc.file, tc.args, err, tc.want)
 		}
 	}
-	cfg, err := parse([]string{"-config", tlsConfigFile(t, tlsBase+"https: 127.0.0.1:8443\n"), "-acme-email", "ops@example.net"})
+	cfg, err := parse([]string{"-config", tlsConfigFile(t, tlsBase+"https: 127.0.0.1:8443\ntls:\n  certificates: [{cert: /etc/a.pem, key: /etc/a.key}]\n"),
+		"-acme-email", "ops@example.net", "-zone", "Platform.Example."})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cc := certsConfig(cfg); cc.Email != "ops@example.net" || cc.RedirectPort != 8443 || !cc.Redirect {
+	cc := certsConfig(cfg)
+	if cc.Email != "ops@example.net" || cc.RedirectPort != 8443 || !cc.Redirect || len(cc.Certificates) != 1 || cc.Certificates[0].Key != "/etc/a.key" {
 		t.Errorf("certificates config %+v", cc)
+	}
+	if err := cc.Validate(); err != nil || cc.Zone != "platform.example." {
+		t.Errorf("zone %q (%v), want platform.example.", cc.Zone, err)
 	}
 }
