@@ -151,6 +151,9 @@ func serveLoops(t testing.TB, p *Proxy, loops *loopServer, st router.State) *har
 			_ = loops.shutdown(ctx)
 		}
 		_ = srv.ShutdownWithContext(ctx)
+		// A Shutdown that came before Serve had taken the listener does
+		// not close it; closing it here ends such a late Serve.
+		_ = ln.Close()
 		<-done
 	})
 	return &harness{r: r, p: p, addr: ln.Addr().String()}
