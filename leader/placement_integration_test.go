@@ -1,7 +1,9 @@
 package leader
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -228,5 +230,87 @@ func TestCordon(t *testing.T) {
 		t.Fatalf("after reopening: placed in %v", out["pod"])
 	}
 	expect(t, 200, "POST", sb.url+"/v1/tenants/mover/move", `{"pod":"dublin"}`, "")
+	checkSeats(t, agent)
+}
+
+// TestBatchedSignups: sign-ups that arrive at once on one replica are
+// written together; within a batch, and against what is stored, a name or
+// a domain is still given once, every sign-up gets its own answer, and what
+// is answered is what is stored.
+func TestBatchedSignups(t *testing.T) {
+	agent := consultest.Start(t)
+	rs := startCluster(t, agent, 1)
+	lead := rs[0]
+	expect(t, 201, "PUT", lead.url+"/v1/pods/dublin", podBody(dublin, 1000), "")
+	edges(t, agent, "dublin")
+	waitEdges(t, rs, "dublin", 1)
+	expect(t, 201, "POST", lead.url+"/v1/tenants", signupBody("n00", dublin), "")
+
+	const total = 64
+	codes := make([]int, total)
+	indexes := make([]string, total)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range total {
+		wg.Go(func() {
+			<-start
+			// Every name twice, n00 stored already; every fourth sign-up
+			// claims the shared domain.
+			body := signupBody(fmt.Sprintf("n%02d", i/2), dublin)
+			if i%4 == 1 {
+				body = signupBody(fmt.Sprintf("n%02d", i/2), dublin, "shared.example.com")
+			}
+			raw, _ := json.Marshal(body)
+			req, err := newRequest("POST", lead.url+"/v1/tenants", string(raw))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			codes[i], indexes[i] = resp.StatusCode, resp.Header.Get("X-Podedge-Index")
+		})
+	}
+	close(start)
+	wg.Wait()
+	created := map[string]int{}
+	for i, c := range codes {
+		name := fmt.Sprintf("n%02d", i/2)
+		switch c {
+		case 201:
+			created[name]++
+			if indexes[i] == "" || indexes[i] == "0" {
+				t.Errorf("sign-up %d answered 201 without its index", i)
+			}
+		case 409:
+		default:
+			t.Errorf("sign-up %d of %s: %d", i, name, c)
+		}
+	}
+	for name, n := range created {
+		if n != 1 || name == "n00" {
+			t.Errorf("%s created %d times", name, n)
+		}
+	}
+	if len(created) != total/2-1 {
+		t.Errorf("%d names created, want %d", len(created), total/2-1)
+	}
+	stored := kv(t, agent)
+	owners := 0
+	for k, v := range stored {
+		if name, ok := strings.CutPrefix(k, "podedge/tenants/"); ok && name != "n00" && created[name] != 1 {
+			t.Errorf("%s is stored but was not answered 201", name)
+		}
+		if strings.Contains(v, "shared.example.com") && strings.HasPrefix(k, "podedge/tenants/") {
+			owners++
+		}
+	}
+	if owners > 1 {
+		t.Errorf("%d tenants hold the shared domain", owners)
+	}
 	checkSeats(t, agent)
 }

@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -49,12 +50,14 @@ type Store struct {
 	clock   func() time.Time
 
 	turn       chan struct{} // holds a token while a write runs: one at a time
-	pods       podCache      // nil: read again before the next write
-	logHead    *logHead      // nil: read again before the next write
-	written    writtenNames  // what the log got, for the auditor
-	ring       uint64        // the change log's ring slots
-	podsFor    string        // the session pods and logHead were read under
-	reconciled string        // the session the internal keys were last reconciled under
+	queueMu    sync.Mutex
+	queue      []*signupReq // sign-ups waiting to be written together
+	pods       podCache     // nil: read again before the next write
+	logHead    *logHead     // nil: read again before the next write
+	written    writtenNames // what the log got, for the auditor
+	ring       uint64       // the change log's ring slots
+	podsFor    string       // the session pods and logHead were read under
+	reconciled string       // the session the internal keys were last reconciled under
 	// seen is the highest ModifyIndex the current write attempt read or
 	// committed: the index it answers with (X-Podedge-Index). A write
 	// that changes nothing answers with the index of the state it found.
@@ -235,6 +238,11 @@ func (s *Store) write(ctx context.Context, op string, attempt func(session strin
 		return 0, err
 	}
 	defer s.release()
+	return s.writeLocked(ctx, op, attempt)
+}
+
+// writeLocked is write for a caller that holds the turn.
+func (s *Store) writeLocked(ctx context.Context, op string, attempt func(session string) error) (uint64, error) {
 	for try := 1; ; try++ {
 		session, ok := s.fence.Session()
 		if !ok {

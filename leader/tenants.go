@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/podedge/podedge/internal/changelog"
@@ -41,70 +40,6 @@ func domainsFree(view *router.Snapshot, name string, domains []string) error {
 		}
 	}
 	return nil
-}
-
-// SignUp places a new tenant in the pod the placement rule picks and
-// stores it, with its custom domains, in one transaction that takes one of
-// the pod's seats.
-func (s *Store) SignUp(ctx context.Context, su Signup) (Placed, uint64, error) {
-	var placed Placed
-	index, err := s.write(ctx, "signup", func(session string) error {
-		pods, err := s.loadPods(ctx)
-		if err != nil {
-			return err
-		}
-		view := s.view()
-		if !view.Synced {
-			return &Error{Kind: KindUnavailable, Msg: "the leader has no view of edge health yet; retry"}
-		}
-		if err := domainsFree(view, su.Name, su.Domains); err != nil {
-			s.m.placementFailed.WithLabelValues("domain_taken").Inc()
-			return err
-		}
-		c, explained, ok := Explain(candidates(pods, view), su.Location(), s.nearKm)
-		if !ok {
-			s.m.placementFailed.WithLabelValues("no_capacity").Inc()
-			return &Error{Kind: KindNoCapacity, Msg: "no pod has a free seat and a passing edge"}
-		}
-		e := pods[c.Name]
-		t := router.Tenant{Name: su.Name, Pod: c.Name, Domains: su.Domains, Created: s.clock().UTC().Truncate(time.Millisecond)}
-		value, err := json.Marshal(t)
-		if err != nil {
-			return err
-		}
-		lh, err := s.loadLog(ctx)
-		if err != nil {
-			return err
-		}
-		nameTaken := conflict("tenant %q already exists", su.Name)
-		tx := newTxn("signup", s.keys, session)
-		tx.checkIndex(s.keys.pod(c.Name), e.podIndex, nil)
-		tx.cas(s.keys.seats(c.Name), e.seatsIdx, seatsValue(e.seats+1), nil)
-		tx.cas(s.keys.tenant(su.Name), 0, value, nameTaken)
-		for _, d := range su.Domains {
-			tx.cas(s.keys.domain(d), 0, []byte(su.Name), conflict("domain %q belongs to another tenant", d))
-		}
-		next, err := s.logChanges(tx, lh, tenantChange(su.Name, value))
-		if err != nil {
-			return err
-		}
-		res, err := s.commit(ctx, session, tx)
-		if err != nil {
-			if err == nameTaken {
-				s.m.placementFailed.WithLabelValues("name_taken").Inc()
-			} else if isOutcome(err) && err != errNotLeader {
-				s.m.placementFailed.WithLabelValues("domain_taken").Inc()
-			}
-			return err
-		}
-		s.logCommitted(next, res)
-		e.seats++
-		e.seatsIdx = res[s.keys.seats(c.Name)]
-		placed = Placed{Tenant: t, Placement: explained}
-		s.m.signups.Inc()
-		return nil
-	})
-	return placed, index, err
 }
 
 // readTenant reads a tenant and the index keys of the given domains in one
