@@ -98,15 +98,19 @@ func withCallTimeout(ctx context.Context) (context.Context, context.CancelFunc) 
 }
 
 // retryWait is the wait before the next attempt after the n-th Consul
-// failure in a row. A failure to reach Consul or a Consul without a leader
-// (a transport error, a 5xx) is retried within half a second at most, so
-// that the replica is back as soon as Consul is: 50ms doubling up to 500ms.
-// A request Consul refused (a 4xx: an ACL, a bad request) will not succeed
-// by asking again soon: 100ms doubling up to 5s. Both with jitter, so that
+// failure in a row. A call ended because Consul has a leader again is tried
+// again at once. A failure to reach Consul or a Consul without a leader (a
+// transport error, a 5xx) is retried within a quarter of a second, so that
+// the replica is back as soon as Consul is: 25ms doubling up to 250ms. A
+// request Consul refused (a 4xx: an ACL, a bad request) will not succeed by
+// asking again soon: 100ms doubling up to 5s. Both with jitter, so that
 // replicas do not retry in step.
 func retryWait(err error, n int) time.Duration {
+	if errors.Is(err, errConsulBack) {
+		return 0
+	}
 	if se, ok := errors.AsType[api.StatusError](err); ok && se.Code >= 400 && se.Code < 500 {
 		return retry.Backoff(100*time.Millisecond, 5*time.Second, n)
 	}
-	return retry.Backoff(50*time.Millisecond, 500*time.Millisecond, n)
+	return retry.Backoff(25*time.Millisecond, 250*time.Millisecond, n)
 }

@@ -37,9 +37,10 @@ type LeaderState struct {
 // replica give up a session Consul still holds: a session is left only
 // when Consul says it is gone, and one that is left is destroyed as soon as
 // Consul answers again, so that no orphaned session keeps the lock. Every
-// call is bounded and ended once Consul answers again (boundCall), and
-// every failed step is retried within half a second (retryWait), so that
-// the replica leads or follows again as soon as Consul can tell it which.
+// call is bounded and ended once Consul has a leader again (boundCall), and
+// every failed step is retried within a quarter of a second (retryWait),
+// so that the replica leads or follows again as soon as Consul can tell it
+// which.
 type Elector struct {
 	client    *api.Client
 	key       string // the lock key
@@ -396,8 +397,8 @@ func (e *Elector) gone(ctx context.Context, sid string) bool {
 // renew renews the session at half its TTL and ends the campaign when
 // Consul says the session is gone: a renewal answered 404. Renewals that
 // fail (no Consul leader, the agent down, a server that does not answer)
-// are only retried, within half a second, for as long as it takes: the
-// session lives on in Consul meanwhile (a new Consul leader gives every
+// are only retried, within a quarter of a second, for as long as it takes:
+// the session lives on in Consul meanwhile (a new Consul leader gives every
 // session a full TTL again), and giving it up would leave the lock held by
 // a session no replica renews. After such failures the lock is read again
 // at once, since its blocking query may have hung on the same server.
