@@ -1,6 +1,9 @@
 package consultest
 
 import (
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,4 +47,25 @@ func TestCluster(t *testing.T) {
 	t.Logf("leader %s paused; %s leads after %s", paused.Node(), now.Node(), time.Since(stopped).Round(time.Millisecond))
 	paused.Resume()
 	c.WaitHealthy(t, 60*time.Second)
+}
+
+// TestSampleClusterConfig: the agent configurations for a real cluster in
+// configs/consul, which leader/README.md starts operators from, are ones
+// this Consul accepts.
+func TestSampleClusterConfig(t *testing.T) {
+	bin, err := Binary()
+	if err != nil {
+		if testing.Short() {
+			t.Skip(err.Error())
+		}
+		t.Fatal(err)
+	}
+	for _, name := range []string{"server.hcl", "client.hcl"} {
+		t.Run(name, func(t *testing.T) {
+			out, err := exec.Command(bin, "validate", filepath.Join("..", "..", "configs", "consul", name)).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Configuration is valid") {
+				t.Fatalf("consul validate: %v\n%s", err, out)
+			}
+		})
+	}
 }
