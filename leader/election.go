@@ -2,6 +2,7 @@ package leader
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
@@ -30,6 +31,16 @@ type LeaderState struct {
 // critical, Consul invalidates the session and releases the lock, and the
 // standbys, blocked on the lock key, compete at once. The session's own TTL
 // is only a backstop.
+//
+// Consul's own failures (no leader while it elects one, quorum lost, the
+// local agent restarted, a server that stops answering) never make the
+// replica give up a session Consul still holds: a session is left only
+// when Consul says it is gone, and one that is left is destroyed as soon as
+// Consul answers again, so that no orphaned session keeps the lock. Every
+// call is bounded and ended once Consul has a leader again (boundCall), and
+// every failed step is retried within a quarter of a second (retryWait),
+// so that the replica leads or follows again as soon as Consul can tell it
+// which.
 type Elector struct {
 	client    *api.Client
 	key       string // the lock key
@@ -40,12 +51,15 @@ type Elector struct {
 	log       *slog.Logger
 	m         *metrics
 	onChange  func(LeaderState)
-	wait      time.Duration // blocking query wait; tests shorten it
+	// wait is the blocking query's wait. A query whose server stopped
+	// answering is given up after it and a margin, and asked again.
+	wait time.Duration
 
 	mu    sync.Mutex
 	st    LeaderState
 	poke  context.CancelFunc // ends the current blocking query on the lock
 	poked bool
+	fresh bool // the next read of the lock must not block: Consul was in trouble
 }
 
 func newElector(client *api.Client, k keys, addr string, cfg Election, log *slog.Logger, m *metrics, onChange func(LeaderState)) *Elector {
@@ -63,7 +77,7 @@ func newElector(client *api.Client, k keys, addr string, cfg Election, log *slog
 		log:       log.With("component", "election"),
 		m:         m,
 		onChange:  onChange,
-		wait:      5 * time.Minute,
+		wait:      time.Minute,
 	}
 }
 
@@ -90,12 +104,19 @@ func (e *Elector) Lost(session string) {
 	if mine {
 		e.set(LeaderState{Session: session})
 	}
+	e.rewatch()
+}
+
+// rewatch ends the blocking query on the lock, if one is open, so that the
+// lock is read again at once, without blocking.
+func (e *Elector) rewatch() {
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.fresh = true
 	if e.poke != nil {
 		e.poked = true
 		e.poke()
 	}
-	e.mu.Unlock()
 }
 
 // set records st and reports a change of leadership.
@@ -138,7 +159,7 @@ func (e *Elector) Run(ctx context.Context) {
 		if err := e.register(ctx); err != nil {
 			failures++
 			e.failed("register", err, failures)
-			retry.Sleep(ctx, backoff(failures))
+			retry.Sleep(ctx, retryWait(err, failures))
 			continue
 		}
 		if !heartbeat {
@@ -149,12 +170,12 @@ func (e *Elector) Run(ctx context.Context) {
 		if err != nil {
 			failures++
 			e.failed("session", err, failures)
-			retry.Sleep(ctx, backoff(failures))
+			retry.Sleep(ctx, retryWait(err, failures))
 			continue
 		}
 		failures = 0
 		e.campaign(ctx, sid)
-		e.end(sid)
+		e.end(ctx, sid)
 	}
 	e.deregister()
 }
@@ -184,7 +205,9 @@ func (e *Elector) register(ctx context.Context) error {
 			DeregisterCriticalServiceAfter: e.cfg.DeregisterAfter.String(),
 		},
 	}
-	return e.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
+	cctx, cancel := withCallTimeout(ctx)
+	defer cancel()
+	return e.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx))
 }
 
 func (e *Elector) deregister() {
@@ -209,7 +232,9 @@ func (e *Elector) heartbeat(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		err := e.client.Agent().UpdateTTLOpts(e.checkID, "", api.HealthPassing, (&api.QueryOptions{}).WithContext(ctx))
+		cctx, cancel := withCallTimeout(ctx)
+		err := e.client.Agent().UpdateTTLOpts(e.checkID, "", api.HealthPassing, (&api.QueryOptions{}).WithContext(cctx))
+		cancel()
 		if err != nil && ctx.Err() == nil {
 			failures++
 			e.failed("heartbeat", err, failures)
@@ -225,6 +250,8 @@ func (e *Elector) heartbeat(ctx context.Context) {
 // createSession makes a session bound to the agent's node health and to
 // the replica's own check, with the configured TTL and lock-delay.
 func (e *Elector) createSession(ctx context.Context) (string, error) {
+	ctx, stop := e.bound(ctx)
+	defer stop()
 	id, _, err := e.client.Session().Create(&api.SessionEntry{
 		Name:          "podedge leader " + e.addr,
 		TTL:           e.cfg.SessionTTL.String(),
@@ -233,11 +260,19 @@ func (e *Elector) createSession(ctx context.Context) (string, error) {
 		NodeChecks:    []string{"serfHealth"},
 		ServiceChecks: []api.ServiceCheck{{ID: e.checkID}},
 	}, (&api.WriteOptions{}).WithContext(ctx))
-	return id, err
+	return id, callErr(ctx, err)
+}
+
+// bound bounds one call to the Consul servers: by callTimeout, and by
+// boundCall.
+func (e *Elector) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := withCallTimeout(ctx)
+	ctx, stop := boundCall(ctx, e.client)
+	return ctx, func() { stop(); cancel() }
 }
 
 // campaign competes for the lock with session sid and follows who holds
-// it, until the session is gone or ctx ends.
+// it, until Consul says the session is gone or ctx ends.
 func (e *Elector) campaign(ctx context.Context, sid string) {
 	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -245,19 +280,9 @@ func (e *Elector) campaign(ctx context.Context, sid string) {
 	defer cancel()
 	wg.Go(func() { e.renew(sctx, sid, cancel) })
 
-	kv := e.client.KV()
 	var index uint64
 	for failures := 0; sctx.Err() == nil; {
-		qctx, qcancel := context.WithCancel(sctx)
-		e.mu.Lock()
-		e.poke, e.poked = qcancel, false
-		e.mu.Unlock()
-		pair, meta, err := kv.Get(e.key, (&api.QueryOptions{WaitIndex: index, WaitTime: e.wait}).WithContext(qctx))
-		qcancel()
-		e.mu.Lock()
-		poked := e.poked
-		e.poke = nil
-		e.mu.Unlock()
+		pair, meta, poked, err := e.readLock(sctx, index)
 		if sctx.Err() != nil {
 			return
 		}
@@ -269,9 +294,11 @@ func (e *Elector) campaign(ctx context.Context, sid string) {
 			failures++
 			e.failed("watch", err, failures)
 			// Without Consul this replica cannot know it still holds the
-			// lock; its writes would fail anyway.
+			// lock; its writes would fail anyway. It keeps its session,
+			// which Consul keeps too, and leads again with it as soon as
+			// Consul answers that it holds the lock.
 			e.set(LeaderState{Leader: e.State().Leader})
-			retry.Sleep(sctx, backoff(failures))
+			retry.Sleep(sctx, retryWait(err, failures))
 			continue
 		}
 		failures = 0
@@ -286,17 +313,31 @@ func (e *Elector) campaign(ctx context.Context, sid string) {
 		case pair != nil && pair.Session == sid:
 			e.set(LeaderState{Leader: e.addr, IsLeader: true, Session: sid})
 		case pair != nil && pair.Session != "":
+			was := e.State().IsLeader
 			e.set(LeaderState{Leader: string(pair.Value)})
-		default:
-			e.set(LeaderState{})
-			ok, _, err := kv.Acquire(&api.KVPair{Key: e.key, Value: []byte(e.addr), Session: sid}, (&api.WriteOptions{}).WithContext(sctx))
-			if err != nil {
-				// Most often the session was invalidated; start again
-				// with a new one.
-				e.failed("acquire", err, 1)
+			if was && e.gone(sctx, sid) {
+				// Deposed because Consul invalidated the session (its
+				// check failed): compete again with a new one now, not
+				// at the next renewal.
+				e.log.Warn("session gone; starting a new one", "session", sid)
 				return
 			}
-			if !ok {
+		default:
+			e.set(LeaderState{})
+			ok, err := e.acquire(sctx, sid)
+			switch {
+			case sctx.Err() != nil:
+				return
+			case err != nil && e.gone(sctx, sid):
+				// Acquire refuses a session Consul invalidated: start
+				// again with a new one.
+				e.log.Warn("session gone; starting a new one", "session", sid)
+				return
+			case err != nil:
+				failures++
+				e.failed("acquire", err, failures)
+				retry.Sleep(sctx, retryWait(err, failures))
+			case !ok:
 				// Another replica won, or the lock-delay of an
 				// invalidated session is still running.
 				retry.Sleep(sctx, max(e.cfg.LockDelay, 10*time.Millisecond))
@@ -306,57 +347,143 @@ func (e *Elector) campaign(ctx context.Context, sid string) {
 	}
 }
 
+// readLock reads the lock key, blocking until it changes past index (0,
+// or after rewatch: at once). poked reports that rewatch ended the query
+// early.
+func (e *Elector) readLock(ctx context.Context, index uint64) (pair *api.KVPair, meta *api.QueryMeta, poked bool, err error) {
+	e.mu.Lock()
+	if e.fresh {
+		index, e.fresh = 0, false
+	}
+	e.mu.Unlock()
+	var qctx context.Context
+	var qcancel context.CancelFunc
+	if index == 0 {
+		qctx, qcancel = e.bound(ctx)
+	} else {
+		// Consul adds up to wait/16 to a blocking query; past that and a
+		// call's bound, the server it waits on has stopped answering.
+		qctx, qcancel = context.WithTimeout(ctx, e.wait+e.wait/16+callTimeout)
+	}
+	defer qcancel()
+	e.mu.Lock()
+	e.poke, e.poked = qcancel, false
+	e.mu.Unlock()
+	pair, meta, err = e.client.KV().Get(e.key, (&api.QueryOptions{WaitIndex: index, WaitTime: e.wait}).WithContext(qctx))
+	e.mu.Lock()
+	poked = e.poked
+	e.poke = nil
+	e.mu.Unlock()
+	return pair, meta, poked, callErr(qctx, err)
+}
+
+// acquire tries to take the lock with session sid.
+func (e *Elector) acquire(ctx context.Context, sid string) (bool, error) {
+	ctx, stop := e.bound(ctx)
+	defer stop()
+	ok, _, err := e.client.KV().Acquire(&api.KVPair{Key: e.key, Value: []byte(e.addr), Session: sid}, (&api.WriteOptions{}).WithContext(ctx))
+	return ok, callErr(ctx, err)
+}
+
+// gone reports whether Consul says session sid no longer exists; false
+// when Consul cannot be asked.
+func (e *Elector) gone(ctx context.Context, sid string) bool {
+	ctx, stop := e.bound(ctx)
+	defer stop()
+	entry, _, err := e.client.Session().Info(sid, (&api.QueryOptions{}).WithContext(ctx))
+	return err == nil && entry == nil
+}
+
 // renew renews the session at half its TTL and ends the campaign when
-// Consul says the session is gone or when it could not be renewed for a
-// whole TTL.
+// Consul says the session is gone: a renewal answered 404. Renewals that
+// fail (no Consul leader, the agent down, a server that does not answer)
+// are only retried, within a quarter of a second, for as long as it takes:
+// the session lives on in Consul meanwhile (a new Consul leader gives every
+// session a full TTL again), and giving it up would leave the lock held by
+// a session no replica renews. After such failures the lock is read again
+// at once, since its blocking query may have hung on the same server.
 func (e *Elector) renew(ctx context.Context, sid string, gone context.CancelFunc) {
-	t := time.NewTicker(e.cfg.SessionTTL / 2)
-	defer t.Stop()
-	lastOK := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		entry, _, err := e.client.Session().Renew(sid, (&api.WriteOptions{}).WithContext(ctx))
+	wait := e.cfg.SessionTTL / 2
+	failures := 0
+	for retry.Sleep(ctx, wait) {
+		cctx, stop := e.bound(ctx)
+		entry, _, err := e.client.Session().Renew(sid, (&api.WriteOptions{}).WithContext(cctx))
+		err = callErr(cctx, err)
+		stop()
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			e.failed("renew", err, 1)
-			if time.Since(lastOK) < e.cfg.SessionTTL {
-				continue
+			failures++
+			e.failed("renew", err, failures)
+			if failures == 1 {
+				e.rewatch()
 			}
-		case entry != nil:
-			lastOK = time.Now()
+			wait = retryWait(err, failures)
 			continue
+		case entry == nil:
+			e.log.Warn("consul says the session is gone; starting a new one", "session", sid)
+			gone()
+			return
 		}
-		e.log.Warn("session gone; starting a new one", "session", sid)
-		gone()
-		return
+		if failures > 0 {
+			e.log.Info("session renewed again", "session", sid, "after_failures", failures)
+			e.rewatch()
+		}
+		failures, wait = 0, e.cfg.SessionTTL/2
 	}
 }
 
-// end leaves a session: it gives up the lock if this replica held it, then
-// destroys the session. Both are best effort; Consul invalidates the session
-// on its own when the replica's check fails.
-func (e *Elector) end(sid string) {
-	was := e.State()
-	if was.IsLeader {
+// endGrace bounds the last attempt to leave a session when the replica
+// stops: a replica stopping while Consul has no leader cannot wait for one.
+// Its service, deregistered next, takes the check the session is bound to
+// with it, and Consul then invalidates the session on its own.
+const endGrace = 5 * time.Second
+
+// end leaves a session: it stops leading, gives up the lock if the session
+// holds it (a replica that stepped down because Consul did not answer may
+// still hold it), then destroys the session. While ctx lives it retries
+// until Consul has done both, before any new session competes: a session
+// left alive would keep the lock, and every write would fail, until Consul
+// expired it. Once ctx has ended (the replica stops) it tries for endGrace
+// more.
+func (e *Elector) end(ctx context.Context, sid string) {
+	if e.State().IsLeader {
 		e.set(LeaderState{})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	// Retry for as long as ctx lives, and endGrace after it has ended.
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	w := (&api.WriteOptions{}).WithContext(ctx)
-	if was.IsLeader {
-		if _, _, err := e.client.KV().Release(&api.KVPair{Key: e.key, Session: sid}, w); err != nil {
-			e.log.Warn("could not release the leader lock", "error", err.Error())
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(endGrace, cancel) })()
+	for failures := 0; ; {
+		err := e.leave(actx, sid)
+		if err == nil {
+			if failures > 0 {
+				e.log.Info("left the session once consul answered", "session", sid, "after_failures", failures)
+			}
+			return
+		}
+		failures++
+		e.failed("end", err, failures)
+		if !retry.Sleep(actx, retryWait(err, failures)) {
+			e.log.Warn("could not destroy the session; consul invalidates it once the replica's check is gone", "session", sid, "error", err.Error())
+			return
 		}
 	}
-	_, _ = e.client.Session().Destroy(sid, w)
 }
 
-// backoff is the wait after the n-th consecutive failure: 100ms doubling
-// up to 5s, with jitter so that replicas do not retry in step.
-func backoff(n int) time.Duration { return retry.Backoff(100*time.Millisecond, 5*time.Second, n) }
+// leave releases the lock if sid holds it and destroys sid. Both are
+// idempotent: releasing a lock sid does not hold changes nothing, and
+// destroying a session that is gone succeeds.
+func (e *Elector) leave(ctx context.Context, sid string) error {
+	cctx, stop := e.bound(ctx)
+	defer stop()
+	w := (&api.WriteOptions{}).WithContext(cctx)
+	if _, _, err := e.client.KV().Release(&api.KVPair{Key: e.key, Session: sid}, w); err != nil {
+		return fmt.Errorf("release the lock: %w", callErr(cctx, err))
+	}
+	if _, err := e.client.Session().Destroy(sid, w); err != nil {
+		return fmt.Errorf("destroy the session: %w", callErr(cctx, err))
+	}
+	return nil
+}

@@ -75,3 +75,71 @@ func TestLockLost(t *testing.T) {
 		})
 	}
 }
+
+// writesBack is how soon after Consul has recovered (a Raft leader again,
+// or a dead node's session released) sign-ups must succeed again.
+const writesBack = 2 * time.Second
+
+// TestElectionRidesThroughLeaderlessConsul: Consul has no leader for 12s,
+// longer than a session's TTL, so every renewal fails for more than a TTL.
+// The leader keeps its session, which Consul keeps too, and with it the
+// lock: once Consul answers again it leads with the same session and
+// sign-ups succeed within writesBack, and no session is left behind.
+// Giving the session up after a TTL of failed renewals, as the election
+// once did, left it holding the lock unrenewed while a new one was made,
+// and writes failed until Consul expired the old one, seconds later.
+func TestElectionRidesThroughLeaderlessConsul(t *testing.T) {
+	agent := consultest.Start(t)
+	var proxies []*consultest.Proxy
+	var rs []*replica
+	for range 2 {
+		p := consultest.NewProxy(t, agent)
+		proxies = append(proxies, p)
+		rs = append(rs, startReplica(t, agent, func(c *Config) { c.Consul.Address = p.HTTPAddr }))
+	}
+	lead := waitLeader(t, rs)
+	edges(t, agent, "dublin")
+	waitEdges(t, rs, "dublin", 1)
+	expect(t, 201, "PUT", lead.url+"/v1/pods/dublin", podBody(dublin, 100), "")
+	expect(t, 201, "POST", lead.url+"/v1/tenants", signupBody("before", dublin), "")
+	sid, _ := lead.srv.elector.Session()
+
+	for _, p := range proxies {
+		p.LoseLeader()
+	}
+	lost := time.Now()
+	expect(t, 503, "POST", lead.url+"/v1/tenants", signupBody("during", dublin), "")
+	consultest.WaitFor(t, 5*time.Second, "the leader to stop claiming the lock without Consul", func() bool {
+		return !lead.srv.elector.State().IsLeader
+	})
+	// The outage itself: 12s without a Consul leader is the fault.
+	time.Sleep(12*time.Second - time.Since(lost))
+	for _, p := range proxies {
+		p.Heal()
+	}
+	back := time.Now()
+	var first time.Time
+	consultest.WaitFor(t, 30*time.Second, "a sign-up to succeed once Consul answers", func() bool {
+		code, _, err := tryCall("POST", rs[1].url+"/v1/tenants", `{"name":"after","lat":53.3,"lon":-6.2}`)
+		if err == nil && code == 201 {
+			first = time.Now()
+			return true
+		}
+		return false
+	})
+	t.Logf("sign-ups back %s after Consul answered again", first.Sub(back).Round(time.Millisecond))
+	if d := first.Sub(back); d > writesBack {
+		t.Errorf("sign-ups came back %s after Consul did, more than %s", d.Round(time.Millisecond), writesBack)
+	}
+	if now, leading := lead.srv.elector.Session(); !leading || now != sid {
+		t.Errorf("the leader holds session %q (leading %v), want the one it held before the outage, %q", now, leading, sid)
+	}
+	sessions, _, err := agent.Client.Session().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sessions) != 2 {
+		t.Errorf("%d sessions after the outage, want one per replica: %+v", len(sessions), sessions)
+	}
+	checkSeats(t, agent)
+}

@@ -2,14 +2,12 @@ package leader
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -210,37 +208,9 @@ func TestFailover(t *testing.T) {
 	}
 
 	// Nothing acknowledged was lost, nothing unacknowledged appeared, no pod
-	// went past its capacity and the seat counts are exact.
-	stored := map[string]string{}
-	for k, v := range kv(t, c.agent) {
-		name, ok := strings.CutPrefix(k, "podedge/tenants/")
-		if !ok {
-			continue
-		}
-		var tn struct{ Pod string }
-		if err := json.Unmarshal([]byte(v), &tn); err != nil {
-			t.Fatal(err)
-		}
-		stored[name] = tn.Pod
-	}
-	for name, pod := range bg.placed {
-		if stored[name] != pod {
-			t.Errorf("%s was answered 201 in %s but is stored in %q", name, pod, stored[name])
-		}
-	}
-	for name := range bg.late {
-		if stored[name] == "" {
-			t.Errorf("%s was answered 409 on a retry but is not stored", name)
-		}
-	}
-	for name := range stored {
-		if _, ok := bg.placed[name]; !ok && !bg.late[name] {
-			// Only the last, interrupted sign-up may have committed unseen.
-			if name != fmt.Sprintf("bg-%04d", bg.tried-1) {
-				t.Errorf("%s is stored but was never acknowledged", name)
-			}
-		}
-	}
+	// went past its capacity and the seat counts are exact. Only the last,
+	// interrupted sign-up may have committed unseen.
+	checkStored(t, c.agent, bg.placed, bg.late, map[string]bool{fmt.Sprintf("bg-%04d", bg.tried-1): true})
 	if n := tenantsByPod(t, c.agent)["dublin"]; n != 3 {
 		t.Errorf("dublin holds %d tenants, want exactly its 3 seats", n)
 	}

@@ -316,8 +316,11 @@ func newRequest(method, url, body string) (*http.Request, error) {
 
 // doRequest sends req with a short timeout and decodes a JSON object
 // answer, if any.
-func doRequest(req *http.Request) (int, map[string]any, error) {
-	resp, err := pollClient.Do(req)
+func doRequest(req *http.Request) (int, map[string]any, error) { return doRequestWith(pollClient, req) }
+
+// doRequestWith is doRequest through client c.
+func doRequestWith(c *http.Client, req *http.Request) (int, map[string]any, error) {
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -333,4 +336,40 @@ func doRequest(req *http.Request) (int, map[string]any, error) {
 		}
 	}
 	return resp.StatusCode, out, nil
+}
+
+// checkStored fails unless the tenants stored in KV are exactly those a
+// client was told of: each answered 201 is stored in the pod the answer
+// named; each answered 409 on a retry (an earlier attempt committed, its
+// answer lost) is stored; and nothing else is, but for the sign-ups still
+// in flight when the client stopped, which may or may not have committed.
+func checkStored(t testing.TB, agent *consultest.Agent, placed map[string]string, late, inFlight map[string]bool) {
+	t.Helper()
+	stored := map[string]string{}
+	for k, v := range kv(t, agent) {
+		name, ok := strings.CutPrefix(k, "podedge/tenants/")
+		if !ok {
+			continue
+		}
+		var tn struct{ Pod string }
+		if err := json.Unmarshal([]byte(v), &tn); err != nil {
+			t.Fatal(err)
+		}
+		stored[name] = tn.Pod
+	}
+	for name, pod := range placed {
+		if stored[name] != pod {
+			t.Errorf("%s was answered 201 in %s but is stored in %q", name, pod, stored[name])
+		}
+	}
+	for name := range late {
+		if stored[name] == "" {
+			t.Errorf("%s was answered 409 on a retry but is not stored", name)
+		}
+	}
+	for name := range stored {
+		if _, ok := placed[name]; !ok && !late[name] && !inFlight[name] {
+			t.Errorf("%s is stored but was never acknowledged", name)
+		}
+	}
 }

@@ -92,7 +92,12 @@ func (s *Store) commit(ctx context.Context, session string, t *txn) (committed, 
 	if len(t.ops) > maxTxnOps {
 		return nil, fmt.Errorf("%s: %d operations exceed Consul's limit of %d", t.name, len(t.ops), maxTxnOps)
 	}
-	ok, resp, _, err := s.client.Txn().Txn(t.ops, (&api.QueryOptions{}).WithContext(ctx))
+	// Bounded: a call stuck behind a failure of Consul must not hold the
+	// write turn, and every write behind it, for the whole write_timeout.
+	cctx, stop := boundCall(ctx, s.client)
+	defer stop()
+	ok, resp, _, err := s.client.Txn().Txn(t.ops, (&api.QueryOptions{}).WithContext(cctx))
+	err = callErr(cctx, err)
 	if err != nil {
 		s.m.txns.WithLabelValues(t.name, "error").Inc()
 		return nil, fmt.Errorf("%s transaction: %w", t.name, err)
@@ -178,7 +183,10 @@ func (s *Store) readTrees(ctx context.Context, prefixes ...string) (map[string]a
 }
 
 func (s *Store) readTxn(ctx context.Context, ops api.TxnOps) (api.TxnResults, error) {
-	ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	cctx, stop := boundCall(ctx, s.client)
+	defer stop()
+	ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(cctx))
+	err = callErr(cctx, err)
 	if err != nil {
 		return nil, fmt.Errorf("consul read: %w", err)
 	}

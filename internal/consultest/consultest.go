@@ -1,5 +1,7 @@
-// Package consultest starts a real Consul agent (`consul agent -dev`) on free
-// loopback ports for integration tests, and stops it when the test ends.
+// Package consultest starts real Consul for integration tests, on free
+// loopback ports, and stops it when the test ends: a dev agent (Start), or
+// a cluster of servers and client agents (StartCluster) whose members a
+// test kills, restarts, empties and pauses.
 //
 // The binary is $PODEDGE_CONSUL, else `consul` on PATH (`make consul` builds
 // one and `make test` puts it there). Without one the test fails; it is
@@ -25,21 +27,32 @@ import (
 	"github.com/podedge/podedge/internal/freeport"
 )
 
-// Agent is a running Consul dev agent.
+// Agent is a running Consul agent: a dev agent (Start) or a member of a
+// Cluster.
 type Agent struct {
 	// HTTPAddr is the agent's HTTP API, "127.0.0.1:port".
 	HTTPAddr string
 	// Client talks to the agent.
 	Client *api.Client
 
-	t    testing.TB
-	bin  string
-	args []string
-	node string
+	t       testing.TB
+	bin     string
+	args    []string
+	node    string
+	dataDir string // "" for a dev agent, which keeps nothing
+	// A cluster member's address, its ports (HTTP, serf LAN, serf WAN,
+	// server RPC) and its serf LAN address, which the others join.
+	ip       string
+	ports    []int
+	serfAddr string
+	server   bool
+	// ready reports whether a started agent is ready for the test.
+	ready func() bool
 
-	mu   sync.Mutex
-	proc *child.Process
-	out  *SyncBuffer
+	mu     sync.Mutex
+	proc   *child.Process
+	paused bool
+	out    *SyncBuffer // every run's output, printed if the test fails
 }
 
 // Binary returns the Consul binary to run, or an error saying how to get one.
@@ -67,8 +80,8 @@ func Start(t testing.TB) *Agent {
 		}
 		t.Fatal(err)
 	}
-	a := &Agent{t: t, bin: bin}
-	t.Cleanup(a.Stop)
+	a := newAgent(t, bin)
+	a.ready = a.devReady
 	for attempt := 1; ; attempt++ {
 		a.usePorts(FreePorts(t, 4))
 		err := a.start()
@@ -80,6 +93,30 @@ func Start(t testing.TB) *Agent {
 		}
 		t.Logf("consul: %v; trying other ports", err)
 	}
+}
+
+// newAgent is an agent not yet started, killed when the test ends; its
+// output is printed then if the test failed.
+func newAgent(t testing.TB, bin string) *Agent {
+	a := &Agent{t: t, bin: bin, out: &SyncBuffer{}}
+	t.Cleanup(func() {
+		a.Stop()
+		if t.Failed() {
+			t.Logf("output of consul agent %s:\n%s", a.node, a.out.String())
+		}
+	})
+	return a
+}
+
+// devReady: a dev agent is ready once it has elected itself and its node
+// is in the catalog (services registered through it need that first).
+func (a *Agent) devReady() bool {
+	leader, err := a.Client.Status().Leader()
+	if err != nil || leader == "" {
+		return false
+	}
+	n, _, err := a.Client.Catalog().Node(a.node, nil)
+	return err == nil && n != nil
 }
 
 // usePorts points the agent's command line and client at ports (HTTP, serf
@@ -99,6 +136,11 @@ func (a *Agent) usePorts(ports []int) {
 		"-hcl=ports { grpc_tls = -1 }",
 		"-hcl=disable_update_check = true",
 	}
+	a.setClient()
+}
+
+// setClient points Client at HTTPAddr.
+func (a *Agent) setClient() {
 	cfg := api.DefaultConfig()
 	cfg.Address = a.HTTPAddr
 	client, err := api.NewClient(cfg)
@@ -113,42 +155,36 @@ var errPortTaken = errors.New("a port was taken")
 // start runs the agent and waits until it is ready.
 func (a *Agent) start() error {
 	a.mu.Lock()
-	out := &SyncBuffer{}
-	a.out = out
+	fmt.Fprintf(a.out, "--- %s starting\n", time.Now().Format(time.StampMilli))
+	mark := len(a.out.String()) // this run's output starts here
 	// The agent dies with the test binary, even when the test panics.
-	proc, err := child.Start(child.Spec{Name: "consul", LogDir: a.t.TempDir(), Bin: a.bin, Args: a.args, Stdout: out, Stderr: out})
+	proc, err := child.Start(child.Spec{Name: "consul", LogDir: a.t.TempDir(), Bin: a.bin, Args: a.args, Stdout: a.out, Stderr: a.out})
 	if err != nil {
 		a.mu.Unlock()
 		return fmt.Errorf("start consul: %w", err)
 	}
-	a.proc = proc
+	a.proc, a.paused = proc, false
 	a.mu.Unlock()
 
 	deadline := time.Now().Add(60 * time.Second)
-	for {
-		leader, err := a.Client.Status().Leader()
-		if err == nil && leader != "" {
-			// Services registered through the agent need its node in the
-			// catalog first.
-			if n, _, err := a.Client.Catalog().Node(a.node, nil); err == nil && n != nil {
-				return nil
-			}
-		}
+	for !a.ready() {
 		select {
 		case <-proc.Done():
 			a.mu.Lock()
 			a.proc = nil
 			a.mu.Unlock()
-			if strings.Contains(out.String(), "address already in use") {
-				return fmt.Errorf("%w: %s", errPortTaken, lastLine(out.String()))
+			out := a.out.String()[mark:]
+			if strings.Contains(out, "address already in use") {
+				return fmt.Errorf("%w: %s", errPortTaken, lastLine(out))
 			}
-			return fmt.Errorf("consul exited before it was ready:\n%s", out.String())
+			return fmt.Errorf("consul agent %s exited before it was ready:\n%s", a.node, out)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("consul had no leader after 60s:\n%s", out.String())
+			return fmt.Errorf("consul agent %s was not ready after 60s:\n%s", a.node, a.out.String()[mark:])
 		}
 	}
+	return nil
 }
 
 func lastLine(s string) string {
@@ -156,23 +192,22 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// Stop kills the agent and waits for it to exit. It is safe to call twice.
+// Stop kills the agent (SIGKILL, as a crash would) and waits for it to
+// exit. It is safe to call twice.
 func (a *Agent) Stop() {
 	a.mu.Lock()
 	proc := a.proc
-	a.proc = nil
+	a.proc, a.paused = nil, false
 	a.mu.Unlock()
 	if proc == nil {
 		return
 	}
 	proc.Kill()
-	if a.t.Failed() {
-		a.t.Logf("consul output:\n%s", a.out.String())
-	}
 }
 
-// Restart starts a stopped agent again on the same ports. A dev agent keeps
-// nothing: the new one starts empty, with its indexes from zero.
+// Restart starts a stopped agent again on the same ports and data dir. A
+// dev agent keeps nothing: the new one starts empty, with its indexes from
+// zero.
 func (a *Agent) Restart() {
 	a.t.Helper()
 	a.Stop()

@@ -18,7 +18,12 @@ import (
 // that range can be taken, between this check and the program's bind, by
 // any outgoing connection on the machine (tests of other packages run at the
 // same time and make thousands).
-func Ports(n int) ([]int, error) {
+func Ports(n int) ([]int, error) { return PortsOn("127.0.0.1", n) }
+
+// PortsOn is Ports on another local address, such as one of the 127.0.0.x
+// a test gives each member of a Consul cluster (Linux routes all of
+// 127.0.0.0/8 to the loopback interface).
+func PortsOn(host string, n int) ([]int, error) {
 	low, high := pickRange()
 	var ports []int
 	var held []net.Listener
@@ -32,7 +37,7 @@ func Ports(n int) ([]int, error) {
 			return nil, fmt.Errorf("free port: none of %d tries in %d-%d was free", tries, low, high)
 		}
 		p := low + rand.IntN(high-low)
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		addr := net.JoinHostPort(host, strconv.Itoa(p))
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			continue

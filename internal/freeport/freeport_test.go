@@ -45,3 +45,23 @@ func TestPortsAreBelowTheEphemeralRange(t *testing.T) {
 		}
 	}
 }
+
+// PortsOn binds on the address it is given: its ports are free there, and
+// an address that is not this machine's has none.
+func TestPortsOnOtherAddress(t *testing.T) {
+	const host = "127.0.0.77"
+	ports, err := PortsOn(host, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ports {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
+		if err != nil {
+			t.Fatalf("port %d on %s: %v", p, host, err)
+		}
+		l.Close()
+	}
+	if ports, err := PortsOn("192.0.2.1", 1); err == nil {
+		t.Fatalf("ports %v on an address of another machine", ports)
+	}
+}
