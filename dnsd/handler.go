@@ -43,15 +43,24 @@ func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
 }
 
 // Update builds the answers of snapshot s and publishes them. The router
-// calls it (Router.Subscribe) on every publish; a snapshot that is not
-// synced yet is ignored.
+// calls it (Router.Subscribe) on every publish, in order: the zone is
+// built from the previous one and the tenants that changed
+// (Snapshot.TenantDelta). A snapshot that is not synced yet is ignored.
 func (h *Handler) Update(s *router.Snapshot) {
+	changed, full := s.TenantDelta()
+	h.apply(s, changed, full)
+}
+
+// apply is Update with the tenant delta given: changed names the tenants
+// added, modified or removed since the previous snapshot; full says to
+// look at all of them.
+func (h *Handler) apply(s *router.Snapshot, changed []string, full bool) {
 	if s == nil || !s.Synced {
 		return
 	}
 	h.buildMu.Lock()
 	defer h.buildMu.Unlock()
-	h.zone.Store(h.builder.build(s))
+	h.zone.Store(h.builder.build(s, changed, full))
 }
 
 // Serial is the SOA serial of the published zone; 0 before the first.
@@ -155,7 +164,11 @@ func (h *Handler) answer(q *query, p []byte, r *response) (rcode int, aa bool) {
 		// No zone transfers (yet): see the README.
 		return rcodeRefused, false
 	}
-	if n := z.names[string(rel)]; n != nil {
+	n := z.apex
+	if len(rel) > 0 {
+		n = z.names[string(rel)]
+	}
+	if n != nil {
 		s := n.set(q.qtype)
 		if s == nil {
 			r.add(secAuthority, z.soa, 0)
@@ -165,8 +178,8 @@ func (h *Handler) answer(q *query, p []byte, r *response) (rcode int, aa bool) {
 		return rcodeSuccess, true
 	}
 	if len(rel) > 1 && int(rel[0]) == len(rel)-1 {
-		if pod, ok := z.tenants[string(rel[1:])]; ok {
-			return z.tenant(q, r, len(rel), pod), true
+		if t := z.tenants.get(rel[1:]); t != nil {
+			return z.tenant(q, r, len(rel), t.pod), true
 		}
 	}
 	r.add(secAuthority, z.soa, 0)

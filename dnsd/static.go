@@ -1,6 +1,8 @@
 package dnsd
 
 import (
+	"encoding/binary"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -51,6 +53,24 @@ func relKey(labels []string) string {
 		sb.WriteString(l)
 	}
 	return sb.String()
+}
+
+// withSerial returns a copy of s, a set of one SOA record, with serial
+// written in: the serial is the first of the last five fields of its rdata.
+// A zone's SOA sets are made so, from sets packed once.
+func withSerial(s *rrset, serial uint32) *rrset {
+	c := *s
+	c.data = slices.Clone(s.data)
+	binary.BigEndian.PutUint32(c.data[len(c.data)-20:], serial)
+	return &c
+}
+
+// apexAt returns the apex node of a zone with serial, from the template
+// apexNode made.
+func (b *builder) apexAt(serial uint32) *node {
+	sets := slices.Clone(b.apex.sets)
+	sets[0] = withSerial(sets[0], serial)
+	return &node{sets: sets}
 }
 
 // apexNode returns the apex with its SOA (first, so that ANY gets it) and
