@@ -57,6 +57,10 @@ type Config struct {
 	MX []MailExchanger `yaml:"mx"`
 	// TCP bounds the TCP listener.
 	TCP TCP `yaml:"tcp"`
+	// RRL is response rate limiting over UDP; off while rate_limit is 0.
+	RRL RRL `yaml:"rrl"`
+	// Cookies are DNS cookies (RFC 7873, 9018).
+	Cookies Cookies `yaml:"cookies"`
 	// Consul and Log are the sections every podedge binary shares.
 	Consul config.Consul `yaml:"consul"`
 	Log    config.Log    `yaml:"log"`
@@ -117,6 +121,36 @@ type TCP struct {
 	MaxConnections int `yaml:"max_connections"`
 }
 
+// RRL configures response rate limiting, with the keys and defaults of
+// Knot DNS 3.2's mod-rrl.
+type RRL struct {
+	// RateLimit is the responses a second allowed to one flow (a client
+	// network, a class of answer, a name); a flow may take four seconds'
+	// worth at once. 0 turns rate limiting off, the default (Knot requires
+	// a value; its documentation's example is 200).
+	RateLimit int `yaml:"rate_limit"`
+	// Slip: one answer over the rate in Slip is sent truncated (TC, no
+	// records), the others dropped. 0 drops them all, 1 (the default)
+	// truncates them all.
+	Slip int `yaml:"slip"`
+	// TableSize is the number of buckets (8 bytes each). Default 393241.
+	TableSize int `yaml:"table_size"`
+	// Whitelist lists addresses and prefixes never limited.
+	Whitelist []string `yaml:"whitelist"`
+}
+
+// Cookies configures DNS cookies.
+type Cookies struct {
+	// Enabled answers a query's client cookie with a server cookie;
+	// a client that sends it back is exempt from rate limiting. Default
+	// true.
+	Enabled bool `yaml:"enabled"`
+	// Secret keys the server cookies: 16 bytes in hex. Servers sharing an
+	// address (anycast) need the same one. Empty: a random secret at
+	// start, so cookies given before a restart are not recognised.
+	Secret string `yaml:"secret"`
+}
+
 // DefaultConfig returns the defaults that a file overrides key by key.
 // Defaults that depend on the zone (NS, SOA names) are filled in by
 // Validate, after flags may have changed the zone.
@@ -141,9 +175,11 @@ func DefaultConfig() Config {
 			Expire:  14 * 24 * time.Hour,
 			Minimum: 30 * time.Second,
 		},
-		TCP:    TCP{IdleTimeout: 10 * time.Second, MaxConnections: 1024},
-		Consul: config.DefaultConsul(),
-		Log:    config.DefaultLog(),
+		TCP:     TCP{IdleTimeout: 10 * time.Second, MaxConnections: 1024},
+		RRL:     RRL{Slip: 1, TableSize: 393241},
+		Cookies: Cookies{Enabled: true},
+		Consul:  config.DefaultConsul(),
+		Log:     config.DefaultLog(),
 	}
 }
 
@@ -223,6 +259,23 @@ func (c *Config) zoneData() (*zoneData, error) {
 	}
 	if c.TCP.MaxConnections < 1 {
 		return nil, fmt.Errorf("tcp.max_connections: %d must be at least 1", c.TCP.MaxConnections)
+	}
+	if c.RRL.RateLimit < 0 || c.RRL.RateLimit > maxRateLimit {
+		return nil, fmt.Errorf("rrl.rate_limit: %d is outside 0 (off) to %d", c.RRL.RateLimit, maxRateLimit)
+	}
+	if c.RRL.Slip < 0 || c.RRL.Slip > 100 {
+		return nil, fmt.Errorf("rrl.slip: %d is outside 0 to 100", c.RRL.Slip)
+	}
+	if c.RRL.TableSize < 1 || c.RRL.TableSize > 1<<28 {
+		return nil, fmt.Errorf("rrl.table_size: %d is outside 1 to %d", c.RRL.TableSize, 1<<28)
+	}
+	for i, w := range c.RRL.Whitelist {
+		if _, err := parsePrefix(w); err != nil {
+			return nil, fmt.Errorf("rrl.whitelist[%d]: %q is not an address or a prefix", i, w)
+		}
+	}
+	if _, err := newCookieJar(c.Cookies.Secret, nil); err != nil {
+		return nil, fmt.Errorf("cookies.secret: %w", err)
 	}
 	if err := c.Consul.Validate(); err != nil {
 		return nil, err

@@ -2,7 +2,10 @@ package dnsd
 
 import (
 	"encoding/binary"
+	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -18,6 +21,11 @@ const maxTCPSize = 65535
 type Handler struct {
 	data *zoneData
 	m    *Metrics
+	// cookies answers DNS cookies; nil when they are off. rrl limits
+	// UDP answers; nil when off. clock serves both.
+	cookies *cookieJar
+	rrl     *rrl
+	clock   *coarseClock
 
 	zone atomic.Pointer[zone] // nil until the first snapshot
 
@@ -39,7 +47,16 @@ func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Handler{data: d, m: m, builder: newBuilder(d, m, log)}, nil
+	h := &Handler{data: d, m: m, builder: newBuilder(d, m, log), clock: &coarseClock{}}
+	if cfg.Cookies.Enabled {
+		if h.cookies, err = newCookieJar(cfg.Cookies.Secret, h.clock); err != nil {
+			return nil, fmt.Errorf("cookies.secret: %w", err)
+		}
+	}
+	if cfg.RRL.RateLimit > 0 {
+		h.rrl = newRRL(cfg.RRL, h.clock, m)
+	}
+	return h, nil
 }
 
 // Update builds the answers of snapshot s and publishes them. The router
@@ -75,8 +92,33 @@ func (h *Handler) Serial() uint32 {
 // it (a slice of out), or nil when p must be dropped. udp selects the size
 // limit: 512 bytes, or the query's EDNS buffer size up to the configured
 // maximum; over TCP, 65535. The response never exceeds that limit nor
-// cap(out): what does not fit is cut and TC set.
+// cap(out): what does not fit is cut and TC set. It applies no rate limit
+// and knows no client address (server cookies are made for none).
 func (h *Handler) Handle(p, out []byte, udp bool) []byte {
+	var info respInfo
+	return h.handle(p, out, udp, netip.Addr{}, &info)
+}
+
+// respond is Handle for a query from the client at from: server cookies
+// are made for it, and UDP answers are rate limited (rrl.go): it returns
+// nil for an answer to drop, an empty truncated one for one that slips.
+func (h *Handler) respond(p, out []byte, udp bool, from netip.Addr) []byte {
+	var info respInfo
+	resp := h.handle(p, out, udp, from, &info)
+	if resp == nil || !udp || h.rrl == nil {
+		return resp
+	}
+	switch h.rrl.check(from, &info) {
+	case rrlPass:
+		return resp
+	case rrlSlip:
+		return slipAnswer(resp, &info)
+	}
+	return nil
+}
+
+// handle answers p and describes the answer in info.
+func (h *Handler) handle(p, out []byte, udp bool, from netip.Addr, info *respInfo) []byte {
 	var q query
 	if !parseQuery(p, &q) {
 		h.m.dropped.Inc()
@@ -94,10 +136,29 @@ func (h *Handler) Handle(p, out []byte, udp bool) []byte {
 	if q.edns && q.nsid {
 		nsid = h.data.nsid
 	}
+	var cookieBuf [clientCookieLen + serverCookieLen]byte
+	var cookie []byte
+	if q.edns && q.cookie != nil && h.cookies != nil {
+		// A client cookie alone, or with a server cookie of 8 to 32
+		// bytes; anything else is a format error (RFC 7873 section
+		// 5.2.2).
+		if n := len(q.cookie); n != clientCookieLen && (n < clientCookieLen+8 || n > maxCookieOptLen) {
+			q.badOPT = true
+			h.m.cookies[cookieMalformed].Inc()
+		} else {
+			info.cookie = h.cookies.check(q.cookie, from)
+			h.cookies.make(&cookieBuf, q.cookie, info.cookie, from)
+			cookie = cookieBuf[:]
+			h.m.cookies[info.cookie].Inc()
+		}
+	}
 	if q.edns {
 		limit -= 11
 		if len(nsid) > 0 {
 			limit -= 4 + len(nsid)
+		}
+		if cookie != nil {
+			limit -= 4 + len(cookie)
 		}
 	}
 	if limit < max(q.qend, headerLen) {
@@ -117,8 +178,16 @@ func (h *Handler) Handle(p, out []byte, udp bool) []byte {
 		flags |= flagTC
 		h.m.truncated.Inc()
 	}
+	info.qend = headerLen
+	if r.qdcount == 1 {
+		info.qend = q.qend
+	}
 	if q.edns {
-		r.opt(h.data.maxUDP, rcode, q.do, nsid)
+		info.optAt = len(r.b)
+		if rcode == rcodeFormErr {
+			cookie = nil
+		}
+		r.opt(h.data.maxUDP, rcode, q.do, nsid, cookie)
 	}
 	b := r.b
 	binary.BigEndian.PutUint16(b[0:], q.id)
@@ -128,6 +197,7 @@ func (h *Handler) Handle(p, out []byte, udp bool) []byte {
 	binary.BigEndian.PutUint16(b[8:], r.counts[secAuthority])
 	binary.BigEndian.PutUint16(b[10:], r.counts[secAdditional])
 	h.m.count(q.qtype, rcode)
+	info.rcode, info.qtype, info.ancount, info.size, info.nameHash = rcode, q.qtype, r.counts[secAnswer], len(b), q.nameHash
 	return b
 }
 
@@ -156,6 +226,9 @@ func (h *Handler) answer(q *query, p []byte, r *response) (rcode int, aa bool) {
 	var buf [maxNameLen]byte
 	lname := buf[:len(q.qname)]
 	lower(lname, q.qname)
+	if h.rrl != nil {
+		q.nameHash = maphash.Bytes(h.rrl.seed, lname)
+	}
 	rel, in := z.relative(lname)
 	if !in || q.qclass != classINET {
 		return rcodeRefused, false

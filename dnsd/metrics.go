@@ -34,6 +34,11 @@ type Metrics struct {
 	tcpConns    prometheus.Gauge
 	tcpRejected prometheus.Counter
 	readErrors  prometheus.Counter
+
+	rrlSlipped prometheus.Counter
+	rrlDropped prometheus.Counter
+	rrlExempt  [2]prometheus.Counter // by reason: cookie, whitelist
+	cookies    [len(cookieStateNames)]prometheus.Counter
 }
 
 // NewMetrics creates dnsd's metrics and registers them with reg; nil reg
@@ -108,6 +113,27 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.caaIdx = i
 		}
 	}
+	m.rrlSlipped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_rrl_slipped_total",
+		Help: "UDP answers over the rate limit sent empty and truncated (TC).",
+	})
+	m.rrlDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_rrl_dropped_total",
+		Help: "UDP answers over the rate limit dropped.",
+	})
+	exempt := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_rrl_exempt_total",
+		Help: "UDP answers not rate limited because of a valid server cookie or the whitelist.",
+	}, []string{"reason"})
+	m.rrlExempt[0] = exempt.WithLabelValues("cookie")
+	m.rrlExempt[1] = exempt.WithLabelValues("whitelist")
+	cookies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_cookie_queries_total",
+		Help: "Queries with a COOKIE option, by what their server cookie was.",
+	}, []string{"server_cookie"})
+	for i, name := range cookieStateNames[1:] { // "none" is never counted
+		m.cookies[i+1] = cookies.WithLabelValues(name)
+	}
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "dnsd_answer_seconds",
 		Help: "Time from reading a query to having written its answer, for a sample of one query in 16.",
@@ -118,7 +144,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.latency[1] = latency.WithLabelValues("tcp").(prometheus.Histogram)
 	if reg != nil {
 		reg.MustRegister(queries, latency, m.dropped, m.truncated, m.failOpen, m.passingEdges, m.edges,
-			m.serial, m.builds, m.buildSeconds, m.names, m.tcpConns, m.tcpRejected, m.readErrors)
+			m.serial, m.builds, m.buildSeconds, m.names, m.tcpConns, m.tcpRejected, m.readErrors,
+			m.rrlSlipped, m.rrlDropped, exempt, cookies)
 	}
 	return m
 }

@@ -16,6 +16,9 @@ const (
 	typeANY    = 255
 	typeCNAME  = 5
 	typeAXFR   = 252
+	typeDS     = 43
+	typeRRSIG  = 46
+	typeDNSKEY = 48
 	typeIXFR   = 251
 	classINET  = 1
 	optionNSID = 3
@@ -59,6 +62,12 @@ type query struct {
 	// badOPT is set for an OPT record RFC 6891 makes a format error: a
 	// second one, one not owned by the root, or options that overrun it.
 	badOPT bool
+	// cookie is the data of the first COOKIE option (RFC 7873), nil
+	// without one.
+	cookie []byte
+	// nameHash is the hash of the lower-case name asked, for rate
+	// limiting; 0 when not computed.
+	nameHash uint64
 }
 
 // parseQuery parses p into q. It returns false for a packet that must be
@@ -139,10 +148,13 @@ func (q *query) opt(p []byte, owner, fields, rdata, rdEnd int) {
 			q.badOPT = true
 			return
 		}
-		// Every other option (cookies, client subnet, padding, ...) is
-		// ignored and not echoed (RFC 6891 section 6.1.2).
-		if code == optionNSID {
+		// Every other option (client subnet, padding, ...) is ignored
+		// and not echoed (RFC 6891 section 6.1.2).
+		switch {
+		case code == optionNSID:
 			q.nsid = true
+		case code == optionCookie && q.cookie == nil:
+			q.cookie = p[o-n : o]
 		}
 	}
 }

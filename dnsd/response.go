@@ -134,15 +134,19 @@ func (r *response) cname(ttl uint32, target string, zonePtr uint16) uint16 {
 
 // opt appends the OPT record of the response (RFC 6891 section 6.1): our
 // buffer size, the upper bits of the extended rcode, version 0, the DO bit
-// copied from the query (RFC 3225), and NSID when asked for and set.
-func (r *response) opt(size int, rcode int, do bool, nsid []byte) {
+// copied from the query (RFC 3225), NSID when asked for and set, and the
+// COOKIE option's data when given (RFC 7873).
+func (r *response) opt(size int, rcode int, do bool, nsid, cookie []byte) {
 	var flags byte
 	if do {
 		flags = 0x80
 	}
 	rdlen := 0
 	if len(nsid) > 0 {
-		rdlen = 4 + len(nsid)
+		rdlen += 4 + len(nsid)
+	}
+	if len(cookie) > 0 {
+		rdlen += 4 + len(cookie)
 	}
 	r.b = append(r.b, 0, 0, typeOPT, byte(size>>8), byte(size),
 		byte(rcode>>4), 0, flags, 0,
@@ -150,6 +154,10 @@ func (r *response) opt(size int, rcode int, do bool, nsid []byte) {
 	if len(nsid) > 0 {
 		r.b = append(r.b, 0, optionNSID, byte(len(nsid)>>8), byte(len(nsid)))
 		r.b = append(r.b, nsid...)
+	}
+	if len(cookie) > 0 {
+		r.b = append(r.b, 0, optionCookie, 0, byte(len(cookie)))
+		r.b = append(r.b, cookie...)
 	}
 	r.counts[secAdditional]++
 }

@@ -154,6 +154,7 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 	s.reserveProcs()
 
 	var wg sync.WaitGroup
+	wg.Go(func() { s.handler.clock.run(ctx.Done()) })
 	if client != nil {
 		wg.Go(func() { s.router.Run(ctx, client) })
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -90,6 +91,10 @@ func (t *tcpServer) untrack(c net.Conn) {
 func (t *tcpServer) serveConn(c net.Conn) {
 	defer t.untrack(c)
 	defer c.Close()
+	var from netip.Addr
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		from = a.AddrPort().Addr().Unmap()
+	}
 	r := bufio.NewReaderSize(c, 1024)
 	msg := make([]byte, 512)
 	var prefix [2]byte
@@ -108,7 +113,7 @@ func (t *tcpServer) serveConn(c net.Conn) {
 		start := time.Now()
 		bp := t.bufs.Get().(*[]byte)
 		out := *bp
-		resp := t.s.handler.Handle(msg[:n], out[2:2], false)
+		resp := t.s.handler.respond(msg[:n], out[2:2], false, from)
 		if resp == nil {
 			t.bufs.Put(bp)
 			return
