@@ -58,6 +58,12 @@ type builder struct {
 	recs      map[string]*tenantRec
 	conflicts map[string]bool // tenant names already logged as shadowed
 
+	// changes collects what the build under way changes, for the
+	// journal of IXFR; journal is the latest zone's.
+	changes    zoneDiff
+	journal    []*zoneDiff
+	journalMax int
+
 	built bool
 }
 
@@ -75,6 +81,9 @@ type podEntry struct {
 	// rotors carry the rotation of the A and AAAA sets into the next
 	// node, so that a change does not restart it at the first edge.
 	rotors [2]*atomic.Uint32
+	// v4 and v6 are the addresses of the first answer of each family:
+	// what a zone transfer holds.
+	v4, v6 []netip.Addr
 }
 
 type edgeAddr struct {
@@ -82,7 +91,7 @@ type edgeAddr struct {
 	passing bool
 }
 
-func newBuilder(d *zoneData, m *Metrics, log *slog.Logger) *builder {
+func newBuilder(d *zoneData, m *Metrics, log *slog.Logger, journal int) *builder {
 	origin := make([]byte, maxNameLen)
 	n, err := dns.PackDomainName(d.zone, origin, 0, nil, false)
 	if err != nil {
@@ -90,14 +99,15 @@ func newBuilder(d *zoneData, m *Metrics, log *slog.Logger) *builder {
 		panic(fmt.Sprintf("dnsd: zone %q: %v", d.zone, err))
 	}
 	b := &builder{
-		d:         d,
-		m:         m,
-		log:       log.With("component", "dnsd"),
-		origin:    origin[:n],
-		pods:      map[string]*podEntry{},
-		tenants:   newTenantTrie(),
-		recs:      map[string]*tenantRec{},
-		conflicts: map[string]bool{},
+		d:          d,
+		m:          m,
+		log:        log.With("component", "dnsd"),
+		origin:     origin[:n],
+		pods:       map[string]*podEntry{},
+		tenants:    newTenantTrie(),
+		recs:       map[string]*tenantRec{},
+		conflicts:  map[string]bool{},
+		journalMax: journal,
 	}
 	b.hosts = b.hostNodes()
 	b.mx = b.mxSet()
@@ -116,6 +126,7 @@ func newBuilder(d *zoneData, m *Metrics, log *slog.Logger) *builder {
 // tenant, as Snapshot.TenantDelta says).
 func (b *builder) build(s *router.Snapshot, changed []string, full bool) *zone {
 	start := time.Now()
+	b.changes = zoneDiff{}
 	podsChanged := b.updatePods(s)
 	if full || !b.built {
 		b.fullTenants(s)
@@ -126,6 +137,7 @@ func (b *builder) build(s *router.Snapshot, changed []string, full bool) *zone {
 	// The serial follows the data: it changes when what dnsd answers
 	// changes, not on every snapshot (app servers are not in DNS).
 	sum := b.podsHash ^ bits.RotateLeft64(b.tenants.sum, 1) ^ uint64(b.tenants.n)
+	before := b.serial
 	switch {
 	case !b.haveSerial:
 		b.serial, b.haveSerial = max(uint32(s.Index), 1), true
@@ -139,6 +151,9 @@ func (b *builder) build(s *router.Snapshot, changed []string, full bool) *zone {
 		b.serial = max(next, 1)
 	}
 	b.hash = sum
+	if b.built && b.serial != before {
+		b.record(before, b.serial)
+	}
 
 	z := &zone{
 		serial:    b.serial,
@@ -146,7 +161,9 @@ func (b *builder) build(s *router.Snapshot, changed []string, full bool) *zone {
 		origin:    b.origin,
 		apex:      b.apexAt(b.serial),
 		names:     b.names,
+		pods:      b.pods,
 		tenants:   b.tenants,
+		journal:   b.journal,
 		soa:       withSerial(b.negSOA, b.serial),
 		tenantTTL: b.d.tenantTTL,
 	}
@@ -185,6 +202,8 @@ func (b *builder) updatePods(s *router.Snapshot) bool {
 	if len(changed) == 0 && seen == len(b.pods) && b.names != nil {
 		return false
 	}
+	// The map is the published zone's: changed on a copy.
+	b.pods = maps.Clone(b.pods)
 	added := false
 	for _, ps := range changed {
 		added = b.setPod(ps) || added
@@ -253,12 +272,13 @@ func (b *builder) setPod(ps *router.PodState) bool {
 	} else {
 		e.key = podKey(ps.Name)
 	}
-	e.node, e.failing, e.hash = b.podNode(ps, &e.rotors, old != nil && old.failing)
+	e.node, e.failing, e.hash, e.v4, e.v6 = b.podNode(ps, &e.rotors, old != nil && old.failing)
 	b.podsHash += e.hash
 	if old != nil && old.failing && !e.failing {
 		b.log.Info("pod has passing edges again", "pod", ps.Name, "passing", len(ps.PassingEdges))
 	}
 	b.pods[ps.Name] = e
+	b.changes.pods = append(b.changes.pods, podChange{name: ps.Name, old: old, new: e})
 	b.m.passingEdges.WithLabelValues(ps.Name).Set(float64(len(ps.PassingEdges)))
 	b.m.edges.WithLabelValues(ps.Name).Set(float64(len(ps.Edges)))
 	return old == nil
@@ -270,6 +290,7 @@ func (b *builder) dropPod(name string, e *podEntry) {
 	}
 	b.podsHash -= e.hash
 	delete(b.pods, name)
+	b.changes.pods = append(b.changes.pods, podChange{name: name, old: e})
 	b.m.passingEdges.DeleteLabelValues(name)
 	b.m.edges.DeleteLabelValues(name)
 }
@@ -277,7 +298,7 @@ func (b *builder) dropPod(name string, e *podEntry) {
 // podNode returns the node of a pod: its A and AAAA rings over the passing
 // edges (all edges when none passes: failing is then true) and the MX set,
 // and its content hash. rotors are the rings' rotors, made here when nil.
-func (b *builder) podNode(ps *router.PodState, rotors *[2]*atomic.Uint32, wasFailing bool) (n *node, failing bool, sum uint64) {
+func (b *builder) podNode(ps *router.PodState, rotors *[2]*atomic.Uint32, wasFailing bool) (n *node, failing bool, sum uint64, v4, v6 []netip.Addr) {
 	n = &node{}
 	edges := ps.PassingEdges
 	if len(edges) == 0 && len(ps.Edges) > 0 {
@@ -291,7 +312,7 @@ func (b *builder) podNode(ps *router.PodState, rotors *[2]*atomic.Uint32, wasFai
 	}
 	h := fnv.New64a()
 	h.Write([]byte(ps.Name))
-	v4, v6 := addresses(edges)
+	v4, v6 = addresses(edges)
 	for i, fam := range []struct {
 		rtype uint16
 		ips   []netip.Addr
@@ -315,7 +336,7 @@ func (b *builder) podNode(ps *router.PodState, rotors *[2]*atomic.Uint32, wasFai
 	sum = h.Sum64()
 	sum ^= sum >> 31
 	sum *= 0x9e3779b97f4a7c15
-	return n, failing, sum
+	return n, failing, sum, v4[:min(len(v4), b.d.answerCap)], v6[:min(len(v6), b.d.answerCap)]
 }
 
 // podKey is the relative wire name of pod's node, "\x05pod-1\x04pods";
@@ -333,7 +354,7 @@ func podKey(pod string) string {
 func (b *builder) rec(pod string) *tenantRec {
 	r := b.recs[pod]
 	if r == nil {
-		r = &tenantRec{pod: podKey(pod)}
+		r = &tenantRec{pod: podKey(pod), podName: pod}
 		r.hash = uint64(fnvHash(fnvOffset).add(r.pod))
 		b.recs[pod] = r
 	}
@@ -366,7 +387,11 @@ func (b *builder) fullTenants(s *router.Snapshot) {
 		}
 		ents = append(ents, tentry{name: t.Name, rec: b.rec(t.Pod)})
 	}
+	old := b.tenants
 	b.tenants = b.tenants.rebuild(ents)
+	if b.built {
+		b.changes.tenants = diffTries(old, b.tenants)
+	}
 	if len(b.recs) > 2*len(s.Pods())+16 {
 		// Pods come and go; forget the records of those no tenant
 		// names any more.
@@ -392,11 +417,13 @@ func (b *builder) applyTenants(s *router.Snapshot, changed []string) {
 	x := b.tenants.begin(b.gen)
 	for _, name := range changed {
 		t := s.Tenant(name)
-		if t == nil || !b.tenantOK(name) {
-			x.set(name, nil)
-			continue
+		var rec *tenantRec
+		if t != nil && b.tenantOK(name) {
+			name, rec = t.Name, b.rec(t.Pod)
 		}
-		x.set(t.Name, b.rec(t.Pod))
+		if old := x.set(name, rec); !sameRec(old, rec) {
+			b.changes.tenants = append(b.changes.tenants, tenantChange{name: name, old: old, new: rec})
+		}
 	}
 	b.tenants = x.tenantTrie
 }

@@ -1,6 +1,7 @@
 package dnsd
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -61,6 +62,8 @@ type Config struct {
 	RRL RRL `yaml:"rrl"`
 	// Cookies are DNS cookies (RFC 7873, 9018).
 	Cookies Cookies `yaml:"cookies"`
+	// Transfer serves the zone to secondaries: AXFR, IXFR, NOTIFY.
+	Transfer Transfer `yaml:"transfer"`
 	// Consul and Log are the sections every podedge binary shares.
 	Consul config.Consul `yaml:"consul"`
 	Log    config.Log    `yaml:"log"`
@@ -151,6 +154,36 @@ type Cookies struct {
 	Secret string `yaml:"secret"`
 }
 
+// Transfer configures zone transfers to secondaries (a DNS provider
+// serving the zone with dnsd as its hidden primary).
+type Transfer struct {
+	// Allow lists the addresses and prefixes that may transfer the zone
+	// (AXFR and IXFR, over TCP). Empty, the default: transfers are
+	// refused.
+	Allow []string `yaml:"allow"`
+	// Notify lists the secondaries (host:port) sent a NOTIFY when the
+	// serial changes, at most one a second each.
+	Notify []string `yaml:"notify"`
+	// Journal is how many zone versions are kept to answer IXFR with
+	// differences; older serials get the whole zone. Default 100; 0
+	// keeps none.
+	Journal int `yaml:"journal"`
+	// TSIG, when its name is set, is the key every transfer must be
+	// signed with; NOTIFY and the answers to signed queries are signed
+	// with it.
+	TSIG TSIGKey `yaml:"tsig"`
+}
+
+// TSIGKey is a TSIG key (RFC 8945).
+type TSIGKey struct {
+	// Name is the key's name, as the secondary knows it ("xfr.example.").
+	Name string `yaml:"name"`
+	// Algorithm is hmac-sha256 (the default), hmac-sha384 or hmac-sha512.
+	Algorithm string `yaml:"algorithm"`
+	// Secret is the key, in base64.
+	Secret string `yaml:"secret"`
+}
+
 // DefaultConfig returns the defaults that a file overrides key by key.
 // Defaults that depend on the zone (NS, SOA names) are filled in by
 // Validate, after flags may have changed the zone.
@@ -175,11 +208,12 @@ func DefaultConfig() Config {
 			Expire:  14 * 24 * time.Hour,
 			Minimum: 30 * time.Second,
 		},
-		TCP:     TCP{IdleTimeout: 10 * time.Second, MaxConnections: 1024},
-		RRL:     RRL{Slip: 1, TableSize: 393241},
-		Cookies: Cookies{Enabled: true},
-		Consul:  config.DefaultConsul(),
-		Log:     config.DefaultLog(),
+		TCP:      TCP{IdleTimeout: 10 * time.Second, MaxConnections: 1024},
+		RRL:      RRL{Slip: 1, TableSize: 393241},
+		Cookies:  Cookies{Enabled: true},
+		Transfer: Transfer{Journal: 100, TSIG: TSIGKey{Algorithm: "hmac-sha256"}},
+		Consul:   config.DefaultConsul(),
+		Log:      config.DefaultLog(),
 	}
 }
 
@@ -276,6 +310,9 @@ func (c *Config) zoneData() (*zoneData, error) {
 	}
 	if _, err := newCookieJar(c.Cookies.Secret, nil); err != nil {
 		return nil, fmt.Errorf("cookies.secret: %w", err)
+	}
+	if err := c.Transfer.validate(); err != nil {
+		return nil, err
 	}
 	if err := c.Consul.Validate(); err != nil {
 		return nil, err
@@ -447,4 +484,34 @@ func (c *Config) udpSockets() int {
 		return c.UDPSockets
 	}
 	return runtime.GOMAXPROCS(0)
+}
+
+// validate checks the transfer section.
+func (t *Transfer) validate() error {
+	for i, a := range t.Allow {
+		if _, err := parsePrefix(a); err != nil {
+			return fmt.Errorf("transfer.allow[%d]: %q is not an address or a prefix", i, a)
+		}
+	}
+	for i, n := range t.Notify {
+		if _, err := netip.ParseAddrPort(n); err != nil {
+			return fmt.Errorf("transfer.notify[%d]: %q is not ip:port", i, n)
+		}
+	}
+	if t.Journal < 0 || t.Journal > 10000 {
+		return fmt.Errorf("transfer.journal: %d is outside 0 to 10000", t.Journal)
+	}
+	if t.TSIG.Name == "" {
+		return nil
+	}
+	if _, ok := dns.IsDomainName(t.TSIG.Name); !ok {
+		return fmt.Errorf("transfer.tsig.name: %q is not a domain name", t.TSIG.Name)
+	}
+	if _, ok := tsigAlgorithms[strings.ToLower(t.TSIG.Algorithm)]; !ok {
+		return fmt.Errorf("transfer.tsig.algorithm: %q is not hmac-sha256, hmac-sha384 or hmac-sha512", t.TSIG.Algorithm)
+	}
+	if b, err := base64.StdEncoding.DecodeString(t.TSIG.Secret); err != nil || len(b) < 16 {
+		return fmt.Errorf("transfer.tsig.secret: must be at least 16 bytes in base64")
+	}
+	return nil
 }

@@ -26,6 +26,13 @@ type Handler struct {
 	cookies *cookieJar
 	rrl     *rrl
 	clock   *coarseClock
+	// xfr answers zone transfers and signed queries; nil when no
+	// transfer is configured (they are then refused, signatures
+	// ignored).
+	xfr *transfers
+	// onSerial, when set, is called after a zone with a new serial is
+	// published (NOTIFY).
+	onSerial func(serial uint32)
 
 	zone atomic.Pointer[zone] // nil until the first snapshot
 
@@ -47,7 +54,10 @@ func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Handler{data: d, m: m, builder: newBuilder(d, m, log), clock: &coarseClock{}}
+	h := &Handler{data: d, m: m, builder: newBuilder(d, m, log, cfg.Transfer.Journal), clock: &coarseClock{}}
+	if len(cfg.Transfer.Allow) > 0 || cfg.Transfer.TSIG.Name != "" {
+		h.xfr = newTransfers(h, cfg.Transfer, log)
+	}
 	if cfg.Cookies.Enabled {
 		if h.cookies, err = newCookieJar(cfg.Cookies.Secret, h.clock); err != nil {
 			return nil, fmt.Errorf("cookies.secret: %w", err)
@@ -77,7 +87,13 @@ func (h *Handler) apply(s *router.Snapshot, changed []string, full bool) {
 	}
 	h.buildMu.Lock()
 	defer h.buildMu.Unlock()
-	h.zone.Store(h.builder.build(s, changed, full))
+	prev := h.zone.Load()
+	z := h.builder.build(s, changed, full)
+	h.zone.Store(z)
+	h.m.journal.Set(float64(len(z.journal)))
+	if prev != nil && prev.serial != z.serial && h.onSerial != nil {
+		h.onSerial(z.serial)
+	}
 }
 
 // Serial is the SOA serial of the published zone; 0 before the first.
@@ -105,6 +121,12 @@ func (h *Handler) Handle(p, out []byte, udp bool) []byte {
 func (h *Handler) respond(p, out []byte, udp bool, from netip.Addr) []byte {
 	var info respInfo
 	resp := h.handle(p, out, udp, from, &info)
+	if info.slow {
+		if !udp {
+			return nil // TCP takes the slow path through respondTCP
+		}
+		return h.xfr.answerUDP(p, out, from)
+	}
 	if resp == nil || !udp || h.rrl == nil {
 		return resp
 	}
@@ -117,11 +139,23 @@ func (h *Handler) respond(p, out []byte, udp bool, from netip.Addr) []byte {
 	return nil
 }
 
+// respondTCP is respond over TCP: it returns the answer to write, or slow
+// when the slow path must answer (a transfer may take many messages).
+func (h *Handler) respondTCP(p, out []byte, from netip.Addr) (resp []byte, slow bool) {
+	var info respInfo
+	resp = h.handle(p, out, false, from, &info)
+	return resp, info.slow
+}
+
 // handle answers p and describes the answer in info.
 func (h *Handler) handle(p, out []byte, udp bool, from netip.Addr, info *respInfo) []byte {
 	var q query
 	if !parseQuery(p, &q) {
 		h.m.dropped.Inc()
+		return nil
+	}
+	if h.xfr != nil && q.opcode == 0 && !q.badOPT && (q.tsig || q.qtype == typeAXFR || q.qtype == typeIXFR) {
+		info.slow = true
 		return nil
 	}
 	limit := maxTCPSize

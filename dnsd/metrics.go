@@ -39,6 +39,12 @@ type Metrics struct {
 	rrlDropped prometheus.Counter
 	rrlExempt  [2]prometheus.Counter // by reason: cookie, whitelist
 	cookies    [len(cookieStateNames)]prometheus.Counter
+
+	transfers       [len(xfrKindNames)][len(xfrResultNames)]prometheus.Counter
+	transferRecords prometheus.Counter
+	tsig            [len(tsigResultNames)]prometheus.Counter
+	journal         prometheus.Gauge
+	notifies        [len(notifyResultNames)]prometheus.Counter
 }
 
 // NewMetrics creates dnsd's metrics and registers them with reg; nil reg
@@ -134,6 +140,37 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for i, name := range cookieStateNames[1:] { // "none" is never counted
 		m.cookies[i+1] = cookies.WithLabelValues(name)
 	}
+	transfers := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_transfers_total",
+		Help: "Zone transfers answered, by kind and result.",
+	}, []string{"kind", "result"})
+	for i, kind := range xfrKindNames {
+		for j, result := range xfrResultNames {
+			m.transfers[i][j] = transfers.WithLabelValues(kind, result)
+		}
+	}
+	m.transferRecords = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_transfer_records_total",
+		Help: "Records sent in zone transfers.",
+	})
+	tsig := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_tsig_queries_total",
+		Help: "Queries signed with TSIG, by the outcome of their check.",
+	}, []string{"result"})
+	for i, name := range tsigResultNames {
+		m.tsig[i] = tsig.WithLabelValues(name)
+	}
+	m.journal = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "dnsd_journal_versions",
+		Help: "Zone versions the journal holds differences for, to answer IXFR.",
+	})
+	notifies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_notify_total",
+		Help: "NOTIFY messages to secondaries, by outcome.",
+	}, []string{"result"})
+	for i, name := range notifyResultNames {
+		m.notifies[i] = notifies.WithLabelValues(name)
+	}
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "dnsd_answer_seconds",
 		Help: "Time from reading a query to having written its answer, for a sample of one query in 16.",
@@ -145,7 +182,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(queries, latency, m.dropped, m.truncated, m.failOpen, m.passingEdges, m.edges,
 			m.serial, m.builds, m.buildSeconds, m.names, m.tcpConns, m.tcpRejected, m.readErrors,
-			m.rrlSlipped, m.rrlDropped, exempt, cookies)
+			m.rrlSlipped, m.rrlDropped, exempt, cookies, transfers, m.transferRecords, tsig, m.journal, notifies)
 	}
 	return m
 }

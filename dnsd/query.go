@@ -13,6 +13,7 @@ const (
 	flagCD = 1 << 4
 
 	typeOPT    = 41
+	typeTSIG   = 250
 	typeANY    = 255
 	typeCNAME  = 5
 	typeAXFR   = 252
@@ -62,6 +63,9 @@ type query struct {
 	// badOPT is set for an OPT record RFC 6891 makes a format error: a
 	// second one, one not owned by the root, or options that overrun it.
 	badOPT bool
+	// tsig is set when the query's last record is a TSIG (RFC 8945): it
+	// is answered by the slow path, which checks and signs.
+	tsig bool
 	// cookie is the data of the first COOKIE option (RFC 7873), nil
 	// without one.
 	cookie []byte
@@ -119,6 +123,15 @@ func parseQuery(p []byte, q *query) bool {
 		}
 		if i >= an+ns && rtype == typeOPT {
 			q.opt(p, owner, end, rdata, rdEnd)
+		}
+		if rtype == typeTSIG {
+			if i == an+ns+ar-1 {
+				q.tsig = true
+			} else {
+				// A TSIG must be the last record (RFC 8945
+				// section 5.1): a format error.
+				q.badOPT = true
+			}
 		}
 		off = rdEnd
 	}

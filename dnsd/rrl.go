@@ -96,6 +96,9 @@ type respInfo struct {
 	// qend is where the question ends in the answer; optAt where its OPT
 	// record starts, or 0 without one.
 	qend, optAt int
+	// slow is set, with no answer, for a query that the slow path
+	// answers (xfr.go): a zone transfer, a signed query.
+	slow bool
 }
 
 // rrlAction is what becomes of an answer.

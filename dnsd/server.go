@@ -37,6 +37,8 @@ type Server struct {
 	handler *Handler
 	reg     *prometheus.Registry
 	m       *Metrics
+	// notifier sends NOTIFYs to secondaries; nil without any.
+	notifier *notifier
 
 	// portableUDP makes Listen use the net package's UDP sockets even on
 	// Linux, so that tests cover them too.
@@ -79,6 +81,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log.With("component", "dnsd"), router: r, handler: h, reg: reg, m: m}
+	if len(cfg.Transfer.Notify) > 0 {
+		s.notifier = newNotifier(h, cfg.Transfer, log)
+		h.onSerial = s.notifier.changed
+	}
 	s.registerStatus()
 	r.Subscribe(h.Update)
 	return s, nil
@@ -155,6 +161,9 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 
 	var wg sync.WaitGroup
 	wg.Go(func() { s.handler.clock.run(ctx.Done()) })
+	if s.notifier != nil {
+		wg.Go(func() { s.notifier.run(ctx) })
+	}
 	if client != nil {
 		wg.Go(func() { s.router.Run(ctx, client) })
 	}

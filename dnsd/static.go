@@ -106,15 +106,18 @@ func (b *builder) negativeSOA(serial uint32) *rrset {
 	return fixedSet(dns.TypeSOA, []dns.RR{rr}, false)
 }
 
-func (b *builder) soaRR(serial, ttl uint32) *dns.SOA {
+func (b *builder) soaRR(serial, ttl uint32) *dns.SOA { return b.d.soaRR(serial, ttl) }
+
+// soaRR is the zone's SOA record with serial and ttl, owner unset.
+func (d *zoneData) soaRR(serial, ttl uint32) *dns.SOA {
 	return &dns.SOA{
 		Hdr:     dns.RR_Header{Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
-		Ns:      b.d.mname,
-		Mbox:    b.d.rname,
+		Ns:      d.mname,
+		Mbox:    d.rname,
 		Serial:  serial,
-		Refresh: b.d.refresh,
-		Retry:   b.d.retry,
-		Expire:  b.d.expire,
-		Minttl:  b.d.minimum,
+		Refresh: d.refresh,
+		Retry:   d.retry,
+		Expire:  d.expire,
+		Minttl:  d.minimum,
 	}
 }

@@ -113,7 +113,24 @@ func (t *tcpServer) serveConn(c net.Conn) {
 		start := time.Now()
 		bp := t.bufs.Get().(*[]byte)
 		out := *bp
-		resp := t.s.handler.respond(msg[:n], out[2:2], false, from)
+		resp, slow := t.s.handler.respondTCP(msg[:n], out[2:2], from)
+		if slow {
+			// A zone transfer or a signed query: as many messages as
+			// it takes, each with its length.
+			t.bufs.Put(bp)
+			err := t.s.handler.xfr.serve(msg[:n], from, true, maxTCPSize, func(m []byte) error {
+				c.SetWriteDeadline(time.Now().Add(t.idle))
+				var head [2]byte
+				binary.BigEndian.PutUint16(head[:], uint16(len(m)))
+				bufs := net.Buffers{head[:], m}
+				_, err := bufs.WriteTo(c)
+				return err
+			})
+			if err != nil {
+				return
+			}
+			continue
+		}
 		if resp == nil {
 			t.bufs.Put(bp)
 			return

@@ -64,8 +64,15 @@ type tenantRec struct {
 	// pod is the relative wire name of the pod's node, a key of
 	// zone.names ("\x05pod-1\x04pods").
 	pod string
+	// podName is the pod's own name ("pod-1"), for zone transfers.
+	podName string
 	// hash is the content hash of pod, mixed into the entries' sum.
 	hash uint64
+}
+
+// sameRec reports whether a and b answer the same (nil is absent).
+func sameRec(a, b *tenantRec) bool {
+	return a == b || a != nil && b != nil && a.pod == b.pod
 }
 
 func newTenantTrie() tenantTrie {
@@ -78,6 +85,18 @@ func (t *tenantTrie) get(name []byte) *tenantRec {
 	ents := t.leaf(h).ents
 	for i := firstOf(ents, h); i < len(ents) && ents[i].h == h; i++ {
 		if ents[i].name == string(name) {
+			return ents[i].rec
+		}
+	}
+	return nil
+}
+
+// lookup is get for a string.
+func (t *tenantTrie) lookup(name string) *tenantRec {
+	h := maphash.String(t.seed, name)
+	ents := t.leaf(h).ents
+	for i := firstOf(ents, h); i < len(ents) && ents[i].h == h; i++ {
+		if ents[i].name == name {
 			return ents[i].rec
 		}
 	}

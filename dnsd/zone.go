@@ -21,9 +21,15 @@ type zone struct {
 	// node: name servers, pods and the empty non-terminals above them. It
 	// is shared between zones while no pod changes.
 	names map[string]*node
+	// pods are the pods by name with what their nodes hold; shared
+	// between zones while no pod changes.
+	pods map[string]*podEntry
 	// tenants maps a tenant's label to its record; zones share all of it
 	// but the paths that changed.
 	tenants tenantTrie
+	// journal holds the changes that led to this zone from the serials
+	// before, oldest first, for IXFR (journal.go).
+	journal []*zoneDiff
 	// soa is the SOA record of negative answers, owned by the zone name
 	// written in full, with the negative TTL (RFC 2308 section 3).
 	soa *rrset
