@@ -34,6 +34,9 @@ type builder struct {
 	mx     *rrset           // the MX set every pod shares; nil without exchangers
 	apex   *node            // the apex with serial 0, for apexAt
 	negSOA *rrset           // the negative answers' SOA with serial 0
+	// zoneApex and zoneSOA are the latest serial's apex and negative SOA.
+	zoneApex *node
+	zoneSOA  *rrset
 	// taken holds the zone's own one-label names, which tenants cannot
 	// take: "pods", in-zone name servers' first labels.
 	taken map[string]bool
@@ -64,7 +67,13 @@ type builder struct {
 	journal    []*zoneDiff
 	journalMax int
 
-	built bool
+	// sign signs the zone; nil when it is not signed (signzone.go).
+	// staticExp is when the first signature of the fixed names expires.
+	sign      *signer
+	staticExp uint32
+
+	built     bool
+	lastBuilt time.Time // of the latest snapshot built from
 }
 
 // podEntry is a pod's node and what it was built from.
@@ -82,8 +91,12 @@ type podEntry struct {
 	// node, so that a change does not restart it at the first edge.
 	rotors [2]*atomic.Uint32
 	// v4 and v6 are the addresses of the first answer of each family:
-	// what a zone transfer holds.
-	v4, v6 []netip.Addr
+	// what a zone transfer holds; all4 and all6 all the node answers
+	// with (passing edges, or all while it fails open).
+	v4, v6     []netip.Addr
+	all4, all6 []netip.Addr
+	// sigExp is when the first of the node's signatures expires.
+	sigExp uint32
 }
 
 type edgeAddr struct {
@@ -91,7 +104,7 @@ type edgeAddr struct {
 	passing bool
 }
 
-func newBuilder(d *zoneData, m *Metrics, log *slog.Logger, journal int) *builder {
+func newBuilder(d *zoneData, m *Metrics, log *slog.Logger, journal int, sign *signer) *builder {
 	origin := make([]byte, maxNameLen)
 	n, err := dns.PackDomainName(d.zone, origin, 0, nil, false)
 	if err != nil {
@@ -108,6 +121,7 @@ func newBuilder(d *zoneData, m *Metrics, log *slog.Logger, journal int) *builder
 		recs:       map[string]*tenantRec{},
 		conflicts:  map[string]bool{},
 		journalMax: journal,
+		sign:       sign,
 	}
 	b.hosts = b.hostNodes()
 	b.mx = b.mxSet()
@@ -154,19 +168,11 @@ func (b *builder) build(s *router.Snapshot, changed []string, full bool) *zone {
 	if b.built && b.serial != before {
 		b.record(before, b.serial)
 	}
-
-	z := &zone{
-		serial:    b.serial,
-		built:     s.Built,
-		origin:    b.origin,
-		apex:      b.apexAt(b.serial),
-		names:     b.names,
-		pods:      b.pods,
-		tenants:   b.tenants,
-		journal:   b.journal,
-		soa:       withSerial(b.negSOA, b.serial),
-		tenantTTL: b.d.tenantTTL,
+	if b.serial != before || !b.built {
+		b.zoneApex, b.zoneSOA = b.apexAt(b.serial), b.negativeAt(b.serial)
 	}
+	b.lastBuilt = s.Built
+	z := b.zone()
 
 	b.m.serial.Set(float64(z.serial))
 	b.m.builds.Inc()
@@ -181,6 +187,24 @@ func (b *builder) build(s *router.Snapshot, changed []string, full bool) *zone {
 	}
 	b.log.Debug("zone built", "serial", z.serial, "index", s.Index, "pods", len(b.pods), "tenants", b.tenants.n, "changed", len(changed), "full", full, "took", time.Since(start))
 	return z
+}
+
+// zone returns the zone of what the builder holds now.
+func (b *builder) zone() *zone {
+	return &zone{
+		serial:    b.serial,
+		built:     b.lastBuilt,
+		origin:    b.origin,
+		apex:      b.zoneApex,
+		names:     b.names,
+		pods:      b.pods,
+		tenants:   b.tenants,
+		journal:   b.journal,
+		soa:       b.zoneSOA,
+		tenantTTL: b.d.tenantTTL,
+		negTTL:    b.negativeTTL(),
+		sign:      b.sign,
+	}
 }
 
 // updatePods brings the pod nodes in line with s, rebuilding only the pods
@@ -228,18 +252,24 @@ func (b *builder) updatePods(s *router.Snapshot) bool {
 		b.names = names
 		return true
 	}
+	b.rebuildNames()
+	return true
+}
+
+// rebuildNames makes the map of names anew: name servers, pods.<zone>, the
+// pods.
+func (b *builder) rebuildNames() {
 	names := make(map[string]*node, len(b.hosts)+len(b.pods)+1)
 	for k, n := range b.hosts {
 		names[k] = n
 	}
 	if len(b.pods) > 0 {
-		names[podKey("")] = &node{} // pods.<zone>, an empty non-terminal
+		names[podKey("")] = b.emptyNode(podsLabel + "." + b.d.zone) // pods.<zone>, an empty non-terminal
 	}
 	for _, e := range b.pods {
 		names[e.key] = e.node
 	}
 	b.names = names
-	return true
 }
 
 // sameEdges reports whether a pod's edges give the node built from was.
@@ -272,7 +302,18 @@ func (b *builder) setPod(ps *router.PodState) bool {
 	} else {
 		e.key = podKey(ps.Name)
 	}
-	e.node, e.failing, e.hash, e.v4, e.v6 = b.podNode(ps, &e.rotors, old != nil && old.failing)
+	edges := ps.PassingEdges
+	if len(edges) == 0 && len(ps.Edges) > 0 {
+		// Fail open, as Route 53 does: an answer with every edge beats
+		// NXDOMAIN or nothing, which would take the pod's tenants off the
+		// Internet for as long as resolvers cache it.
+		edges, e.failing = ps.Edges, true
+		if old == nil || !old.failing {
+			b.log.Warn("pod has no passing edge; answering with all its edges", "pod", ps.Name, "edges", len(ps.Edges))
+		}
+	}
+	e.all4, e.all6 = addresses(edges)
+	b.podNode(ps.Name, e)
 	b.podsHash += e.hash
 	if old != nil && old.failing && !e.failing {
 		b.log.Info("pod has passing edges again", "pod", ps.Name, "passing", len(ps.PassingEdges))
@@ -295,48 +336,57 @@ func (b *builder) dropPod(name string, e *podEntry) {
 	b.m.edges.DeleteLabelValues(name)
 }
 
-// podNode returns the node of a pod: its A and AAAA rings over the passing
-// edges (all edges when none passes: failing is then true) and the MX set,
-// and its content hash. rotors are the rings' rotors, made here when nil.
-func (b *builder) podNode(ps *router.PodState, rotors *[2]*atomic.Uint32, wasFailing bool) (n *node, failing bool, sum uint64, v4, v6 []netip.Addr) {
-	n = &node{}
-	edges := ps.PassingEdges
-	if len(edges) == 0 && len(ps.Edges) > 0 {
-		// Fail open, as Route 53 does: an answer with every edge beats
-		// NXDOMAIN or nothing, which would take the pod's tenants off the
-		// Internet for as long as resolvers cache it.
-		edges, failing = ps.Edges, true
-		if !wasFailing {
-			b.log.Warn("pod has no passing edge; answering with all its edges", "pod", ps.Name, "edges", len(ps.Edges))
-		}
-	}
+// podNode makes the node of pod from its entry's addresses (all4, all6)
+// and failing: its A and AAAA rings and the MX set, signed when the zone
+// is, with the entry's content hash, first answers and rotors (made here
+// when nil).
+func (b *builder) podNode(pod string, e *podEntry) {
+	n := &node{}
 	h := fnv.New64a()
-	h.Write([]byte(ps.Name))
-	v4, v6 = addresses(edges)
+	h.Write([]byte(pod))
+	var types []uint16
+	e.sigExp = ^uint32(0)
 	for i, fam := range []struct {
 		rtype uint16
 		ips   []netip.Addr
-	}{{dns.TypeA, v4}, {dns.TypeAAAA, v6}} {
+	}{{dns.TypeA, e.all4}, {dns.TypeAAAA, e.all6}} {
 		if len(fam.ips) == 0 {
 			continue
 		}
-		if rotors[i] == nil {
-			rotors[i] = new(atomic.Uint32)
+		if e.rotors[i] == nil {
+			e.rotors[i] = new(atomic.Uint32)
 		}
-		set := b.ring(fam.rtype, fam.ips, rotors[i])
-		if failing {
-			set.failOpen = b.m.failOpen.WithLabelValues(ps.Name)
+		set := b.ring(fam.rtype, fam.ips, e.rotors[i])
+		if e.failing {
+			set.failOpen = b.m.failOpen.WithLabelValues(pod)
+		}
+		if b.sign != nil {
+			b.signRing(set, pod, fam.ips)
+			e.sigExp = min(e.sigExp, set.sigExp)
 		}
 		n.sets = append(n.sets, set)
+		types = append(types, fam.rtype)
 		h.Write(set.data)
 	}
 	if b.mx != nil {
-		n.sets = append(n.sets, b.mx)
+		mx := b.mx
+		if b.sign != nil {
+			mx = b.signedMX(pod)
+			e.sigExp = min(e.sigExp, mx.sigExp)
+		}
+		n.sets = append(n.sets, mx)
+		types = append(types, dns.TypeMX)
 	}
-	sum = h.Sum64()
+	if b.sign != nil {
+		nsec := b.sign.nsecSet(pod+"."+podsLabel+"."+b.d.zone, b.negativeTTL(), types)
+		e.sigExp = min(e.sigExp, nsec.sigExp)
+		n.sets = append(n.sets, nsec)
+	}
+	sum := h.Sum64()
 	sum ^= sum >> 31
 	sum *= 0x9e3779b97f4a7c15
-	return n, failing, sum, v4[:min(len(v4), b.d.answerCap)], v6[:min(len(v6), b.d.answerCap)]
+	e.node, e.hash = n, sum
+	e.v4, e.v6 = e.all4[:min(len(e.all4), b.d.answerCap)], e.all6[:min(len(e.all6), b.d.answerCap)]
 }
 
 // podKey is the relative wire name of pod's node, "\x05pod-1\x04pods";
@@ -387,6 +437,9 @@ func (b *builder) fullTenants(s *router.Snapshot) {
 		}
 		ents = append(ents, tentry{name: t.Name, rec: b.rec(t.Pod)})
 	}
+	if b.sign != nil {
+		b.signTenants(ents)
+	}
 	old := b.tenants
 	b.tenants = b.tenants.rebuild(ents)
 	if b.built {
@@ -420,6 +473,9 @@ func (b *builder) applyTenants(s *router.Snapshot, changed []string) {
 		var rec *tenantRec
 		if t != nil && b.tenantOK(name) {
 			name, rec = t.Name, b.rec(t.Pod)
+			if b.sign != nil {
+				rec = b.signedRec(name, rec, b.tenants.lookup(name))
+			}
 		}
 		if old := x.set(name, rec); !sameRec(old, rec) {
 			b.changes.tenants = append(b.changes.tenants, tenantChange{name: name, old: old, new: rec})

@@ -64,6 +64,8 @@ type Config struct {
 	Cookies Cookies `yaml:"cookies"`
 	// Transfer serves the zone to secondaries: AXFR, IXFR, NOTIFY.
 	Transfer Transfer `yaml:"transfer"`
+	// DNSSEC signs the zone (dnssec.go).
+	DNSSEC DNSSEC `yaml:"dnssec"`
 	// Consul and Log are the sections every podedge binary shares.
 	Consul config.Consul `yaml:"consul"`
 	Log    config.Log    `yaml:"log"`
@@ -212,8 +214,14 @@ func DefaultConfig() Config {
 		RRL:      RRL{Slip: 1, TableSize: 393241},
 		Cookies:  Cookies{Enabled: true},
 		Transfer: Transfer{Journal: 100, TSIG: TSIGKey{Algorithm: "hmac-sha256"}},
-		Consul:   config.DefaultConsul(),
-		Log:      config.DefaultLog(),
+		DNSSEC: DNSSEC{
+			Generate:          true,
+			Algorithm:         "ecdsap256sha256",
+			SignatureLifetime: 14 * 24 * time.Hour,
+			Refresh:           7 * 24 * time.Hour,
+		},
+		Consul: config.DefaultConsul(),
+		Log:    config.DefaultLog(),
 	}
 }
 
@@ -312,6 +320,9 @@ func (c *Config) zoneData() (*zoneData, error) {
 		return nil, fmt.Errorf("cookies.secret: %w", err)
 	}
 	if err := c.Transfer.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.DNSSEC.validate(); err != nil {
 		return nil, err
 	}
 	if err := c.Consul.Validate(); err != nil {

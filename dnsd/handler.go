@@ -6,9 +6,11 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 
+	"github.com/miekg/dns"
 	"github.com/podedge/podedge/router"
 )
 
@@ -36,8 +38,17 @@ type Handler struct {
 
 	zone atomic.Pointer[zone] // nil until the first snapshot
 
-	buildMu sync.Mutex // one build at a time; guards builder
+	buildMu sync.Mutex // one build at a time; guards builder and what follows
 	builder *builder
+	// needKey is set while DNSSEC is on and its key not loaded: no zone
+	// is built, so that nothing is answered unsigned; last is the latest
+	// snapshot, built from once the key comes (SetKey).
+	needKey bool
+	last    *router.Snapshot
+
+	log     *slog.Logger
+	journal int
+	dnssec  DNSSEC
 }
 
 // NewHandler returns a Handler for the zone cfg describes, which answers
@@ -54,7 +65,25 @@ func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Handler{data: d, m: m, builder: newBuilder(d, m, log, cfg.Transfer.Journal), clock: &coarseClock{}}
+	h := &Handler{data: d, m: m, log: log, journal: cfg.Transfer.Journal, dnssec: cfg.DNSSEC, clock: &coarseClock{}}
+	var sign *signer
+	if cfg.DNSSEC.Enabled {
+		if cfg.DNSSEC.KeyFile == "" {
+			h.needKey = true // from Consul, when Server.Run has read it
+		} else {
+			b, err := os.ReadFile(cfg.DNSSEC.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("dnssec.key_file: %w", err)
+			}
+			if sign, err = h.newSigner(b); err != nil {
+				return nil, fmt.Errorf("dnssec.key_file: %s: %w", cfg.DNSSEC.KeyFile, err)
+			}
+		}
+	}
+	h.builder = newBuilder(d, m, log, cfg.Transfer.Journal, sign)
+	if sign != nil {
+		m.signed.Set(1)
+	}
 	if len(cfg.Transfer.Allow) > 0 || cfg.Transfer.TSIG.Name != "" {
 		h.xfr = newTransfers(h, cfg.Transfer, log)
 	}
@@ -87,6 +116,10 @@ func (h *Handler) apply(s *router.Snapshot, changed []string, full bool) {
 	}
 	h.buildMu.Lock()
 	defer h.buildMu.Unlock()
+	h.last = s
+	if h.needKey {
+		return
+	}
 	prev := h.zone.Load()
 	z := h.builder.build(s, changed, full)
 	h.zone.Store(z)
@@ -94,6 +127,78 @@ func (h *Handler) apply(s *router.Snapshot, changed []string, full bool) {
 	if prev != nil && prev.serial != z.serial && h.onSerial != nil {
 		h.onSerial(z.serial)
 	}
+}
+
+// newSigner makes the signer of the key in PEM form.
+func (h *Handler) newSigner(pemKey []byte) (*signer, error) {
+	key, err := parseKey(pemKey)
+	if err != nil {
+		return nil, err
+	}
+	return newSigner(key, h.data, h.dnssec, h.clock, h.m), nil
+}
+
+// setKey loads the DNSSEC key (PEM) read from Consul and builds the first
+// signed zone from the latest snapshot.
+func (h *Handler) setKey(pemKey []byte) error {
+	sign, err := h.newSigner(pemKey)
+	if err != nil {
+		return err
+	}
+	h.buildMu.Lock()
+	defer h.buildMu.Unlock()
+	h.builder = newBuilder(h.data, h.m, h.log, h.journal, sign)
+	h.needKey = false
+	h.m.signed.Set(1)
+	h.log.Info("DNSSEC key loaded", "component", "dnsd", "keytag", sign.tag, "algorithm", dns.AlgorithmToString[sign.dnskey.Algorithm])
+	if h.last != nil {
+		z := h.builder.build(h.last, nil, true)
+		h.zone.Store(z)
+	}
+	return nil
+}
+
+// needKeyNow reports whether the DNSSEC key is still to be loaded.
+func (h *Handler) needKeyNow() bool {
+	h.buildMu.Lock()
+	defer h.buildMu.Unlock()
+	return h.needKey
+}
+
+// DNSKEY is the zone's DNSKEY record in text, "" when it is not signed.
+func (h *Handler) DNSKEY() string {
+	if sign := h.signer(); sign != nil {
+		return sign.dnskey.String()
+	}
+	return ""
+}
+
+// DS is the DS record (SHA-256) the parent zone must hold, in text; "" when
+// the zone is not signed.
+func (h *Handler) DS() string {
+	if sign := h.signer(); sign != nil {
+		return sign.dnskey.ToDS(dns.SHA256).String()
+	}
+	return ""
+}
+
+func (h *Handler) signer() *signer {
+	h.buildMu.Lock()
+	defer h.buildMu.Unlock()
+	return h.builder.sign
+}
+
+// resign renews the signatures due, up to limit tenants, and publishes the
+// zone; it reports whether some are left.
+func (h *Handler) resign(limit int) bool {
+	h.buildMu.Lock()
+	defer h.buildMu.Unlock()
+	if h.zone.Load() == nil || h.needKey {
+		return false
+	}
+	more := h.builder.resign(limit)
+	h.zone.Store(h.builder.zone())
+	return more
 }
 
 // Serial is the SOA serial of the published zone; 0 before the first.
@@ -221,7 +326,7 @@ func (h *Handler) handle(p, out []byte, udp bool, from netip.Addr, info *respInf
 		if rcode == rcodeFormErr {
 			cookie = nil
 		}
-		r.opt(h.data.maxUDP, rcode, q.do, nsid, cookie)
+		r.opt(h.data.maxUDP, rcode, q.do, q.do && q.co, nsid, cookie)
 	}
 	b := r.b
 	binary.BigEndian.PutUint16(b[0:], q.id)
@@ -268,52 +373,89 @@ func (h *Handler) answer(q *query, p []byte, r *response) (rcode int, aa bool) {
 		return rcodeRefused, false
 	}
 	if q.qtype == typeAXFR || q.qtype == typeIXFR {
-		// No zone transfers (yet): see the README.
+		// Transfers take the slow path when they are configured.
 		return rcodeRefused, false
+	}
+	if z.sign != nil {
+		if q.qtype == typeNXNAME {
+			// A meta-type, never asked for (RFC 9824 section 3.5).
+			r.b, r.qdcount = r.b[:headerLen], 0
+			return rcodeFormErr, false
+		}
+		r.do = q.do
 	}
 	n := z.apex
 	if len(rel) > 0 {
 		n = z.names[string(rel)]
 	}
 	if n != nil {
-		s := n.set(q.qtype)
-		if s == nil {
-			r.add(secAuthority, z.soa, 0)
-		} else {
+		if s := n.set(q.qtype); s != nil {
 			r.add(secAnswer, s, 0)
+		} else {
+			z.nodata(r, n, 0)
 		}
 		return rcodeSuccess, true
 	}
 	if len(rel) > 1 && int(rel[0]) == len(rel)-1 {
 		if t := z.tenants.get(rel[1:]); t != nil {
-			return z.tenant(q, r, len(rel), t.pod), true
+			return z.tenant(q, r, len(rel), t), true
 		}
 	}
+	return z.nxdomain(q, r, lname, 0), true
+}
+
+// nodata adds the denial that the name of n (at owner in the answer; 0 is
+// the question) has records of the type asked: the SOA and, signed, the
+// name's NSEC.
+func (z *zone) nodata(r *response, n *node, owner uint16) {
 	r.add(secAuthority, z.soa, 0)
-	return rcodeNXDomain, true
+	if r.do {
+		r.add(secAuthority, n.set(typeNSEC), owner)
+	}
+}
+
+// nxdomain answers that the lower-case wire name lname (at owner in the
+// answer) does not exist: NXDOMAIN with the SOA; signed, a compact denial
+// (RFC 9824): an NSEC owned by the name saying it has no records but RRSIG,
+// NSEC and NXNAME, and NOERROR unless the client set CO.
+func (z *zone) nxdomain(q *query, r *response, lname []byte, owner uint16) int {
+	r.add(secAuthority, z.soa, 0)
+	if !r.do {
+		return rcodeNXDomain
+	}
+	if nsec, sig, ok := z.sign.denial(lname, z.negTTL); ok {
+		r.record(secAuthority, nsec, owner)
+		r.record(secAuthority, sig, owner)
+	}
+	if q.co {
+		return rcodeNXDomain
+	}
+	return rcodeSuccess
 }
 
 // tenant answers for a tenant name: a CNAME to its pod, then the pod's
 // records of the asked type chased in the same answer. relLen is the length
 // of the tenant's label in wire form, which puts the zone's name at
 // 12+relLen in the question.
-func (z *zone) tenant(q *query, r *response, relLen int, pod string) int {
-	target := r.cname(z.tenantTTL, pod, uint16(headerLen+relLen))
-	if q.qtype == typeCNAME || q.qtype == typeANY {
+func (z *zone) tenant(q *query, r *response, relLen int, t *tenantRec) int {
+	target := r.cname(z.tenantTTL, t.pod, uint16(headerLen+relLen))
+	if r.do && target != 0 {
+		r.record(secAnswer, t.sig, 0)
+	}
+	if q.qtype == typeCNAME || q.qtype == typeANY || target == 0 {
 		return rcodeSuccess
 	}
-	n := z.names[pod]
+	n := z.names[t.pod]
 	if n == nil {
 		// The target does not exist: NXDOMAIN with the CNAME (RFC 6604).
-		r.add(secAuthority, z.soa, 0)
-		return rcodeNXDomain
+		var buf [maxNameLen]byte
+		lname := append(append(buf[:0], t.pod...), z.origin...)
+		return z.nxdomain(q, r, lname, 0xC000|target)
 	}
-	s := n.set(q.qtype)
-	switch {
-	case s == nil:
-		r.add(secAuthority, z.soa, 0)
-	case target != 0:
+	if s := n.set(q.qtype); s != nil {
 		r.add(secAnswer, s, 0xC000|target)
+	} else {
+		z.nodata(r, n, 0xC000|target)
 	}
 	return rcodeSuccess
 }

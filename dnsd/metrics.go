@@ -45,6 +45,10 @@ type Metrics struct {
 	tsig            [len(tsigResultNames)]prometheus.Counter
 	journal         prometheus.Gauge
 	notifies        [len(notifyResultNames)]prometheus.Counter
+
+	signed        prometheus.Gauge
+	resigned      prometheus.Counter
+	denialsSigned prometheus.Counter
 }
 
 // NewMetrics creates dnsd's metrics and registers them with reg; nil reg
@@ -171,6 +175,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for i, name := range notifyResultNames {
 		m.notifies[i] = notifies.WithLabelValues(name)
 	}
+	m.signed = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "dnsd_dnssec_signed",
+		Help: "1 while the zone is served signed; 0 when DNSSEC is off, or on but the key is not loaded yet (answers are then SERVFAIL).",
+	})
+	m.resigned = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_dnssec_resigned_total",
+		Help: "Signatures made again before they expire (tenants and pods).",
+	})
+	m.denialsSigned = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_dnssec_denials_signed_total",
+		Help: "Denials of names that do not exist signed when asked (not found in the cache).",
+	})
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "dnsd_answer_seconds",
 		Help: "Time from reading a query to having written its answer, for a sample of one query in 16.",
@@ -182,7 +198,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(queries, latency, m.dropped, m.truncated, m.failOpen, m.passingEdges, m.edges,
 			m.serial, m.builds, m.buildSeconds, m.names, m.tcpConns, m.tcpRejected, m.readErrors,
-			m.rrlSlipped, m.rrlDropped, exempt, cookies, transfers, m.transferRecords, tsig, m.journal, notifies)
+			m.rrlSlipped, m.rrlDropped, exempt, cookies, transfers, m.transferRecords, tsig, m.journal, notifies,
+			m.signed, m.resigned, m.denialsSigned)
 	}
 	return m
 }

@@ -14,6 +14,7 @@ const (
 
 	typeOPT    = 41
 	typeTSIG   = 250
+	typeNSEC   = 47
 	typeANY    = 255
 	typeCNAME  = 5
 	typeAXFR   = 252
@@ -59,7 +60,9 @@ type query struct {
 	size    uint16
 	version uint8
 	do      bool
-	nsid    bool
+	// co is the Compact Answers OK flag (RFC 9824 section 4).
+	co   bool
+	nsid bool
 	// badOPT is set for an OPT record RFC 6891 makes a format error: a
 	// second one, one not owned by the root, or options that overrun it.
 	badOPT bool
@@ -149,6 +152,7 @@ func (q *query) opt(p []byte, owner, fields, rdata, rdEnd int) {
 	ttl := binary.BigEndian.Uint32(p[fields+4:])
 	q.version = uint8(ttl >> 16)
 	q.do = ttl&0x8000 != 0
+	q.co = ttl&0x4000 != 0
 	for o := rdata; o < rdEnd; {
 		if o+4 > rdEnd {
 			q.badOPT = true

@@ -164,6 +164,9 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 	if s.notifier != nil {
 		wg.Go(func() { s.notifier.run(ctx) })
 	}
+	if s.cfg.DNSSEC.Enabled {
+		wg.Go(func() { s.dnssecLoop(ctx, client) })
+	}
 	if client != nil {
 		wg.Go(func() { s.router.Run(ctx, client) })
 	}
@@ -198,6 +201,56 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 	admin.Shutdown(shutCtx)
 	wg.Wait()
 	return err
+}
+
+// resignEvery is how often the signatures are checked for renewal;
+// resignBatch bounds the tenants signed again at once, so that a renewal
+// never holds the zone's builder for long.
+const (
+	resignEvery = time.Minute
+	resignBatch = 20_000
+)
+
+// dnssecLoop loads the key from Consul when it lives there (retrying with
+// backoff: until then dnsd answers SERVFAIL rather than unsigned answers),
+// then renews signatures before they expire, until ctx ends.
+func (s *Server) dnssecLoop(ctx context.Context, client *api.Client) {
+	if s.handler.needKeyNow() {
+		path := s.cfg.consulKeyPath()
+		if client == nil {
+			s.log.Error("DNSSEC key is in Consul, but dnsd runs without it", "key", path)
+			return
+		}
+		delay := 250 * time.Millisecond
+		for {
+			pemKey, err := loadConsulKey(ctx, client.KV(), path, s.cfg.DNSSEC)
+			if err == nil {
+				err = s.handler.setKey(pemKey)
+			}
+			if err == nil {
+				break
+			}
+			s.log.Warn("cannot load the DNSSEC key; answering SERVFAIL meanwhile", "key", path, "error", err.Error(), "retry_in", delay)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, 10*time.Second)
+		}
+	}
+	s.log.Info("zone signed", "dnskey", s.handler.DNSKEY(), "ds", s.handler.DS())
+	t := time.NewTicker(resignEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for s.handler.resign(resignBatch) && ctx.Err() == nil {
+		}
+	}
 }
 
 // reserveProcs raises GOMAXPROCS to one more than the UDP workers when they

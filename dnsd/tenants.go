@@ -68,6 +68,11 @@ type tenantRec struct {
 	podName string
 	// hash is the content hash of pod, mixed into the entries' sum.
 	hash uint64
+	// sig is the RRSIG of the tenant's CNAME (answer form) when the zone
+	// is signed, and exp when it expires; the record is then the
+	// tenant's own.
+	sig []byte
+	exp uint32
 }
 
 // sameRec reports whether a and b answer the same (nil is absent).

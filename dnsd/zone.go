@@ -33,8 +33,12 @@ type zone struct {
 	// soa is the SOA record of negative answers, owned by the zone name
 	// written in full, with the negative TTL (RFC 2308 section 3).
 	soa *rrset
-	// tenantTTL is the TTL of tenant CNAME records.
-	tenantTTL uint32
+	// tenantTTL is the TTL of tenant CNAME records; negTTL that of
+	// negative answers' records.
+	tenantTTL, negTTL uint32
+	// sign signs the denials of names that do not exist; nil when the
+	// zone is not signed.
+	sign *signer
 }
 
 // node is a name of the zone with its record sets. An empty non-terminal
