@@ -13,9 +13,9 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/podedge/podedge/internal/consultest"
+	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/podedge/podedge/router"
 )
 
 // signedHandler is a Handler signing with a new key of algorithm alg, its
