@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // The DNS phase's two variants of dnsd, each measured in rounds beside
@@ -63,6 +65,11 @@ func (h *harness) dnsVariants(ctx context.Context, plain *server) error {
 	}
 	for _, v := range variants {
 		for _, s := range v.systems {
+			if v.do {
+				if err := checkSigned(s.addr); err != nil {
+					return fmt.Errorf("%s (%s): %w", s.name, v.workload, err)
+				}
+			}
 			if _, err := h.measureDNSWith(ctx, s, min(h.opts.Duration, time.Second), v.do); err != nil {
 				return fmt.Errorf("warm-up of %s (%s): %w", s.name, v.workload, err)
 			}
@@ -78,6 +85,22 @@ func (h *harness) dnsVariants(ctx context.Context, plain *server) error {
 					v.workload, round, s.name, res.QPS, res.Lost, res.Sent, res.AvgLatency.Round(time.Microsecond), res.ServerCPU, res.ClientCPU)
 			}
 		}
+	}
+	return nil
+}
+
+// checkSigned checks that addr answers the pod's A with a signature when
+// asked with DO.
+func checkSigned(addr string) error {
+	m := new(dns.Msg)
+	m.SetQuestion(pod+".pods."+zone, dns.TypeA)
+	m.SetEdns0(1232, true)
+	r, _, err := (&dns.Client{Timeout: time.Second}).Exchange(m, addr)
+	if err != nil {
+		return err
+	}
+	if err := count(r, dns.RcodeSuccess, dns.TypeRRSIG, 1); err != nil {
+		return fmt.Errorf("the pod's A with DO: %w", err)
 	}
 	return nil
 }
