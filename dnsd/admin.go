@@ -14,6 +14,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /dnssec", s.dnssecInfo)
 	return mux
 }
 
@@ -93,4 +94,16 @@ func (s *Server) registerStatus() {
 			return 0
 		}),
 	)
+}
+
+// dnssecInfo serves the zone's key and the DS the parent must hold, as
+// JSON; 404 while the zone is not signed.
+func (s *Server) dnssecInfo(w http.ResponseWriter, _ *http.Request) {
+	key, ds := s.handler.DNSKEY(), s.handler.DS()
+	if key == "" {
+		http.Error(w, `{"error":"the zone is not signed"}`, http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]string{"dnskey": key, "ds": ds})
 }

@@ -1,6 +1,7 @@
 package dnsd
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -60,6 +61,14 @@ type Config struct {
 	// ACMEChallenges configures the answers to ACME DNS-01 challenges
 	// (challenges.go).
 	ACMEChallenges ACMEChallenges `yaml:"acme_challenges"`
+	// RRL is response rate limiting over UDP; off while rate_limit is 0.
+	RRL RRL `yaml:"rrl"`
+	// Cookies are DNS cookies (RFC 7873, 9018).
+	Cookies Cookies `yaml:"cookies"`
+	// Transfer serves the zone to secondaries: AXFR, IXFR, NOTIFY.
+	Transfer Transfer `yaml:"transfer"`
+	// DNSSEC signs the zone (dnssec.go).
+	DNSSEC DNSSEC `yaml:"dnssec"`
 	// Consul and Log are the sections every podedge binary shares.
 	Consul config.Consul `yaml:"consul"`
 	Log    config.Log    `yaml:"log"`
@@ -120,6 +129,66 @@ type TCP struct {
 	MaxConnections int `yaml:"max_connections"`
 }
 
+// RRL configures response rate limiting, with the keys and defaults of
+// Knot DNS 3.2's mod-rrl.
+type RRL struct {
+	// RateLimit is the responses a second allowed to one flow (a client
+	// network, a class of answer, a name); a flow may take four seconds'
+	// worth at once. 0 turns rate limiting off, the default (Knot requires
+	// a value; its documentation's example is 200).
+	RateLimit int `yaml:"rate_limit"`
+	// Slip: one answer over the rate in Slip is sent truncated (TC, no
+	// records), the others dropped. 0 drops them all, 1 (the default)
+	// truncates them all.
+	Slip int `yaml:"slip"`
+	// TableSize is the number of buckets (8 bytes each). Default 393241.
+	TableSize int `yaml:"table_size"`
+	// Whitelist lists addresses and prefixes never limited.
+	Whitelist []string `yaml:"whitelist"`
+}
+
+// Cookies configures DNS cookies.
+type Cookies struct {
+	// Enabled answers a query's client cookie with a server cookie;
+	// a client that sends it back is exempt from rate limiting. Default
+	// true.
+	Enabled bool `yaml:"enabled"`
+	// Secret keys the server cookies: 16 bytes in hex. Servers sharing an
+	// address (anycast) need the same one. Empty: a random secret at
+	// start, so cookies given before a restart are not recognised.
+	Secret string `yaml:"secret"`
+}
+
+// Transfer configures zone transfers to secondaries (a DNS provider
+// serving the zone with dnsd as its hidden primary).
+type Transfer struct {
+	// Allow lists the addresses and prefixes that may transfer the zone
+	// (AXFR and IXFR, over TCP). Empty, the default: transfers are
+	// refused.
+	Allow []string `yaml:"allow"`
+	// Notify lists the secondaries (host:port) sent a NOTIFY when the
+	// serial changes, at most one a second each.
+	Notify []string `yaml:"notify"`
+	// Journal is how many zone versions are kept to answer IXFR with
+	// differences; older serials get the whole zone. Default 100; 0
+	// keeps none.
+	Journal int `yaml:"journal"`
+	// TSIG, when its name is set, is the key every transfer must be
+	// signed with; NOTIFY and the answers to signed queries are signed
+	// with it.
+	TSIG TSIGKey `yaml:"tsig"`
+}
+
+// TSIGKey is a TSIG key (RFC 8945).
+type TSIGKey struct {
+	// Name is the key's name, as the secondary knows it ("xfr.example.").
+	Name string `yaml:"name"`
+	// Algorithm is hmac-sha256 (the default), hmac-sha384 or hmac-sha512.
+	Algorithm string `yaml:"algorithm"`
+	// Secret is the key, in base64.
+	Secret string `yaml:"secret"`
+}
+
 // DefaultConfig returns the defaults that a file overrides key by key.
 // Defaults that depend on the zone (NS, SOA names) are filled in by
 // Validate, after flags may have changed the zone.
@@ -144,7 +213,16 @@ func DefaultConfig() Config {
 			Expire:  14 * 24 * time.Hour,
 			Minimum: 30 * time.Second,
 		},
-		TCP:    TCP{IdleTimeout: 10 * time.Second, MaxConnections: 1024},
+		TCP:      TCP{IdleTimeout: 10 * time.Second, MaxConnections: 1024},
+		RRL:      RRL{Slip: 1, TableSize: 393241},
+		Cookies:  Cookies{Enabled: true},
+		Transfer: Transfer{Journal: 100, TSIG: TSIGKey{Algorithm: "hmac-sha256"}},
+		DNSSEC: DNSSEC{
+			Generate:          true,
+			Algorithm:         "ecdsap256sha256",
+			SignatureLifetime: 14 * 24 * time.Hour,
+			Refresh:           7 * 24 * time.Hour,
+		},
 		Consul: config.DefaultConsul(),
 		Log:    config.DefaultLog(),
 
@@ -230,6 +308,29 @@ func (c *Config) zoneData() (*zoneData, error) {
 		return nil, fmt.Errorf("tcp.max_connections: %d must be at least 1", c.TCP.MaxConnections)
 	}
 	if err := c.ACMEChallenges.validate(); err != nil {
+		return nil, err
+	}
+	if c.RRL.RateLimit < 0 || c.RRL.RateLimit > maxRateLimit {
+		return nil, fmt.Errorf("rrl.rate_limit: %d is outside 0 (off) to %d", c.RRL.RateLimit, maxRateLimit)
+	}
+	if c.RRL.Slip < 0 || c.RRL.Slip > 100 {
+		return nil, fmt.Errorf("rrl.slip: %d is outside 0 to 100", c.RRL.Slip)
+	}
+	if c.RRL.TableSize < 1 || c.RRL.TableSize > 1<<28 {
+		return nil, fmt.Errorf("rrl.table_size: %d is outside 1 to %d", c.RRL.TableSize, 1<<28)
+	}
+	for i, w := range c.RRL.Whitelist {
+		if _, err := parsePrefix(w); err != nil {
+			return nil, fmt.Errorf("rrl.whitelist[%d]: %q is not an address or a prefix", i, w)
+		}
+	}
+	if _, err := newCookieJar(c.Cookies.Secret, nil); err != nil {
+		return nil, fmt.Errorf("cookies.secret: %w", err)
+	}
+	if err := c.Transfer.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.DNSSEC.validate(); err != nil {
 		return nil, err
 	}
 	if err := c.Consul.Validate(); err != nil {
@@ -402,4 +503,34 @@ func (c *Config) udpSockets() int {
 		return c.UDPSockets
 	}
 	return runtime.GOMAXPROCS(0)
+}
+
+// validate checks the transfer section.
+func (t *Transfer) validate() error {
+	for i, a := range t.Allow {
+		if _, err := parsePrefix(a); err != nil {
+			return fmt.Errorf("transfer.allow[%d]: %q is not an address or a prefix", i, a)
+		}
+	}
+	for i, n := range t.Notify {
+		if _, err := netip.ParseAddrPort(n); err != nil {
+			return fmt.Errorf("transfer.notify[%d]: %q is not ip:port", i, n)
+		}
+	}
+	if t.Journal < 0 || t.Journal > 10000 {
+		return fmt.Errorf("transfer.journal: %d is outside 0 to 10000", t.Journal)
+	}
+	if t.TSIG.Name == "" {
+		return nil
+	}
+	if _, ok := dns.IsDomainName(t.TSIG.Name); !ok {
+		return fmt.Errorf("transfer.tsig.name: %q is not a domain name", t.TSIG.Name)
+	}
+	if _, ok := tsigAlgorithms[strings.ToLower(t.TSIG.Algorithm)]; !ok {
+		return fmt.Errorf("transfer.tsig.algorithm: %q is not hmac-sha256, hmac-sha384 or hmac-sha512", t.TSIG.Algorithm)
+	}
+	if b, err := base64.StdEncoding.DecodeString(t.TSIG.Secret); err != nil || len(b) < 16 {
+		return fmt.Errorf("transfer.tsig.secret: must be at least 16 bytes in base64")
+	}
+	return nil
 }

@@ -111,6 +111,13 @@ func TestConfigErrors(t *testing.T) {
 		{"mx: [{priority: 10, host: ''}]", "mx[0].host:"},
 		{"tcp: {idle_timeout: 0s}", "tcp.idle_timeout:"},
 		{"tcp: {max_connections: 0}", "tcp.max_connections:"},
+		{"rrl: {rate_limit: -1}", "rrl.rate_limit:"},
+		{"rrl: {rate_limit: 300000}", "rrl.rate_limit:"},
+		{"rrl: {slip: -1}", "rrl.slip:"},
+		{"rrl: {table_size: 0}", "rrl.table_size:"},
+		{"rrl: {whitelist: [192.0.2.0/33]}", "rrl.whitelist[0]:"},
+		{"cookies: {secret: abcd}", "cookies.secret:"},
+		{"cookies: {secret: 000102030405060708090a0b0c0d0e0g}", "cookies.secret:"},
 		{"consul: {address: ''}", "consul.address:"},
 		{"log: {level: loud}", "log.level:"},
 	}

@@ -34,6 +34,21 @@ type Metrics struct {
 	tcpConns    prometheus.Gauge
 	tcpRejected prometheus.Counter
 	readErrors  prometheus.Counter
+
+	rrlSlipped prometheus.Counter
+	rrlDropped prometheus.Counter
+	rrlExempt  [2]prometheus.Counter // by reason: cookie, whitelist
+	cookies    [len(cookieStateNames)]prometheus.Counter
+
+	transfers       [len(xfrKindNames)][len(xfrResultNames)]prometheus.Counter
+	transferRecords prometheus.Counter
+	tsig            [len(tsigResultNames)]prometheus.Counter
+	journal         prometheus.Gauge
+	notifies        [len(notifyResultNames)]prometheus.Counter
+
+	signed        prometheus.Gauge
+	resigned      prometheus.Counter
+	denialsSigned prometheus.Counter
 }
 
 // NewMetrics creates dnsd's metrics and registers them with reg; nil reg
@@ -108,6 +123,70 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.caaIdx = i
 		}
 	}
+	m.rrlSlipped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_rrl_slipped_total",
+		Help: "UDP answers over the rate limit sent empty and truncated (TC).",
+	})
+	m.rrlDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_rrl_dropped_total",
+		Help: "UDP answers over the rate limit dropped.",
+	})
+	exempt := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_rrl_exempt_total",
+		Help: "UDP answers not rate limited because of a valid server cookie or the whitelist.",
+	}, []string{"reason"})
+	m.rrlExempt[0] = exempt.WithLabelValues("cookie")
+	m.rrlExempt[1] = exempt.WithLabelValues("whitelist")
+	cookies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_cookie_queries_total",
+		Help: "Queries with a COOKIE option, by what their server cookie was.",
+	}, []string{"server_cookie"})
+	for i, name := range cookieStateNames[1:] { // "none" is never counted
+		m.cookies[i+1] = cookies.WithLabelValues(name)
+	}
+	transfers := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_transfers_total",
+		Help: "Zone transfers answered, by kind and result.",
+	}, []string{"kind", "result"})
+	for i, kind := range xfrKindNames {
+		for j, result := range xfrResultNames {
+			m.transfers[i][j] = transfers.WithLabelValues(kind, result)
+		}
+	}
+	m.transferRecords = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_transfer_records_total",
+		Help: "Records sent in zone transfers.",
+	})
+	tsig := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_tsig_queries_total",
+		Help: "Queries signed with TSIG, by the outcome of their check.",
+	}, []string{"result"})
+	for i, name := range tsigResultNames {
+		m.tsig[i] = tsig.WithLabelValues(name)
+	}
+	m.journal = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "dnsd_journal_versions",
+		Help: "Zone versions the journal holds differences for, to answer IXFR.",
+	})
+	notifies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dnsd_notify_total",
+		Help: "NOTIFY messages to secondaries, by outcome.",
+	}, []string{"result"})
+	for i, name := range notifyResultNames {
+		m.notifies[i] = notifies.WithLabelValues(name)
+	}
+	m.signed = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "dnsd_dnssec_signed",
+		Help: "1 while the zone is served signed; 0 when DNSSEC is off, or on but the key is not loaded yet (answers are then SERVFAIL).",
+	})
+	m.resigned = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_dnssec_resigned_total",
+		Help: "Signatures made again before they expire (tenants and pods).",
+	})
+	m.denialsSigned = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dnsd_dnssec_denials_signed_total",
+		Help: "Denials of names that do not exist signed when asked (not found in the cache).",
+	})
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "dnsd_answer_seconds",
 		Help: "Time from reading a query to having written its answer, for a sample of one query in 16.",
@@ -118,7 +197,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.latency[1] = latency.WithLabelValues("tcp").(prometheus.Histogram)
 	if reg != nil {
 		reg.MustRegister(queries, latency, m.dropped, m.truncated, m.failOpen, m.passingEdges, m.edges,
-			m.serial, m.builds, m.buildSeconds, m.names, m.tcpConns, m.tcpRejected, m.readErrors)
+			m.serial, m.builds, m.buildSeconds, m.names, m.tcpConns, m.tcpRejected, m.readErrors,
+			m.rrlSlipped, m.rrlDropped, exempt, cookies, transfers, m.transferRecords, tsig, m.journal, notifies,
+			m.signed, m.resigned, m.denialsSigned)
 	}
 	return m
 }

@@ -224,7 +224,7 @@ func runProtocolCases(t *testing.T, ts *testServer) {
 				t.Errorf("NSID %v, want %x", opt.Option[0], "dnsd-test")
 			}
 		}},
-		{name: "unknown options, cookies and subnets are not echoed; DO is", msg: func() *dns.Msg {
+		{name: "unknown options and subnets are not echoed, a cookie gets a server cookie; DO is copied", msg: func() *dns.Msg {
 			m := question("acme.example.test.", dns.TypeA)
 			m.SetEdns0(1232, true)
 			opt := m.IsEdns0()
@@ -235,8 +235,11 @@ func runProtocolCases(t *testing.T, ts *testServer) {
 			return m
 		}, check: func(t *testing.T, q, r *dns.Msg, size int) {
 			opt := r.IsEdns0()
-			if opt == nil || len(opt.Option) != 0 || !opt.Do() {
-				t.Errorf("OPT %v, want no option and DO set", opt)
+			if opt == nil || len(opt.Option) != 1 || !opt.Do() {
+				t.Fatalf("OPT %v, want the cookie alone and DO set", opt)
+			}
+			if c, ok := opt.Option[0].(*dns.EDNS0_COOKIE); !ok || len(c.Cookie) != 48 || c.Cookie[:16] != "0102030405060708" {
+				t.Errorf("cookie %v, want the client cookie and a 16-byte server cookie", opt.Option[0])
 			}
 		}},
 		{name: "no NSID unless asked", msg: func() *dns.Msg {

@@ -13,9 +13,14 @@ const (
 	flagCD = 1 << 4
 
 	typeOPT    = 41
+	typeTSIG   = 250
+	typeNSEC   = 47
 	typeANY    = 255
 	typeCNAME  = 5
 	typeAXFR   = 252
+	typeDS     = 43
+	typeRRSIG  = 46
+	typeDNSKEY = 48
 	typeIXFR   = 251
 	classINET  = 1
 	optionNSID = 3
@@ -55,10 +60,21 @@ type query struct {
 	size    uint16
 	version uint8
 	do      bool
-	nsid    bool
+	// co is the Compact Answers OK flag (RFC 9824 section 4).
+	co   bool
+	nsid bool
 	// badOPT is set for an OPT record RFC 6891 makes a format error: a
 	// second one, one not owned by the root, or options that overrun it.
 	badOPT bool
+	// tsig is set when the query's last record is a TSIG (RFC 8945): it
+	// is answered by the slow path, which checks and signs.
+	tsig bool
+	// cookie is the data of the first COOKIE option (RFC 7873), nil
+	// without one.
+	cookie []byte
+	// nameHash is the hash of the lower-case name asked, for rate
+	// limiting; 0 when not computed.
+	nameHash uint64
 }
 
 // parseQuery parses p into q. It returns false for a packet that must be
@@ -111,6 +127,15 @@ func parseQuery(p []byte, q *query) bool {
 		if i >= an+ns && rtype == typeOPT {
 			q.opt(p, owner, end, rdata, rdEnd)
 		}
+		if rtype == typeTSIG {
+			if i == an+ns+ar-1 {
+				q.tsig = true
+			} else {
+				// A TSIG must be the last record (RFC 8945
+				// section 5.1): a format error.
+				q.badOPT = true
+			}
+		}
 		off = rdEnd
 	}
 	return true
@@ -127,6 +152,7 @@ func (q *query) opt(p []byte, owner, fields, rdata, rdEnd int) {
 	ttl := binary.BigEndian.Uint32(p[fields+4:])
 	q.version = uint8(ttl >> 16)
 	q.do = ttl&0x8000 != 0
+	q.co = ttl&0x4000 != 0
 	for o := rdata; o < rdEnd; {
 		if o+4 > rdEnd {
 			q.badOPT = true
@@ -139,10 +165,13 @@ func (q *query) opt(p []byte, owner, fields, rdata, rdEnd int) {
 			q.badOPT = true
 			return
 		}
-		// Every other option (cookies, client subnet, padding, ...) is
-		// ignored and not echoed (RFC 6891 section 6.1.2).
-		if code == optionNSID {
+		// Every other option (client subnet, padding, ...) is ignored
+		// and not echoed (RFC 6891 section 6.1.2).
+		switch {
+		case code == optionNSID:
 			q.nsid = true
+		case code == optionCookie && q.cookie == nil:
+			q.cookie = p[o-n : o]
 		}
 	}
 }

@@ -36,6 +36,15 @@ type rrset struct {
 	// glue is added to the additional section after this set (the
 	// addresses of in-zone name servers after NS records); nil for none.
 	glue *rrset
+	// sigs holds the set's RRSIG records when the zone is signed, in the
+	// form of its records (a pointer to the owner first, or the owner
+	// written out), each ending at the offset in sigEnds: one, or for a
+	// rotating set with more records than an answer shows, one per
+	// rotation (a signature covers the records answered). sigExp is when
+	// the first of them expires.
+	sigs    []byte
+	sigEnds []int
+	sigExp  uint32
 }
 
 // Sections of a message, indexes of response.counts.
@@ -55,6 +64,9 @@ type response struct {
 	limit   int
 	counts  [3]uint16
 	tc      bool
+	// do adds the sets' signatures: the query set DO and the zone is
+	// signed.
+	do bool
 }
 
 // add appends the records of s to section sec. A non-zero owner replaces
@@ -66,8 +78,8 @@ func (r *response) add(sec int, s *rrset, owner uint16) {
 	room := r.limit - len(r.b)
 	at := len(r.b)
 	var k int
+	start := 0
 	if s.size > 0 {
-		start := 0
 		if s.rotor != nil && s.n > 1 {
 			start = int((s.rotor.Add(1) - 1) % uint32(s.n))
 		}
@@ -107,9 +119,38 @@ func (r *response) add(sec int, s *rrset, owner uint16) {
 	if s.failOpen != nil && k > 0 {
 		s.failOpen.Inc()
 	}
+	if r.do && len(s.sigEnds) > 0 && !r.tc {
+		i := 0
+		if len(s.sigEnds) > 1 {
+			i = start
+		}
+		from := 0
+		if i > 0 {
+			from = s.sigEnds[i-1]
+		}
+		r.record(sec, s.sigs[from:s.sigEnds[i]], owner)
+	}
 	if s.glue != nil {
 		r.add(secAdditional, s.glue, 0)
 	}
+}
+
+// record appends one packed record to section sec, with its owner pointer
+// replaced when owner is not zero, or sets tc when it does not fit.
+func (r *response) record(sec int, rec []byte, owner uint16) {
+	if r.tc || len(rec) == 0 {
+		return
+	}
+	if len(r.b)+len(rec) > r.limit {
+		r.tc = true
+		return
+	}
+	at := len(r.b)
+	r.b = append(r.b, rec...)
+	if owner != 0 {
+		binary.BigEndian.PutUint16(r.b[at:], owner)
+	}
+	r.counts[sec]++
 }
 
 // cname appends a CNAME record owned by the question (0xC00C) whose target
@@ -133,16 +174,23 @@ func (r *response) cname(ttl uint32, target string, zonePtr uint16) uint16 {
 }
 
 // opt appends the OPT record of the response (RFC 6891 section 6.1): our
-// buffer size, the upper bits of the extended rcode, version 0, the DO bit
-// copied from the query (RFC 3225), and NSID when asked for and set.
-func (r *response) opt(size int, rcode int, do bool, nsid []byte) {
+// buffer size, the upper bits of the extended rcode, version 0, the DO and
+// CO bits copied from the query (RFC 3225, RFC 9824), NSID when asked for
+// and set, and the COOKIE option's data when given (RFC 7873).
+func (r *response) opt(size int, rcode int, do, co bool, nsid, cookie []byte) {
 	var flags byte
 	if do {
 		flags = 0x80
 	}
+	if co {
+		flags |= 0x40
+	}
 	rdlen := 0
 	if len(nsid) > 0 {
-		rdlen = 4 + len(nsid)
+		rdlen += 4 + len(nsid)
+	}
+	if len(cookie) > 0 {
+		rdlen += 4 + len(cookie)
 	}
 	r.b = append(r.b, 0, 0, typeOPT, byte(size>>8), byte(size),
 		byte(rcode>>4), 0, flags, 0,
@@ -150,6 +198,10 @@ func (r *response) opt(size int, rcode int, do bool, nsid []byte) {
 	if len(nsid) > 0 {
 		r.b = append(r.b, 0, optionNSID, byte(len(nsid)>>8), byte(len(nsid)))
 		r.b = append(r.b, nsid...)
+	}
+	if len(cookie) > 0 {
+		r.b = append(r.b, 0, optionCookie, 0, byte(len(cookie)))
+		r.b = append(r.b, cookie...)
 	}
 	r.counts[secAdditional]++
 }

@@ -37,6 +37,8 @@ type Server struct {
 	handler *Handler
 	reg     *prometheus.Registry
 	m       *Metrics
+	// notifier sends NOTIFYs to secondaries; nil without any.
+	notifier *notifier
 
 	// portableUDP makes Listen use the net package's UDP sockets even on
 	// Linux, so that tests cover them too.
@@ -80,6 +82,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	reg.MustRegister(router.LogCollector("dnsd", r))
 	s := &Server{cfg: cfg, log: log.With("component", "dnsd"), router: r, handler: h, reg: reg, m: m}
+	if len(cfg.Transfer.Notify) > 0 {
+		s.notifier = newNotifier(h, cfg.Transfer, log)
+		h.onSerial = s.notifier.changed
+	}
 	s.registerStatus()
 	h.challenges.register(reg)
 	r.Subscribe(h.Update)
@@ -156,6 +162,13 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 	s.reserveProcs()
 
 	var wg sync.WaitGroup
+	wg.Go(func() { s.handler.clock.run(ctx.Done()) })
+	if s.notifier != nil {
+		wg.Go(func() { s.notifier.run(ctx) })
+	}
+	if s.cfg.DNSSEC.Enabled {
+		wg.Go(func() { s.dnssecLoop(ctx, client) })
+	}
 	if client != nil {
 		wg.Go(func() { s.router.Run(ctx, client) })
 		wg.Go(func() { s.handler.challenges.run(ctx, client.KV(), s.router.Prefix()) })
@@ -191,6 +204,56 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 	admin.Shutdown(shutCtx)
 	wg.Wait()
 	return err
+}
+
+// resignEvery is how often the signatures are checked for renewal;
+// resignBatch bounds the tenants signed again at once, so that a renewal
+// never holds the zone's builder for long.
+const (
+	resignEvery = time.Minute
+	resignBatch = 20_000
+)
+
+// dnssecLoop loads the key from Consul when it lives there (retrying with
+// backoff: until then dnsd answers SERVFAIL rather than unsigned answers),
+// then renews signatures before they expire, until ctx ends.
+func (s *Server) dnssecLoop(ctx context.Context, client *api.Client) {
+	if s.handler.needKeyNow() {
+		path := s.cfg.consulKeyPath()
+		if client == nil {
+			s.log.Error("DNSSEC key is in Consul, but dnsd runs without it", "key", path)
+			return
+		}
+		delay := 250 * time.Millisecond
+		for {
+			pemKey, err := loadConsulKey(ctx, client.KV(), path, s.cfg.DNSSEC)
+			if err == nil {
+				err = s.handler.setKey(pemKey)
+			}
+			if err == nil {
+				break
+			}
+			s.log.Warn("cannot load the DNSSEC key; answering SERVFAIL meanwhile", "key", path, "error", err.Error(), "retry_in", delay)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, 10*time.Second)
+		}
+	}
+	s.log.Info("zone signed", "dnskey", s.handler.DNSKEY(), "ds", s.handler.DS())
+	t := time.NewTicker(resignEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for s.handler.resign(resignBatch) && ctx.Err() == nil {
+		}
+	}
 }
 
 // reserveProcs raises GOMAXPROCS to one more than the UDP workers when they

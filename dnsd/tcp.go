@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -90,6 +91,10 @@ func (t *tcpServer) untrack(c net.Conn) {
 func (t *tcpServer) serveConn(c net.Conn) {
 	defer t.untrack(c)
 	defer c.Close()
+	var from netip.Addr
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		from = a.AddrPort().Addr().Unmap()
+	}
 	r := bufio.NewReaderSize(c, 1024)
 	msg := make([]byte, 512)
 	var prefix [2]byte
@@ -108,7 +113,24 @@ func (t *tcpServer) serveConn(c net.Conn) {
 		start := time.Now()
 		bp := t.bufs.Get().(*[]byte)
 		out := *bp
-		resp := t.s.handler.Handle(msg[:n], out[2:2], false)
+		resp, slow := t.s.handler.respondTCP(msg[:n], out[2:2], from)
+		if slow {
+			// A zone transfer or a signed query: as many messages as
+			// it takes, each with its length.
+			t.bufs.Put(bp)
+			err := t.s.handler.xfr.serve(msg[:n], from, true, maxTCPSize, func(m []byte) error {
+				c.SetWriteDeadline(time.Now().Add(t.idle))
+				var head [2]byte
+				binary.BigEndian.PutUint16(head[:], uint16(len(m)))
+				bufs := net.Buffers{head[:], m}
+				_, err := bufs.WriteTo(c)
+				return err
+			})
+			if err != nil {
+				return
+			}
+			continue
+		}
 		if resp == nil {
 			t.bufs.Put(bp)
 			return

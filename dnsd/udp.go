@@ -133,7 +133,7 @@ func (c *connSocket) serve(s *Server) {
 		if seq&latencySample == 0 {
 			start = time.Now()
 		}
-		if resp := s.handler.Handle(in[:n], out, true); resp != nil {
+		if resp := s.handler.respond(in[:n], out, true, from.Addr().Unmap()); resp != nil {
 			if _, err := c.conn.WriteToUDPAddrPort(resp, from); err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -192,7 +193,7 @@ func (b *batchSocket) serve(s *Server) {
 				continue
 			}
 			query := in[i*readSize : i*readSize+int(msgs[i].Len)]
-			resp := s.handler.Handle(query, out[k*maxUDP:k*maxUDP:(k+1)*maxUDP], true)
+			resp := s.handler.respond(query, out[k*maxUDP:k*maxUDP:(k+1)*maxUDP], true, sockaddrAddr(&names[i]))
 			if resp == nil {
 				continue
 			}
@@ -207,6 +208,16 @@ func (b *batchSocket) serve(s *Server) {
 			s.m.latency[0].Observe(time.Since(start).Seconds())
 		}
 	}
+}
+
+// sockaddrAddr returns the address of a sockaddr recvmmsg filled in, IPv4
+// clients of a dual-stack socket as IPv4.
+func sockaddrAddr(sa *unix.RawSockaddrInet6) netip.Addr {
+	if sa.Family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrFrom4(sa4.Addr)
+	}
+	return netip.AddrFrom16(sa.Addr).Unmap()
 }
 
 // send writes the answers of msgs with as few sendmmsg calls as the

@@ -14,19 +14,31 @@ type zone struct {
 	built  time.Time
 	// origin is the zone in lower-case wire form.
 	origin []byte
+	// apex is the zone's own node (SOA, NS).
+	apex *node
 	// names maps a name's wire form relative to the zone (lower case,
-	// without the zone's labels: "" is the apex, "\x05pod-1\x04pods" a pod)
-	// to its node: the apex, name servers, pods and the empty non-terminals
-	// above them.
+	// without the zone's labels: "\x05pod-1\x04pods" is a pod) to its
+	// node: name servers, pods and the empty non-terminals above them. It
+	// is shared between zones while no pod changes.
 	names map[string]*node
-	// tenants maps a tenant's label to its pod's relative wire name, a key
-	// of names. It is shared between zones while the tenants do not change.
-	tenants map[string]string
+	// pods are the pods by name with what their nodes hold; shared
+	// between zones while no pod changes.
+	pods map[string]*podEntry
+	// tenants maps a tenant's label to its record; zones share all of it
+	// but the paths that changed.
+	tenants tenantTrie
+	// journal holds the changes that led to this zone from the serials
+	// before, oldest first, for IXFR (journal.go).
+	journal []*zoneDiff
 	// soa is the SOA record of negative answers, owned by the zone name
 	// written in full, with the negative TTL (RFC 2308 section 3).
 	soa *rrset
-	// tenantTTL is the TTL of tenant CNAME records.
-	tenantTTL uint32
+	// tenantTTL is the TTL of tenant CNAME records; negTTL that of
+	// negative answers' records.
+	tenantTTL, negTTL uint32
+	// sign signs the denials of names that do not exist; nil when the
+	// zone is not signed.
+	sign *signer
 }
 
 // node is a name of the zone with its record sets. An empty non-terminal

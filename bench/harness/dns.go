@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"time"
@@ -105,17 +106,23 @@ func (h *harness) dnsPhase(ctx context.Context) error {
 			s.stop()
 		}
 	}
-	return nil
+	return h.dnsVariants(ctx, dnsd)
 }
 
 // startDnsd runs dnsd on the server CPUs, reading prefix, and waits until
 // it answers the pod with 13 addresses.
 func (h *harness) startDnsd(ctx context.Context, name, prefix string) (*server, error) {
+	return h.startDnsdWith(ctx, name, prefix, 0, "")
+}
+
+// startDnsdWith is startDnsd with rate limiting at rrl a second (0: off)
+// and signing with the key in keyFile ("": unsigned).
+func (h *harness) startDnsdWith(ctx context.Context, name, prefix string, rrl int, keyFile string) (*server, error) {
 	addrs, err := freePortsAddrs(2)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := h.render("dnsd.yaml.tmpl", name+".yaml", map[string]any{"CPUs": h.cpus.ServerCount, "Prefix": prefix})
+	cfg, err := h.render("dnsd.yaml.tmpl", name+".yaml", map[string]any{"CPUs": h.cpus.ServerCount, "Prefix": prefix, "RRL": rrl, "KeyFile": keyFile})
 	if err != nil {
 		return nil, err
 	}
@@ -151,15 +158,24 @@ func (h *harness) dnsData(name, addr string) (map[string]any, error) {
 
 // startKnot runs knotd on the server CPUs.
 func (h *harness) startKnot(ctx context.Context) (*server, error) {
+	return h.startKnotAs(ctx, "knot", false)
+}
+
+// startKnotAs runs knotd as name, signing the zone itself when dnssec.
+func (h *harness) startKnotAs(ctx context.Context, name string, dnssec bool) (*server, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	data, err := h.dnsData("knot", addr)
+	data, err := h.dnsData(name, addr)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := h.render("knot.conf.tmpl", "knot.conf", data)
+	data["DNSSEC"] = dnssec
+	if err := mkdirAll(filepath.Join(data["Dir"].(string), "knot-db")); err != nil {
+		return nil, err
+	}
+	cfg, err := h.render("knot.conf.tmpl", name+".conf", data)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +183,7 @@ func (h *harness) startKnot(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := h.start("knot", h.cpus.Server, nil, bin, "-c", cfg)
+	p, err := h.start(name, h.cpus.Server, nil, bin, "-c", cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -277,6 +293,11 @@ func count(r *dns.Msg, rcode int, t uint16, want int) error {
 
 // measureDNS runs dnsperf against s for d.
 func (h *harness) measureDNS(ctx context.Context, s *server, d time.Duration) (DNSResult, error) {
+	return h.measureDNSWith(ctx, s, d, false)
+}
+
+// measureDNSWith is measureDNS, with the DO bit set in every query when do.
+func (h *harness) measureDNSWith(ctx context.Context, s *server, d time.Duration, do bool) (DNSResult, error) {
 	bin, err := LookTool("dnsperf")
 	if err != nil {
 		return DNSResult{}, err
@@ -288,11 +309,15 @@ func (h *harness) measureDNS(ctx context.Context, s *server, d time.Duration) (D
 	pgids := s.pgids()
 	before, start := cpuTicks(pgids...), time.Now()
 	var out bytes.Buffer
-	clientCPU, err := h.runClient(ctx, child.Spec{Name: "dnsperf", Stdout: &out, Bin: bin, Args: []string{
+	args := []string{
 		"-s", ip, "-p", port, "-d", h.path("queries.txt"),
 		"-l", strconv.FormatFloat(d.Seconds(), 'f', 3, 64), "-t", "1",
 		"-c", dnsperfClients, "-T", "1", "-q", dnsperfOutstanding,
-	}}, 0)
+	}
+	if do {
+		args = append(args, "-D")
+	}
+	clientCPU, err := h.runClient(ctx, child.Spec{Name: "dnsperf", Stdout: &out, Bin: bin, Args: args}, 0)
 	if err != nil {
 		return DNSResult{}, fmt.Errorf("dnsperf: %w: %s", err, out.String())
 	}

@@ -66,6 +66,16 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s's answers were not checked: %+v", sys, s)
 		}
 	}
+	variants := [][2]string{{"rrl", "dnsd"}, {"rrl", "dnsd+rrl"}}
+	if !skipped(opts, "knot") {
+		variants = append(variants, [2]string{"dnssec", "dnsd"}, [2]string{"dnssec", "knot"})
+	}
+	for _, v := range variants {
+		row := find(rep.DNS, func(r *harness.DNSRow) bool { return r.Workload == v[0] && r.System == v[1] })
+		if row == nil || row.Median().QPS <= 0 {
+			t.Errorf("dnsperf against %s (%s) measured nothing: %+v", v[1], v[0], row)
+		}
+	}
 	sc := rep.Scale
 	if sc == nil || sc.Tenants != opts.Tenants {
 		t.Fatalf("scale result %+v", sc)
@@ -84,7 +94,7 @@ func TestSmoke(t *testing.T) {
 
 	md := rep.Markdown()
 	for _, want := range []string{"#### Targets", "edge ≥ 0.9× bare fasthttp forwarder", "zero failed requests when a backend dies",
-		"#### HTTP", "edge/forwarder", "#### HTTP while a backend dies", "#### DNS", "#### Memory", "#### Scale"} {
+		"#### HTTP", "edge/forwarder", "#### HTTP while a backend dies", "#### DNS", "dnsd+rrl/dnsd", "#### Memory", "#### Scale"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}

@@ -514,6 +514,7 @@ func (r *Report) dnsTables(w writef) {
 			}
 		}
 	}
+	r.dnsVariantTables(w)
 	var bound []string
 	for _, row := range r.DNS {
 		if row.Workload == "mix" && row.Median().ClientCPU >= clientBound {
@@ -524,6 +525,26 @@ func (r *Report) dnsTables(w writef) {
 		r.clientBoundNote(w, bound, "query")
 	}
 	w("\n")
+}
+
+// dnsVariantTables renders the DNS phase's variants (dnsvariants.go), each
+// system beside what it is compared with, in the same rounds.
+func (r *Report) dnsVariantTables(w writef) {
+	for _, v := range []struct{ workload, text, sys, peer, label string }{
+		{rrlWorkload, "Response rate limiting on (`rrl.rate_limit` 262143: every answer is checked, none limited), beside dnsd without, in the same rounds", "dnsd+rrl", "dnsd", "dnsd+rrl/dnsd"},
+		{dnssecWorkload, "Signed, DO set in every query: dnsd (ECDSA P-256, signatures made when the zone changes, compact denial) beside Knot signing the same records itself (`dnssec-signing: on`, its default policy: ECDSA P-256, NSEC)", "dnsd", "knot", "dnsd/Knot"},
+	} {
+		a, b := r.dns(v.workload, v.sys), r.dns(v.workload, v.peer)
+		if a == nil || b == nil {
+			continue
+		}
+		w("\n%s. Median of %d rounds.\n\n| system | queries/s | lost | avg latency | CPU server / client | CPU/query |\n| --- | ---: | ---: | ---: | ---: | ---: |\n", v.text, r.Rounds)
+		for _, row := range []*DNSRow{a, b} {
+			m := row.Median()
+			w("| %s | %.0f | %d of %d | %s | %.2f / %.2f | %.1f µs |\n", row.System, m.QPS, m.Lost, m.Sent, ms(m.AvgLatency), m.ServerCPU, m.ClientCPU, row.CostUS())
+		}
+		w("| %s | %s | | | | %s |\n", v.label, dnsRatio(a, b, qps), dnsRatio(a, b, dnsCost))
+	}
 }
 
 func (r *Report) memoryTable(w writef) {
