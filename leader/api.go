@@ -35,6 +35,9 @@ type tenantJSON struct {
 	CNAME    string    `json:"cname"`
 	Domains  []string  `json:"domains"`
 	Created  time.Time `json:"created"`
+	// Limits are the tenant's own traffic limits, absent when it has none
+	// (the edges' default applies).
+	Limits *router.Limits `json:"limits,omitempty"`
 	// Placement explains a sign-up's placement, in its answer only.
 	Placement *Placement `json:"placement,omitempty"`
 }
@@ -57,6 +60,7 @@ func (s *Server) tenantJSON(t router.Tenant) tenantJSON {
 		CNAME:    t.Pod + ".pods." + s.zone,
 		Domains:  ds,
 		Created:  t.Created,
+		Limits:   t.Limits,
 	}
 }
 
@@ -89,6 +93,8 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("POST /v1/tenants/{name}/move", handleWrite(s, s.parseMove, s.move))
 	mux.Handle("PUT /v1/tenants/{name}/domains/{domain}", handleWrite(s, s.parseDomain, s.addDomain))
 	mux.Handle("DELETE /v1/tenants/{name}/domains/{domain}", handleWrite(s, s.parseDomain, s.removeDomain))
+	mux.Handle("PUT /v1/tenants/{name}/limits", handleWrite(s, s.parseLimits, s.setLimits))
+	mux.Handle("DELETE /v1/tenants/{name}/limits", handleWrite(s, s.parseClearLimits, s.setLimits))
 
 	mux.HandleFunc("/", unmatched(mux))
 	return s.instrument(mux)

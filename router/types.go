@@ -184,6 +184,17 @@ func decodeTenant(name string, raw []byte) (Tenant, error) {
 		}
 		t.Domains[i] = n
 	}
+	if l := t.Limits; l != nil {
+		// A limit that makes no sense is no limit: the tenant stays
+		// served, under the edges' default for that kind.
+		if math.IsNaN(l.RPS) || math.IsInf(l.RPS, 0) || l.RPS < 0 {
+			l.RPS = 0
+		}
+		l.Burst, l.Concurrency, l.ConnsPerIP = max(l.Burst, 0), max(l.Concurrency, 0), max(l.ConnsPerIP, 0)
+		if *l == (Limits{}) {
+			t.Limits = nil
+		}
+	}
 	return t, nil
 }
 
