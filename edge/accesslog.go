@@ -57,6 +57,9 @@ func (e *accessEntry) LogValue() slog.Value {
 	if x.attempts > 1 {
 		a = append(a, slog.Int("attempts", x.attempts))
 	}
+	if x.adm.refused != limitNone {
+		a = append(a, slog.String("limit", limitNames[x.adm.refused]))
+	}
 	if x.err != nil {
 		a = append(a, slog.String("error", x.err.Error()))
 	}
@@ -86,6 +89,9 @@ func (e *accessEntry) appendJSON(b []byte) []byte {
 	if x.attempts > 1 {
 		b = append(b, `,"attempts":`...)
 		b = strconv.AppendInt(b, int64(x.attempts), 10)
+	}
+	if x.adm.refused != limitNone {
+		b = appendJSONField(b, "limit", []byte(limitNames[x.adm.refused]))
 	}
 	if x.err != nil {
 		b = appendJSONField(b, "error", []byte(x.err.Error()))

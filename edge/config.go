@@ -63,6 +63,9 @@ type Config struct {
 	Timeouts       Timeouts `yaml:"timeouts"`
 	Limits         Limits   `yaml:"limits"`
 	Retries        Retries  `yaml:"retries"`
+	// TenantLimits is the default of the traffic limits of this pod's
+	// tenants that set none (docs/limits.md).
+	TenantLimits TenantLimits `yaml:"tenant_limits"`
 	// RetryAfter is the Retry-After a 503 carries.
 	RetryAfter time.Duration `yaml:"retry_after"`
 	AccessLog  AccessLog     `yaml:"access_log"`
@@ -268,8 +271,9 @@ func DefaultConfig() Config {
 			BudgetMinPerSecond: 10,
 			BudgetWindow:       10 * time.Second,
 		},
-		RetryAfter: 5 * time.Second,
-		AccessLog:  AccessLog{Enabled: true, BufferBytes: 64 << 10, FlushInterval: 200 * time.Millisecond},
+		TenantLimits: TenantLimits{QueueTimeout: 50 * time.Millisecond},
+		RetryAfter:   5 * time.Second,
+		AccessLog:    AccessLog{Enabled: true, BufferBytes: 64 << 10, FlushInterval: 200 * time.Millisecond},
 	}
 }
 
@@ -338,6 +342,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("trusted_proxies: %w", err)
 	}
 	if err := c.Timeouts.validate(); err != nil {
+		return err
+	}
+	if err := c.TenantLimits.validate(); err != nil {
 		return err
 	}
 	if err := c.Limits.validate(); err != nil {

@@ -93,6 +93,7 @@ func New(cfg Config, opts Options) (*Edge, error) {
 		Timeouts:       cfg.Timeouts,
 		Limits:         cfg.Limits,
 		Retries:        cfg.Retries,
+		TenantLimits:   cfg.TenantLimits,
 		TrustedProxies: trusted,
 		RetryAfter:     cfg.RetryAfter,
 		Metrics:        NewMetrics(e.reg),
@@ -270,10 +271,10 @@ func (e *Edge) Run(ctx context.Context) error {
 		e.loops.run()
 		serve("http", func() error { return e.server.Serve(e.loops.Handoff()) })
 	} else {
-		serve("http", func() error { return e.server.Serve(e.httpLn) })
+		serve("http", func() error { return e.server.Serve(trackListener{e.httpLn}) })
 	}
 	if e.httpsLn != nil {
-		serve("https", func() error { return e.server.Serve(tls.NewListener(e.httpsLn, e.opts.TLSConfig)) })
+		serve("https", func() error { return e.server.Serve(tls.NewListener(trackListener{e.httpsLn}, e.opts.TLSConfig)) })
 	}
 	e.log.Info("edge serving", "pod", e.cfg.Pod, "http", e.httpAddr.String(), "engine", e.cfg.Engine, "admin", e.adminLn.Addr().String(),
 		"service_id", e.member.ID(), "public_ip", e.cfg.PublicIP)

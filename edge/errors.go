@@ -139,6 +139,10 @@ func statusFor(err error) int {
 		return ce.status
 	}
 	switch {
+	case err == errRateLimited, err == errConnsLimited:
+		return fasthttp.StatusTooManyRequests
+	case err == errConcurrencyLimited:
+		return fasthttp.StatusServiceUnavailable
 	case errors.Is(err, errUnknownHost):
 		return fasthttp.StatusNotFound
 	case errors.Is(err, errNoEndpoint), errors.Is(err, errNoFreeConns):
@@ -155,6 +159,8 @@ func reason(status int, err error) string {
 	switch {
 	case errors.Is(err, errLoop):
 		return "bad gateway: forwarding loop\n"
+	case err == errConcurrencyLimited:
+		return "service unavailable: too many requests in flight for this site\n"
 	}
 	switch status {
 	case fasthttp.StatusBadRequest:
@@ -169,6 +175,8 @@ func reason(status int, err error) string {
 		return "request body too large\n"
 	case fasthttp.StatusRequestHeaderFieldsTooLarge:
 		return "request header too large\n"
+	case fasthttp.StatusTooManyRequests:
+		return "too many requests\n"
 	case fasthttp.StatusServiceUnavailable:
 		return "service unavailable: no healthy upstream\n"
 	case fasthttp.StatusGatewayTimeout:

@@ -27,6 +27,15 @@ type exchange struct {
 	upgrade bool   // the request asks for a protocol upgrade
 	client  net.Conn
 	peer    netip.Addr
+	// conn is the client connection's place in tenants' connection
+	// counts; nil when its connection has none.
+	conn *connLimit
+	adm  admission
+	// waiter, ready and queueTimer are a goroutine's wait for a
+	// concurrency slot (the loops wait with their own waiter).
+	waiter     router.Waiter
+	ready      chan struct{}
+	queueTimer *time.Timer
 
 	// respKeys is the headerBit set of the endpoint's response when the
 	// loop read it off the head (respKeysRead); otherwise it is listed.
@@ -56,7 +65,7 @@ type exchange struct {
 	// Copies of the request for the access log, which may be written after
 	// the handler returned.
 	host, method, uri, clientIP []byte
-	attrs                       [12]slog.Attr
+	attrs                       [13]slog.Attr
 
 	body   reqBody
 	stream respStream
@@ -68,7 +77,13 @@ type exchange struct {
 func (p *Proxy) acquireExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x, _ := p.exchanges.Get().(*exchange)
 	if x == nil {
-		x = &exchange{p: p}
+		x = &exchange{p: p, ready: make(chan struct{}, 1)}
+		x.waiter.Wake = func() {
+			select {
+			case x.ready <- struct{}{}:
+			default:
+			}
+		}
 	}
 	x.refs.Store(1)
 	x.start = ctx.Time()
@@ -175,13 +190,14 @@ func (x *exchange) done() {
 	if p.access != nil {
 		p.access.log(x, end)
 	}
+	x.endAdmission()
 	x.reset()
 	p.exchanges.Put(x)
 }
 
 // reset clears x for its next request, keeping its buffers.
 func (x *exchange) reset() {
-	x.pod, x.found, x.hasBody, x.upgrade, x.client, x.peer = nil, 0, false, false, nil, netip.Addr{}
+	x.pod, x.found, x.hasBody, x.upgrade, x.client, x.peer, x.conn = nil, 0, false, false, nil, netip.Addr{}, nil
 	x.respKeys, x.respKeysRead = 0, false
 	x.member, x.up, x.upStats, x.upStatus, x.upstreamAddr, x.attempts = nil, nil, nil, 0, "", 0
 	x.tried, x.lastErr = 0, nil

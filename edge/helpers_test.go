@@ -141,6 +141,8 @@ func serveLoops(t testing.TB, p *Proxy, loops *loopServer, st router.State) *har
 		ln = loops.Handoff()
 	} else if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
+	} else {
+		ln = trackListener{ln} // as the edge serves its listeners
 	}
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ln); close(done) }()

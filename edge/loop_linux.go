@@ -333,6 +333,7 @@ const (
 	clientIdle     clientState = iota // between requests
 	clientHead                        // a request's head has begun to arrive
 	clientBody                        // its head is whole, its body arriving
+	clientQueued                      // a request waits for its tenant's concurrency slot
 	clientExchange                    // a request is with an endpoint
 	clientSending                     // its response is going out
 )
@@ -497,7 +498,14 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	x, v := p.begin(ctx)
 	ex.x = x
+	x.conn, x.adm.w = &c.addrs.limit, &ex.waiter
 	pool, err := p.route(ctx, x, v, found)
+	if err == errSlotWait {
+		ex.pool = pool
+		c.state = clientQueued
+		l.ev.Schedule(c.timer, p.queueTimeout)
+		return false
+	}
 	if err == nil && x.upgrade {
 		err = errUpgradeOnLoop // handed off above; never here
 	}
@@ -509,6 +517,23 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	ex.pool = pool
 	l.nextAttempt(ex)
 	return c.ex == nil
+}
+
+// slotFreed is the wake of a request waiting for its tenant's concurrency
+// slot: it goes to an endpoint if it gets one now. A wake may come late,
+// for an exchange that waits no more; it is ignored.
+func (l *edgeLoop) slotFreed(ex *loopExchange) {
+	c := ex.c
+	if c == nil || c.closed || c.ex != ex || c.state != clientQueued || ex.x == nil {
+		return
+	}
+	if !ex.x.adm.slotTaken() {
+		return
+	}
+	c.state = clientExchange
+	l.ev.Cancel(c.timer)
+	l.p.budget.request(l.ev.Now())
+	l.nextAttempt(ex)
 }
 
 var (
@@ -728,6 +753,12 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 // not arrive gets 408, anything else is closed.
 func (c *clientConn) timedOut() {
 	l := c.l
+	if c.state == clientQueued {
+		ex := c.ex
+		c.state = clientExchange
+		l.finish(ex, l.p.giveUp(ex.x))
+		return
+	}
 	if (c.state == clientHead || c.state == clientBody) && c.ex == nil && len(c.out) == 0 {
 		l.refuse(c, fasthttp.StatusRequestTimeout, os.ErrDeadlineExceeded)
 		return
@@ -744,6 +775,7 @@ func (l *edgeLoop) dropClient(c *clientConn) {
 	c.closed = true
 	l.ev.Drop(c.fd, c.timer)
 	l.s.closed()
+	c.addrs.limit.release()
 	l.giveBack(c.in)
 	l.giveBack(c.out)
 	c.in, c.out = nil, nil
@@ -782,6 +814,7 @@ func (l *edgeLoop) handOff(c *clientConn) {
 	l.s.closed()
 	l.p.metrics.handoffs.Inc()
 	if err := l.ev.Detach(c.fd); err != nil {
+		c.addrs.limit.release()
 		unix.Close(c.fd)
 		l.s.log.Warn("could not hand a connection over; closed it", "error", err.Error())
 		return
@@ -790,10 +823,13 @@ func (l *edgeLoop) handOff(c *clientConn) {
 	nc, err := net.FileConn(f) // a duplicate of the descriptor, on Go's poller
 	f.Close()
 	if err != nil {
+		c.addrs.limit.release()
 		l.s.log.Warn("could not hand a connection over; closed it", "error", err.Error())
 		return
 	}
-	l.s.handoff.push(&prefixedConn{Conn: nc, prefix: append([]byte(nil), c.in...)})
+	tc := &trackedConn{Conn: &prefixedConn{Conn: nc, prefix: append([]byte(nil), c.in...)}}
+	c.addrs.limit.moveTo(&tc.limit)
+	l.s.handoff.push(tc)
 	l.giveBack(c.in)
 	c.in = nil
 }
@@ -818,7 +854,10 @@ func (c *prefixedConn) Read(b []byte) (int, error) {
 // writes through it.
 type connAddrs struct {
 	local, remote *net.TCPAddr
+	limit         connLimit
 }
+
+func (a *connAddrs) connLimit() *connLimit { return &a.limit }
 
 func (a *connAddrs) Read([]byte) (int, error)         { return 0, errNotAConn }
 func (a *connAddrs) Write([]byte) (int, error)        { return 0, errNotAConn }
@@ -835,6 +874,11 @@ var errNotAConn = errors.New("the event loop owns this connection")
 type loopExchange struct {
 	ctx fasthttp.RequestCtx
 	exchangeState
+	// waiter is the exchange's wait for a concurrency slot; its Wake,
+	// called from any goroutine, posts resume to the loop. Both are made
+	// once with the exchange.
+	waiter router.Waiter
+	resume func()
 }
 
 // exchangeState is what a loopExchange clears for its next request.
@@ -873,6 +917,8 @@ func (l *edgeLoop) acquire(c *clientConn) *loopExchange {
 	} else {
 		ex = &loopExchange{}
 		ex.ctx.Response.Header.SetNoDefaultContentType(true)
+		ex.resume = func() { l.slotFreed(ex) }
+		ex.waiter.Wake = func() { l.ev.Post(ex.resume) }
 	}
 	ex.c = c
 	ex.ctx.Init2(&c.addrs, l.s.fastLog, false)

@@ -33,6 +33,8 @@ type Metrics struct {
 	loopConns       prometheus.Gauge
 	handoffs        prometheus.Counter
 	acceptPauses    prometheus.Counter
+	limitRefusals   [len(limitNames)]prometheus.Counter
+	offenders       *offenders
 }
 
 // codeClasses are the values of the code label, indexed by status/100.
@@ -100,6 +102,15 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Help: "Times an event loop stopped accepting for 100 ms because accept(2) failed (out of descriptors or memory).",
 		}),
 	}
+	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edge_limit_refusals_total",
+		Help: "Requests refused by their tenant's limits, by limit: rate (429), concurrency (503 after the queue), conns_per_ip (429 and close).",
+	}, []string{"limit"})
+	for k, name := range limitNames[1:] {
+		m.limitRefusals[k+1] = refusals.WithLabelValues(name)
+	}
+	m.offenders = newOffenders()
+	reg.MustRegister(refusals, m.offenders)
 	reg.MustRegister(m.requests, m.duration, m.inflight, m.upRequests, m.upErrors, m.ejections,
 		m.retries, m.budgetExhausted, m.tunnels, m.serverErrors, m.loopConns, m.handoffs, m.acceptPauses,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

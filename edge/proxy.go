@@ -41,6 +41,10 @@ type Proxy struct {
 	// trusted too, so that a request forwarded from another pod keeps its
 	// client's address. Nil trusts no one else.
 	TrustedProxies []netip.Prefix
+	// TenantLimits is the default of the tenants' traffic limits, for
+	// tenants that set none; its QueueTimeout applies to all. The zero
+	// value limits no one and queues for DefaultConfig's time.
+	TenantLimits TenantLimits
 	// RetryAfter is the Retry-After of a 503. Zero means 5s.
 	RetryAfter time.Duration
 	// Metrics receives the request metrics. Nil keeps them in a private
@@ -76,6 +80,11 @@ type Proxy struct {
 	exchanges  sync.Pool
 	copyBufs   sync.Pool // *[]byte of 32 KiB, for streamed bodies
 	tunnels    tunnelSet
+	// tenantDefault is TenantLimits' limits; nil when it sets none.
+	tenantDefault *router.Limits
+	queueTimeout  time.Duration
+	// epoch is the origin of the rate limiters' clock.
+	epoch time.Time
 }
 
 // view is a snapshot with what the proxy derives from it once per publish.
@@ -121,6 +130,14 @@ func (p *Proxy) setup() {
 	}
 	fill(&p.Retries.BudgetWindow, d.Retries.BudgetWindow)
 	fill(&p.RetryAfter, d.RetryAfter)
+	if l := p.TenantLimits.limits(); l != (router.Limits{}) {
+		p.tenantDefault = &l
+	}
+	p.queueTimeout = p.TenantLimits.QueueTimeout
+	if p.TenantLimits == (TenantLimits{}) {
+		p.queueTimeout = d.TenantLimits.QueueTimeout
+	}
+	p.epoch = time.Now()
 	p.retryAfter = strconv.AppendInt(nil, int64((p.RetryAfter+time.Second-1)/time.Second), 10)
 	p.metrics = p.Metrics
 	if p.metrics == nil {
@@ -251,7 +268,12 @@ func (p *Proxy) end(ctx *fasthttp.RequestCtx, x *exchange, err error) (failed bo
 
 // serve routes and forwards the request; an error goes down the error path.
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx, x *exchange, v *view) error {
+	x.conn = connLimitOf(ctx.Conn())
+	x.adm.w = &x.waiter
 	pool, err := p.route(ctx, x, v, requestKeys(&ctx.Request.Header))
+	if err == errSlotWait {
+		err = p.awaitSlot(x)
+	}
 	if err != nil {
 		return err
 	}
@@ -310,6 +332,12 @@ func (p *Proxy) route(ctx *fasthttp.RequestCtx, x *exchange, v *view, found uint
 	}
 	if err := p.prepareRequest(ctx, x, v, local); err != nil {
 		return nil, err
+	}
+	if local {
+		// A wait for a concurrency slot returns the pool with errSlotWait.
+		if err := p.admit(x, v, route); err != nil {
+			return pool, err
+		}
 	}
 	return pool, nil
 }
@@ -432,7 +460,10 @@ func (p *Proxy) fail(ctx *fasthttp.RequestCtx, x *exchange, err error) {
 	if len(x.reqID) > 0 {
 		ctx.Response.Header.SetCanonical(keyXRequestID, x.reqID)
 	}
-	if p.draining.Load() || status == fasthttp.StatusRequestEntityTooLarge || status == fasthttp.StatusRequestTimeout {
+	if x.adm.refused != limitNone {
+		setRetryAfter(ctx, x.adm.retryAfter)
+	}
+	if p.draining.Load() || x.adm.refused == limitConns || status == fasthttp.StatusRequestEntityTooLarge || status == fasthttp.StatusRequestTimeout {
 		ctx.Response.Header.SetConnectionClose()
 	}
 	if status >= 500 && p.log.Enabled(context.Background(), slog.LevelDebug) {

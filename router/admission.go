@@ -241,5 +241,8 @@ func (s *TenantState) CloseConn(addr netip.Addr) {
 	}
 }
 
+// Waiting is the requests waiting for a concurrency slot.
+func (s *TenantState) Waiting() int64 { return s.waiting.Load() }
+
 // Inflight is the requests admitted and not done.
 func (s *TenantState) Inflight() int64 { return s.inflight.Load() }
