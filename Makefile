@@ -41,10 +41,11 @@ test: vet
 	EDGE_TEST_ENGINE=fasthttp PATH="$$(dirname $$consul):$$PATH" $(GO) test -race -count=1 -timeout 20m ./edge
 
 # Side-by-side load tests against nginx, HAProxy, Knot and NSD (bench/README.md);
-# about 20 minutes. Not part of `make test`.
+# about 20 minutes. Not part of `make test`. The report goes to
+# bench/results/<YYYY-MM-DD-HHMM>.md and bench/RESULTS.md.
 bench: build
 	@consul=$$(scripts/consul.sh) || exit 1; \
-	$(BIN)/bench -bin $(BIN) -consul-bin "$$consul" -readme bench/README.md
+	$(BIN)/bench -bin $(BIN) -consul-bin "$$consul" -results bench
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

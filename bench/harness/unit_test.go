@@ -192,20 +192,59 @@ func TestPairedRatios(t *testing.T) {
 	}
 }
 
-func TestUpdateReadme(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "README.md")
-	os.WriteFile(path, []byte("# bench\nintro\n"+readmeBegin+"\nold table\n"+readmeEnd+"\noutro\n"), 0o644)
-	if err := UpdateReadme(path, "new table\n"); err != nil {
+func TestSaveResults(t *testing.T) {
+	dir := t.TempDir()
+	started := time.Date(2026, 11, 27, 1, 0, 30, 0, time.FixedZone("CET", 3600))
+	if got := ResultsName(started); got != "2026-11-27-0000.md" {
+		t.Fatalf("ResultsName = %q, want the UTC minute", got)
+	}
+	read := func(p string) string {
+		t.Helper()
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(raw)
+	}
+	path, err := SaveResults(dir, started, "### Run of 2026-11-27 00:00 UTC\nfirst table\n")
+	if err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := os.ReadFile(path)
-	want := "# bench\nintro\n" + readmeBegin + "\nnew table\n" + readmeEnd + "\noutro\n"
-	if string(raw) != want {
-		t.Fatalf("README is\n%s\nwant\n%s", raw, want)
+	if want := filepath.Join(dir, "results", "2026-11-27-0000.md"); path != want {
+		t.Fatalf("dated file %s, want %s", path, want)
 	}
-	os.WriteFile(path, []byte("no markers\n"), 0o644)
-	if err := UpdateReadme(path, "x"); err == nil || !strings.Contains(err.Error(), "marker") {
-		t.Fatalf("error %v, want one naming the marker", err)
+	if got := read(path); !strings.HasPrefix(got, "# bench: the run of 2026-11-27 00:00 UTC\n") || !strings.HasSuffix(got, "\nfirst table\n") {
+		t.Fatalf("dated file is\n%s", got)
+	}
+	latest := read(filepath.Join(dir, "RESULTS.md"))
+	if !strings.Contains(latest, "[results/2026-11-27-0000.md](results/2026-11-27-0000.md)") || !strings.HasSuffix(latest, "\nfirst table\n") {
+		t.Fatalf("RESULTS.md is\n%s", latest)
+	}
+
+	// A second run in the same minute keeps the first one's file.
+	path2, err := SaveResults(dir, started, "second table\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "results", "2026-11-27-0000-2.md"); path2 != want {
+		t.Fatalf("second dated file %s, want %s", path2, want)
+	}
+	if !strings.HasSuffix(read(path), "first table\n") || !strings.HasSuffix(read(path2), "second table\n") {
+		t.Fatal("the second run overwrote the first one's file")
+	}
+	latest = read(filepath.Join(dir, "RESULTS.md"))
+	if !strings.Contains(latest, "(results/2026-11-27-0000-2.md)") || strings.Contains(latest, "first table") {
+		t.Fatalf("RESULTS.md is not the latest run:\n%s", latest)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".RESULTS.md.*")); len(left) > 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+
+	// A folder that cannot be made names the problem.
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o644)
+	if _, err := SaveResults(file, started, "x"); err == nil || !strings.HasPrefix(err.Error(), "results: ") {
+		t.Fatalf("error %v, want one about the results", err)
 	}
 }
 

@@ -1,12 +1,13 @@
 // Command bench runs podedge's side-by-side load tests (see bench/README.md):
 //
 //	make bench
-//	bin/bench -bin bin -consul-bin $(scripts/consul.sh) [-rounds 3] [-duration 10s] [-readme bench/README.md]
+//	bin/bench -bin bin -consul-bin $(scripts/consul.sh) [-rounds 3] [-duration 10s] [-results bench]
 //
 // It installs the missing Debian packages when run as root (and otherwise
 // says which command to run), starts every process on free loopback ports,
 // prints progress on standard error and the Markdown report on standard
-// output. Ctrl-C stops every process it started; a second Ctrl-C exits at
+// output; with -results it keeps the report as a dated file under
+// DIR/results/ and as DIR/RESULTS.md, the latest run. Ctrl-C stops every process it started; a second Ctrl-C exits at
 // once (the children die with it).
 package main
 
@@ -17,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -42,7 +44,8 @@ func main() {
 	fs.BoolVar(&opts.Quick, "quick", false, "smoke run: fewer KV changes timed, shorter lookup benchmark (use with short durations)")
 	fs.StringVar(&opts.Apps, "apps", harness.AppsWithServer, "where the two app servers run: `server` (on the server CPUs, with the proxy) or client (with the load generator, leaving the server CPUs to the proxy)")
 	only := fs.String("only", "", "comma-separated `phases` to run ("+strings.Join(harness.Phases(), ", ")+"); default all")
-	readme := fs.String("readme", "", "replace the results in this README (between its bench:results markers)")
+	results := fs.String("results", "", "keep the report in `folder`/results/<YYYY-MM-DD-HHMM>.md and as folder/RESULTS.md, the latest run")
+	readme := fs.String("readme", "", "deprecated: the same as -results with the `file`'s folder (the README itself is left alone)")
 	out := fs.String("out", "", "also write the report to this `file`")
 	install := fs.Bool("install", true, "install missing Debian packages with apt-get when running as root")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -59,14 +62,23 @@ func main() {
 	if fs.NArg() > 0 {
 		config.Exit(prog, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
+	if *readme != "" {
+		if *results != "" {
+			config.Exit(prog, errors.New("-readme: give -results alone"))
+		}
+		// -readme FILE once replaced a section of FILE; the results now
+		// live beside it.
+		*results = filepath.Dir(*readme)
+		fmt.Fprintf(os.Stderr, "%s: -readme is deprecated; writing the results as -results %s does\n", prog, *results)
+	}
 	if *only != "" {
 		opts.Phases = strings.Split(*only, ",")
-		if *readme != "" {
-			config.Exit(prog, errors.New("-readme with -only would replace the full results with part of them"))
+		if *results != "" {
+			config.Exit(prog, errors.New("-results with -only would make part of a run the latest results: write this one with -out"))
 		}
 	}
-	if *readme != "" && opts.Apps != harness.AppsWithServer {
-		config.Exit(prog, errors.New("-readme holds the results of the default placement: write this one with -out"))
+	if *results != "" && opts.Apps != harness.AppsWithServer {
+		config.Exit(prog, errors.New("-results holds the results of the default placement: write this one with -out"))
 	}
 	if opts.Consul == "" {
 		p, err := harness.LookTool("consul")
@@ -107,11 +119,13 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	if *readme != "" {
-		if err := harness.UpdateReadme(*readme, md); err != nil {
+	if *results != "" {
+		path, err := harness.SaveResults(*results, rep.Started, md)
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
 			os.Exit(1)
 		}
+		fmt.Fprintf(os.Stderr, "%s: results in %s and %s\n", prog, path, filepath.Join(*results, harness.LatestFile))
 	}
 }
 
