@@ -89,6 +89,18 @@ func BenchmarkProxy(b *testing.B) {
 	benchProxy(b, &Proxy{}, nil)
 }
 
+// generousLimits rate-limits and caps every tenant, never refusing: the
+// admission's cost, on a request that passes.
+func generousLimits() TenantLimits {
+	return TenantLimits{RPS: 1e9, Burst: 1 << 30, Concurrency: 1 << 30, QueueTimeout: 50 * time.Millisecond}
+}
+
+// BenchmarkProxyTenantLimits adds the tenant's rate and concurrency
+// limits: they must not allocate either.
+func BenchmarkProxyTenantLimits(b *testing.B) {
+	benchProxy(b, &Proxy{TenantLimits: generousLimits()}, nil)
+}
+
 // BenchmarkProxyAccessLog adds the JSON access log (to io.Discard).
 func BenchmarkProxyAccessLog(b *testing.B) {
 	benchProxy(b, &Proxy{AccessLog: NewAccessLogHandler(io.Discard)}, nil)

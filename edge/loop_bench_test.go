@@ -111,6 +111,9 @@ func readOneResponse(conn net.Conn, buf []byte) ([]byte, error) {
 // access log: it must not allocate.
 func BenchmarkLoop(b *testing.B) { benchLoop(b, &Proxy{}) }
 
+// BenchmarkLoopTenantLimits adds the tenant's rate and concurrency limits.
+func BenchmarkLoopTenantLimits(b *testing.B) { benchLoop(b, &Proxy{TenantLimits: generousLimits()}) }
+
 // BenchmarkLoopAccessLog adds the JSON access log (to io.Discard).
 func BenchmarkLoopAccessLog(b *testing.B) {
 	benchLoop(b, &Proxy{AccessLog: NewAccessLogHandler(io.Discard)})

@@ -26,6 +26,11 @@ type Workload struct {
 	// NewConn opens a connection for every request (the Go load
 	// generator; wrk cannot).
 	NewConn bool
+	// Host, if set, is the Host of the requests instead of the bench's
+	// tenant; Rate, if set, paces them (requests per second). Both need
+	// the Go load generator.
+	Host string
+	Rate float64
 }
 
 // Workloads are the four HTTP workloads of the bench; the first is the one
@@ -253,8 +258,15 @@ func (h *harness) loadgen(ctx context.Context, s *server, w Workload, d time.Dur
 	if len(addrs) == 0 {
 		addrs = []string{s.addr}
 	}
-	args := []string{"-addrs", strings.Join(addrs, ","), "-host", host, "-path", w.Path,
+	hostname := host
+	if w.Host != "" {
+		hostname = w.Host
+	}
+	args := []string{"-addrs", strings.Join(addrs, ","), "-host", hostname, "-path", w.Path,
 		"-conns", strconv.Itoa(w.Conns), "-duration", d.String()}
+	if w.Rate > 0 {
+		args = append(args, "-rate", strconv.FormatFloat(w.Rate, 'f', -1, 64))
+	}
 	if w.NewConn {
 		args = append(args, "-new-conn")
 	}

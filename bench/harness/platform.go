@@ -105,11 +105,16 @@ func (h *harness) waitBackends(ctx context.Context) error {
 // probe fetches path from addr with the bench's Host and returns the status
 // and the X-App-Server that answered.
 func probe(client *http.Client, addr, path string) (int, string, error) {
+	return probeHost(client, addr, host, path)
+}
+
+// probeHost is probe for another tenant's host.
+func probeHost(client *http.Client, addr, hostname, path string) (int, string, error) {
 	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
 		return 0, "", err
 	}
-	req.Host = host
+	req.Host = hostname
 	resp, err := client.Do(req)
 	if err != nil {
 		return 0, "", err

@@ -32,6 +32,8 @@ type Report struct {
 	Memory   []MemoryRow
 	DNSSizes []DNSSizes
 	Scale    *ScaleResult
+	// Isolation holds the rounds of the tenant isolation phase.
+	Isolation []IsolationResult
 }
 
 // HTTPRow is one system on one workload, every round.
@@ -249,6 +251,7 @@ func (r *Report) Markdown() string {
 	r.targets(w)
 	r.httpTables(w)
 	r.failureTable(w)
+	r.isolationTable(w)
 	r.dnsTables(w)
 	r.memoryTable(w)
 	r.scaleTables(w)

@@ -40,6 +40,12 @@ type Config struct {
 	NewConnPerRequest bool
 	// Timeout bounds each request, connecting included. Zero means 5s.
 	Timeout time.Duration
+	// Rate, if positive, paces the requests: Rate per second across all
+	// connections, each connection sending on its own schedule (an open
+	// loop while the server keeps up; a connection that falls behind
+	// sends at once and does not catch up). Zero sends as fast as the
+	// server answers.
+	Rate float64
 	// Started, if set, is called once every connection's loop is running.
 	Started func()
 }
@@ -89,7 +95,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		if cfg.NewConnPerRequest {
 			req += "Connection: close\r\n"
 		}
-		workers[i] = &worker{
+		w := &worker{
 			addr:     addr,
 			req:      []byte(req + "\r\n"),
 			fresh:    cfg.NewConnPerRequest,
@@ -97,6 +103,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			lat:      make([]time.Duration, 0, 1<<14),
 			failures: map[string]int64{},
 		}
+		if cfg.Rate > 0 {
+			w.interval = time.Duration(float64(cfg.Conns) / cfg.Rate * float64(time.Second))
+			// Connections start spread over one interval.
+			w.offset = w.interval * time.Duration(i) / time.Duration(cfg.Conns)
+		}
+		workers[i] = w
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
@@ -141,11 +153,31 @@ type worker struct {
 	br       *bufio.Reader
 	lat      []time.Duration
 	failures map[string]int64
+	// interval paces a run with a Rate; offset is this connection's
+	// place in it.
+	interval, offset time.Duration
 }
 
 func (w *worker) run(ctx context.Context) {
 	defer w.drop(false)
+	next := time.Now().Add(w.offset)
 	for ctx.Err() == nil {
+		if w.interval > 0 {
+			if wait := time.Until(next); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
+			// Behind by more than an interval: no catching up in a burst.
+			next = next.Add(w.interval)
+			if floor := time.Now().Add(-w.interval); next.Before(floor) {
+				next = floor
+			}
+		}
 		start := time.Now()
 		status, err := w.do(ctx, start)
 		switch {

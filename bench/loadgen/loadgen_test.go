@@ -184,3 +184,16 @@ func TestReadResponse(t *testing.T) {
 		})
 	}
 }
+
+func TestRatePacesRequests(t *testing.T) {
+	addr, _ := startBackend(t)
+	res, err := Run(context.Background(), Config{Addrs: []string{addr}, Path: "/bytes/64", Conns: 4, Rate: 200, Duration: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 200 a second for a second; unpaced, a backend on loopback answers
+	// thousands.
+	if res.Requests < 150 || res.Requests > 210 || res.Failed != 0 {
+		t.Fatalf("%d requests (%d failed) at 200/s over 1s, want about 200", res.Requests, res.Failed)
+	}
+}

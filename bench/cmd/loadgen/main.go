@@ -1,7 +1,7 @@
 // Command loadgen is the bench's HTTP/1.1 load generator (see
 // bench/loadgen):
 //
-//	loadgen -addrs 127.0.0.1:8080 -host acme.example.test -path /bytes/64 -conns 64 -duration 10s [-new-conn]
+//	loadgen -addrs 127.0.0.1:8080 -host acme.example.test -path /bytes/64 -conns 64 -duration 10s [-new-conn] [-rate N]
 //
 // It prints "started" on standard error once every connection runs, then
 // the result as one JSON object on standard output.
@@ -33,6 +33,7 @@ func main() {
 	duration := fs.Duration("duration", 10*time.Second, "how long to send requests")
 	newConn := fs.Bool("new-conn", false, "open a new connection for every request")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound on each request")
+	rate := fs.Float64("rate", 0, "requests per `second` across connections, paced; 0: as fast as answered")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -48,6 +49,8 @@ func main() {
 		config.Exit(prog, fmt.Errorf("-conns: must be positive, got %d", *conns))
 	case *duration <= 0:
 		config.Exit(prog, fmt.Errorf("-duration: must be positive, got %s", *duration))
+	case *rate < 0:
+		config.Exit(prog, fmt.Errorf("-rate: must not be negative, got %v", *rate))
 	case *timeout <= 0:
 		config.Exit(prog, fmt.Errorf("-timeout: must be positive, got %s", *timeout))
 	}
@@ -55,7 +58,7 @@ func main() {
 	defer stop()
 	res, err := loadgen.Run(ctx, loadgen.Config{
 		Addrs: strings.Split(*addrs, ","), Host: *host, Path: *path, Conns: *conns,
-		Duration: *duration, NewConnPerRequest: *newConn, Timeout: *timeout,
+		Duration: *duration, NewConnPerRequest: *newConn, Timeout: *timeout, Rate: *rate,
 		Started: func() { fmt.Fprintln(os.Stderr, "started") },
 	})
 	if err != nil {
