@@ -36,9 +36,7 @@ vet:
 test: vet
 	@consul=$$(scripts/consul.sh) || exit 1; \
 	echo "using consul at $$consul"; \
-	PATH="$$(dirname $$consul):$$PATH" $(GO) test -race -count=1 -timeout 20m ./... && \
-	echo "edge tests again on the fasthttp engine" && \
-	EDGE_TEST_ENGINE=fasthttp PATH="$$(dirname $$consul):$$PATH" $(GO) test -race -count=1 -timeout 20m ./edge
+	PATH="$$(dirname $$consul):$$PATH" $(GO) test -race -count=1 -timeout 20m ./...
 
 # Side-by-side load tests against nginx, HAProxy, Knot and NSD (bench/README.md);
 # about 20 minutes. Not part of `make test`. The report goes to

@@ -12,35 +12,37 @@ import (
 )
 
 func TestAccessLogLine(t *testing.T) {
-	// The line is written on the goroutine serving the request.
-	var out lockedBuffer
-	a := newBackend(t, "a", nil)
-	p := &Proxy{AccessLog: NewAccessLogHandler(&out)}
-	h := newHarness(t, p, onePod(a))
-	code, hdr, _ := do(t, client(t), "GET", h.addr, "acme.example.test", "/page?q=1", nil, nil)
-	if code != 200 {
-		t.Fatalf("status %d", code)
-	}
-	var line map[string]any
-	if err := json.Unmarshal(bytes.TrimSpace([]byte(out.String())), &line); err != nil {
-		t.Fatalf("access log %q: %v", out.String(), err)
-	}
-	want := map[string]any{
-		"level": "INFO", "msg": "access", "host": "acme.example.test", "method": "GET", "path": "/page?q=1",
-		"status": 200.0, "bytes": 1.0, "client_ip": "127.0.0.1", "request_id": hdr.Get("X-Request-Id"),
-		"pod": "pod-1", "upstream": a.addr(),
-	}
-	for k, v := range want {
-		if line[k] != v {
-			t.Errorf("%s: got %v, want %v", k, line[k], v)
+	forEngines(t, func(t *testing.T, engine string) {
+		// The line is written on the goroutine serving the request.
+		var out lockedBuffer
+		a := newBackend(t, "a", nil)
+		p := &Proxy{AccessLog: NewAccessLogHandler(&out)}
+		h := newHarnessOn(t, engine, p, onePod(a))
+		code, hdr, _ := do(t, client(t), "GET", h.addr, "acme.example.test", "/page?q=1", nil, nil)
+		if code != 200 {
+			t.Fatalf("status %d", code)
 		}
-	}
-	if _, ok := line["duration_us"].(float64); !ok {
-		t.Errorf("no duration_us in %v", line)
-	}
-	if _, err := time.Parse(time.RFC3339Nano, line["time"].(string)); err != nil {
-		t.Errorf("time %v: %v", line["time"], err)
-	}
+		var line map[string]any
+		if err := json.Unmarshal(bytes.TrimSpace([]byte(out.String())), &line); err != nil {
+			t.Fatalf("access log %q: %v", out.String(), err)
+		}
+		want := map[string]any{
+			"level": "INFO", "msg": "access", "host": "acme.example.test", "method": "GET", "path": "/page?q=1",
+			"status": 200.0, "bytes": 1.0, "client_ip": "127.0.0.1", "request_id": hdr.Get("X-Request-Id"),
+			"pod": "pod-1", "upstream": a.addr(),
+		}
+		for k, v := range want {
+			if line[k] != v {
+				t.Errorf("%s: got %v, want %v", k, line[k], v)
+			}
+		}
+		if _, ok := line["duration_us"].(float64); !ok {
+			t.Errorf("no duration_us in %v", line)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, line["time"].(string)); err != nil {
+			t.Errorf("time %v: %v", line["time"], err)
+		}
+	})
 }
 
 // The fast path writes what slog's own JSON handler writes, escaping

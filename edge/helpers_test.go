@@ -103,12 +103,8 @@ type harness struct {
 	addr string
 }
 
-func newHarness(t testing.TB, p *Proxy, st router.State) *harness {
-	t.Helper()
-	return newHarnessOn(t, testEngine(), p, st)
-}
-
-// newHarnessOn is newHarness on the given engine.
+// newHarnessOn serves p with the state st on the given engine (a test
+// runs on each with forEngines).
 func newHarnessOn(t testing.TB, engine string, p *Proxy, st router.State) *harness {
 	t.Helper()
 	if p.Logger == nil {
@@ -176,16 +172,6 @@ func publish(t testing.TB, p *Proxy, st router.State) *router.Router {
 // loggerTo is a logger of warnings and errors, as text, to w.
 func loggerTo(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-// testEngine is the plain-HTTP data path the harness serves with:
-// EDGE_TEST_ENGINE, or the platform's default. `make test` runs the
-// package's tests with each.
-func testEngine() string {
-	if e := os.Getenv("EDGE_TEST_ENGINE"); e != "" {
-		return e
-	}
-	return defaultEngine
 }
 
 // forEngines runs fn as a subtest on each plain-HTTP engine this platform

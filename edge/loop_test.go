@@ -15,71 +15,77 @@ import (
 // of spinning on its readable listening socket, says so, and then serves the
 // connections that waited in the backlog.
 func TestLoopPausesAcceptingWhenOutOfDescriptors(t *testing.T) {
-	if testEngine() != EngineLoop {
-		t.Skip("the event loops' own behaviour")
-	}
-	a := newBackend(t, "a", nil)
-	var log lockedBuffer
-	reg := prometheus.NewRegistry()
-	p := &Proxy{Logger: loggerTo(&log), Metrics: NewMetrics(reg)}
-	loops, err := listenLoops("127.0.0.1:0", p, nil, p.Logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := serveLoops(t, p, loops, onePod(a))
-	for _, l := range loops.loops {
-		paused := make(chan struct{})
-		l.ev.Post(func() { l.pauseAccept(unix.EMFILE); close(paused) })
-		<-paused
-	}
-	if !strings.Contains(log.String(), "accept failed; not accepting for a while") {
-		t.Fatalf("no warning logged: %s", log.String())
-	}
-	if code, _, body := do(t, client(t), "GET", h.addr, "acme.example.test", "/", nil, nil); code != 200 || body != "a" {
-		t.Fatalf("after the pause: %d %q", code, body)
-	}
-	if n := metricValue(t, reg, "edge_loop_accept_pauses_total", nil); n != float64(len(loops.loops)) {
-		t.Fatalf("edge_loop_accept_pauses_total %v, want %d", n, len(loops.loops))
-	}
+	forEngines(t, func(t *testing.T, engine string) {
+		if engine != EngineLoop {
+			t.Skip("the event loops' own behaviour")
+		}
+		a := newBackend(t, "a", nil)
+		var log lockedBuffer
+		reg := prometheus.NewRegistry()
+		p := &Proxy{Logger: loggerTo(&log), Metrics: NewMetrics(reg)}
+		loops, err := listenLoops("127.0.0.1:0", p, nil, p.Logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := serveLoops(t, p, loops, onePod(a))
+		for _, l := range loops.loops {
+			paused := make(chan struct{})
+			l.ev.Post(func() { l.pauseAccept(unix.EMFILE); close(paused) })
+			<-paused
+		}
+		if !strings.Contains(log.String(), "accept failed; not accepting for a while") {
+			t.Fatalf("no warning logged: %s", log.String())
+		}
+		if code, _, body := do(t, client(t), "GET", h.addr, "acme.example.test", "/", nil, nil); code != 200 || body != "a" {
+			t.Fatalf("after the pause: %d %q", code, body)
+		}
+		if n := metricValue(t, reg, "edge_loop_accept_pauses_total", nil); n != float64(len(loops.loops)) {
+			t.Fatalf("edge_loop_accept_pauses_total %v, want %d", n, len(loops.loops))
+		}
+	})
 }
 
 // A connection handed to fasthttp's server is counted, and leaves the
 // loops' count of connections.
 func TestLoopCountsConnectionsAndHandoffs(t *testing.T) {
-	if testEngine() != EngineLoop {
-		t.Skip("the event loops' own behaviour")
-	}
-	a := newBackend(t, "a", nil)
-	reg := prometheus.NewRegistry()
-	h := newHarness(t, &Proxy{Metrics: NewMetrics(reg)}, onePod(a))
-	kept := rawConn(t, h.addr)
-	io.WriteString(kept, "GET / HTTP/1.1\r\nHost: acme.example.test\r\n\r\n")
-	readResponse(t, kept, "GET")
-	if n := metricValue(t, reg, "edge_loop_client_connections", nil); n != 1 {
-		t.Fatalf("edge_loop_client_connections %v with one client, want 1", n)
-	}
-	old := rawConn(t, h.addr)
-	io.WriteString(old, "GET / HTTP/1.0\r\nHost: acme.example.test\r\n\r\n")
-	if resp := readResponse(t, old, "GET"); resp.StatusCode != 200 {
-		t.Fatalf("HTTP/1.0: %d", resp.StatusCode)
-	}
-	if n := metricValue(t, reg, "edge_loop_handoffs_total", nil); n != 1 {
-		t.Fatalf("edge_loop_handoffs_total %v, want 1", n)
-	}
-	if n := metricValue(t, reg, "edge_loop_client_connections", nil); n != 1 {
-		t.Fatalf("edge_loop_client_connections %v after a hand-off, want 1", n)
-	}
+	forEngines(t, func(t *testing.T, engine string) {
+		if engine != EngineLoop {
+			t.Skip("the event loops' own behaviour")
+		}
+		a := newBackend(t, "a", nil)
+		reg := prometheus.NewRegistry()
+		h := newHarnessOn(t, engine, &Proxy{Metrics: NewMetrics(reg)}, onePod(a))
+		kept := rawConn(t, h.addr)
+		io.WriteString(kept, "GET / HTTP/1.1\r\nHost: acme.example.test\r\n\r\n")
+		readResponse(t, kept, "GET")
+		if n := metricValue(t, reg, "edge_loop_client_connections", nil); n != 1 {
+			t.Fatalf("edge_loop_client_connections %v with one client, want 1", n)
+		}
+		old := rawConn(t, h.addr)
+		io.WriteString(old, "GET / HTTP/1.0\r\nHost: acme.example.test\r\n\r\n")
+		if resp := readResponse(t, old, "GET"); resp.StatusCode != 200 {
+			t.Fatalf("HTTP/1.0: %d", resp.StatusCode)
+		}
+		if n := metricValue(t, reg, "edge_loop_handoffs_total", nil); n != 1 {
+			t.Fatalf("edge_loop_handoffs_total %v, want 1", n)
+		}
+		if n := metricValue(t, reg, "edge_loop_client_connections", nil); n != 1 {
+			t.Fatalf("edge_loop_client_connections %v after a hand-off, want 1", n)
+		}
+	})
 }
 
 // A body within what the loop buffers but over limits.max_body_bytes gets
 // 413 and never reaches the app server.
 func TestLoopBodyOverTheLimit(t *testing.T) {
-	a := newBackend(t, "a", nil)
-	h := newHarness(t, &Proxy{Limits: Limits{MaxBodyBytes: 100}}, onePod(a))
-	conn := rawConn(t, h.addr)
-	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: acme.example.test\r\nContent-Length: 1000\r\n\r\n"+strings.Repeat("x", 1000))
-	resp := readResponse(t, conn, "POST")
-	if resp.StatusCode != 413 || a.hits.Load() != 0 {
-		t.Fatalf("status %d, app hits %d; want 413 and none", resp.StatusCode, a.hits.Load())
-	}
+	forEngines(t, func(t *testing.T, engine string) {
+		a := newBackend(t, "a", nil)
+		h := newHarnessOn(t, engine, &Proxy{Limits: Limits{MaxBodyBytes: 100}}, onePod(a))
+		conn := rawConn(t, h.addr)
+		io.WriteString(conn, "POST / HTTP/1.1\r\nHost: acme.example.test\r\nContent-Length: 1000\r\n\r\n"+strings.Repeat("x", 1000))
+		resp := readResponse(t, conn, "POST")
+		if resp.StatusCode != 413 || a.hits.Load() != 0 {
+			t.Fatalf("status %d, app hits %d; want 413 and none", resp.StatusCode, a.hits.Load())
+		}
+	})
 }

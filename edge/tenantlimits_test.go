@@ -249,26 +249,28 @@ func TestLimitChangesApplyLive(t *testing.T) {
 }
 
 func TestDefaultTenantLimits(t *testing.T) {
-	p := &Proxy{TenantLimits: TenantLimits{RPS: 0.5, Burst: 1, QueueTimeout: 50 * time.Millisecond}}
-	st := limitedPod(&router.Limits{RPS: 1000, Burst: 1000}, newBackend(t, "a", nil))
-	h := newHarness(t, p, st)
-	c := client(t)
-	count := func(host string) (ok int) {
-		for range 5 {
-			if code, _, _ := do(t, c, "GET", h.addr, host, "/", nil, nil); code == 200 {
-				ok++
+	forEngines(t, func(t *testing.T, engine string) {
+		p := &Proxy{TenantLimits: TenantLimits{RPS: 0.5, Burst: 1, QueueTimeout: 50 * time.Millisecond}}
+		st := limitedPod(&router.Limits{RPS: 1000, Burst: 1000}, newBackend(t, "a", nil))
+		h := newHarnessOn(t, engine, p, st)
+		c := client(t)
+		count := func(host string) (ok int) {
+			for range 5 {
+				if code, _, _ := do(t, c, "GET", h.addr, host, "/", nil, nil); code == 200 {
+					ok++
+				}
 			}
+			return ok
 		}
-		return ok
-	}
-	// free sets none: the default's burst of one.
-	if got := count("free.example.test"); got != 1 {
-		t.Fatalf("tenant under the default: %d of 5 served, want 1", got)
-	}
-	// acme's own limits replace the default.
-	if got := count("acme.example.test"); got != 5 {
-		t.Fatalf("tenant with its own limits: %d of 5 served, want 5", got)
-	}
+		// free sets none: the default's burst of one.
+		if got := count("free.example.test"); got != 1 {
+			t.Fatalf("tenant under the default: %d of 5 served, want 1", got)
+		}
+		// acme's own limits replace the default.
+		if got := count("acme.example.test"); got != 5 {
+			t.Fatalf("tenant with its own limits: %d of 5 served, want 5", got)
+		}
+	})
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader.
