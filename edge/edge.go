@@ -205,6 +205,9 @@ func (e *Edge) ServiceID() string { return e.member.ID() }
 func (e *Edge) Router() *router.Router { return e.router }
 func (e *Edge) Proxy() *Proxy          { return e.proxy }
 
+// Registry holds the edge's metrics, served on the admin /metrics.
+func (e *Edge) Registry() *prometheus.Registry { return e.reg }
+
 // healthy is /healthz: failing until the first Consul sync, then passing,
 // even while Consul is unreachable, until the edge starts to drain.
 func (e *Edge) healthy() string {
@@ -329,8 +332,8 @@ func (e *Edge) drain(stopMembership func()) {
 func (p *Proxy) newServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	p.init()
 	maxBody := math.MaxInt32
-	if p.Limits.MaxBodyBytes > 0 && p.Limits.MaxBodyBytes < math.MaxInt32 {
-		maxBody = int(p.Limits.MaxBodyBytes)
+	if p.cur().Limits.MaxBodyBytes > 0 && p.cur().Limits.MaxBodyBytes < math.MaxInt32 {
+		maxBody = int(p.cur().Limits.MaxBodyBytes)
 	}
 	return &fasthttp.Server{
 		Handler:      h,
@@ -338,20 +341,20 @@ func (p *Proxy) newServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp
 		// A client that waits for 100 Continue is refused a body too large
 		// before it sends any.
 		ExpectHandler: func(ctx *fasthttp.RequestCtx) int {
-			if p.Limits.MaxBodyBytes > 0 && int64(ctx.Request.Header.ContentLength()) > p.Limits.MaxBodyBytes {
+			if p.cur().Limits.MaxBodyBytes > 0 && int64(ctx.Request.Header.ContentLength()) > p.cur().Limits.MaxBodyBytes {
 				return fasthttp.StatusRequestEntityTooLarge
 			}
 			return fasthttp.StatusContinue
 		},
 		Logger: fasthttpLogger{log.With("component", "server")},
 		// The buffer a request head must fit in: the header limit.
-		ReadBufferSize: p.Limits.MaxHeaderBytes,
+		ReadBufferSize: p.cur().Limits.MaxHeaderBytes,
 		// From a request's first byte to the end of its head (and of a body
 		// short enough to arrive with it); longer bodies move the
 		// deadline as they stream (reqBody).
-		ReadTimeout:  p.Timeouts.ClientHeader,
-		WriteTimeout: p.Timeouts.ClientWrite,
-		IdleTimeout:  p.Timeouts.ClientIdle,
+		ReadTimeout:  p.cur().Timeouts.ClientHeader,
+		WriteTimeout: p.cur().Timeouts.ClientWrite,
+		IdleTimeout:  p.cur().Timeouts.ClientIdle,
 		// Bodies stream to the endpoint as they arrive; the limit is
 		// enforced by the proxy, which fasthttp's streaming mode leaves to it.
 		StreamRequestBody:            true,

@@ -210,7 +210,7 @@ func (l *edgeLoop) giveBack(b []byte) {
 func (s *loopServer) newLoop(ap netip.AddrPort) (*edgeLoop, error) {
 	p := s.p
 	l := &edgeLoop{s: s, p: p, lfd: -1, idle: map[*upstream][]*upConn{}}
-	l.parser = h1.NewParser(max(p.Limits.MaxHeaderBytes, 4096))
+	l.parser = h1.NewParser(max(p.cur().Limits.MaxHeaderBytes, 4096))
 	var err error
 	if l.ev, l.lfd, err = evloop.NewListening(ap, l.accept); err != nil {
 		return nil, err
@@ -288,7 +288,7 @@ func (l *edgeLoop) accept() {
 		}
 		l.s.opened()
 		c.state = clientIdle
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
 	}
 }
 
@@ -386,7 +386,7 @@ func (l *edgeLoop) readClient(c *clientConn) {
 	if c.in == nil {
 		c.in = l.borrow()
 	}
-	_, err := evloop.ReadInto(c.fd, &c.in, l.p.Limits.MaxHeaderBytes+l.p.Limits.BufferBytes+maxPipelined, c.peerClosed)
+	_, err := evloop.ReadInto(c.fd, &c.in, l.p.cur().Limits.MaxHeaderBytes+l.p.cur().Limits.BufferBytes+maxPipelined, c.peerClosed)
 	switch err {
 	case nil:
 	case evloop.ErrBufferFull:
@@ -445,7 +445,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 			return false
 		}
 	}
-	head, err := c.scan.Scan(c.in, p.Limits.MaxHeaderBytes, true)
+	head, err := c.scan.Scan(c.in, p.cur().Limits.MaxHeaderBytes, true)
 	if err != nil {
 		l.refuseHead(c, err)
 		return false
@@ -470,8 +470,8 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	// fasthttp's server takes what the loop does not: bodies it would not
 	// buffer, or over the limit (its 413), and the rest named above.
 	found := requestKeys(h)
-	if bodyLen < 0 || bodyLen > p.Limits.BufferBytes || !h.IsHTTP11() ||
-		p.Limits.MaxBodyBytes > 0 && int64(bodyLen) > p.Limits.MaxBodyBytes ||
+	if bodyLen < 0 || bodyLen > p.cur().Limits.BufferBytes || !h.IsHTTP11() ||
+		p.cur().Limits.MaxBodyBytes > 0 && int64(bodyLen) > p.cur().Limits.MaxBodyBytes ||
 		found&(hUpgrade|hExpect) != 0 {
 		l.release(ex)
 		l.handOff(c)
@@ -505,7 +505,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 		l.finish(ex, err)
 		return true
 	}
-	p.budget.request(l.ev.Now())
+	p.cur().budget.request(l.ev.Now())
 	ex.pool = pool
 	l.nextAttempt(ex)
 	return c.ex == nil
@@ -533,9 +533,9 @@ func (l *edgeLoop) awaitRequest(c *clientConn, part clientState) {
 	}
 	c.state = part
 	if part == clientHead {
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientHeader)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientHeader)
 	} else {
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientBody)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientBody)
 	}
 }
 
@@ -687,7 +687,7 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 		return
 	}
 	if len(c.out) > 0 {
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientWrite)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientWrite)
 		return
 	}
 	if ex := c.ex; ex != nil {
@@ -709,7 +709,7 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 		return
 	}
 	c.state = clientIdle
-	l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
+	l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
 	l.giveBack(c.out)
 	c.out = nil
 	if len(c.in) == 0 {

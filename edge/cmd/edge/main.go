@@ -1,6 +1,7 @@
 // Command edge is podedge's HTTP load balancer: it routes each request by
 // its Host to a healthy app server of the tenant's pod, registers itself in
-// Consul, and drains gracefully on SIGTERM or SIGINT. See edge/README.md.
+// Consul, drains gracefully on SIGTERM or SIGINT, and reloads its
+// configuration file on SIGHUP. See edge/README.md.
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/podedge/podedge/edge"
 	"github.com/podedge/podedge/internal/config"
+	"github.com/podedge/podedge/internal/reload"
 	"github.com/podedge/podedge/internal/version"
 )
 
@@ -33,7 +36,8 @@ func main() {
 	if err != nil {
 		config.Exit(prog, err)
 	}
-	log, err := cfg.Log.Logger(os.Stderr)
+	level := new(slog.LevelVar)
+	log, err := cfg.Log.LeveledLogger(os.Stderr, level)
 	if err != nil {
 		config.Exit(prog, err)
 	}
@@ -52,6 +56,16 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	reloader := reload.New(cfg)
+	reloader.Load = func() (edge.Config, error) { return parse(os.Args[1:]) }
+	reloader.Live = edge.LiveKeys
+	reloader.Apply = func(c edge.Config) {
+		_ = c.Log.SetLevel(level)
+		e.Reconfigure(c)
+	}
+	reloader.Metrics = reload.NewMetrics("edge", e.Registry())
+	reloader.Log = log
+	reloader.Start(ctx)
 	stopCertificates, err := runCertificates(ctx, certs, e)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
