@@ -17,6 +17,7 @@ import (
 	"github.com/podedge/podedge/dnsd"
 	"github.com/podedge/podedge/internal/config"
 	"github.com/podedge/podedge/internal/reload"
+	"github.com/podedge/podedge/internal/sdnotify"
 	"github.com/podedge/podedge/internal/version"
 )
 
@@ -68,7 +69,15 @@ func main() {
 	}
 	reloader.Metrics = reload.NewMetrics("dnsd", srv.Registry())
 	reloader.Log = log
+	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
 	reloader.Start(ctx)
+	// Listening: systemd may count the service as started. Its stop
+	// begins with the signal.
+	_ = sdnotify.Notify(sdnotify.Ready)
+	go func() {
+		<-ctx.Done()
+		_ = sdnotify.Notify(sdnotify.Stopping)
+	}()
 	if err := srv.Run(ctx, client); err != nil {
 		log.Error("dnsd failed", "error", err.Error())
 		os.Exit(1)

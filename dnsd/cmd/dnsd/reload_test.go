@@ -34,6 +34,7 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 	}
 	reloadtest.WriteFile(t, file, conf(listen, "30s"))
 	dnsd := reloadtest.Start(t, build(t), "-config", file)
+	dnsd.Notified(t, "READY=1")
 
 	var tcp *dns.Conn
 	consultest.WaitFor(t, 20*time.Second, "dnsd to accept TCP", func() bool {
@@ -85,6 +86,8 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 
 	reloadtest.WriteFile(t, file, conf(listen, "7s"))
 	dnsd.Reload(t, metrics, "dnsd", "ok", 1)
+	dnsd.Notified(t, "RELOADING=1\nMONOTONIC_USEC=")
+	dnsd.Notified(t, "READY=1")
 	if got := ttl(); got != 7 {
 		t.Fatalf("UDP TTL after reloading ttl.pod 7s: %d", got)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/podedge/podedge/edge"
 	"github.com/podedge/podedge/internal/config"
 	"github.com/podedge/podedge/internal/reload"
+	"github.com/podedge/podedge/internal/sdnotify"
 	"github.com/podedge/podedge/internal/version"
 )
 
@@ -65,7 +66,15 @@ func main() {
 	}
 	reloader.Metrics = reload.NewMetrics("edge", e.Registry())
 	reloader.Log = log
+	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
 	reloader.Start(ctx)
+	// Listening: systemd may count the service as started. Its stop
+	// begins with the signal.
+	_ = sdnotify.Notify(sdnotify.Ready)
+	go func() {
+		<-ctx.Done()
+		_ = sdnotify.Notify(sdnotify.Stopping)
+	}()
 	stopCertificates, err := runCertificates(ctx, certs, e)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)

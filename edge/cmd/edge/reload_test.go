@@ -52,6 +52,7 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 	}
 	reloadtest.WriteFile(t, file, conf(httpAddr, "10s"))
 	edge := reloadtest.Start(t, reloadtest.Build(t, ".", "edge"), "-config", file)
+	edge.Notified(t, "READY=1")
 
 	get := func(path string) int {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+path, nil)

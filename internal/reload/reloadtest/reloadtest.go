@@ -6,6 +6,7 @@ package reloadtest
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,15 +35,24 @@ func Build(t testing.TB, dir, name string) string {
 type Proc struct {
 	Cmd *exec.Cmd
 	// Log is its standard error.
-	Log  *consultest.SyncBuffer
-	done chan error
+	Log    *consultest.SyncBuffer
+	done   chan error
+	notify *net.UnixConn
 }
 
-// Start runs bin with args; the process is stopped (SIGTERM) when the test
-// ends, and its log printed if the test failed.
+// Start runs bin with args, with a NOTIFY_SOCKET of its own as systemd
+// gives a unit of Type=notify (Notified reads it); the process is stopped
+// (SIGTERM) when the test ends, and its log printed if the test failed.
 func Start(t testing.TB, bin string, args ...string) *Proc {
 	t.Helper()
 	p := &Proc{Cmd: exec.Command(bin, args...), Log: &consultest.SyncBuffer{}, done: make(chan error, 1)}
+	sock := filepath.Join(t.TempDir(), "notify")
+	var err error
+	if p.notify, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.notify.Close() })
+	p.Cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	p.Cmd.Stderr = p.Log
 	if err := p.Cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -61,6 +71,21 @@ func Start(t testing.TB, bin string, args ...string) *Proc {
 		}
 	})
 	return p
+}
+
+// Notified waits for the next state the process sent to its
+// NOTIFY_SOCKET and checks that it starts with want ("READY=1").
+func (p *Proc) Notified(t testing.TB, want string) {
+	t.Helper()
+	_ = p.notify.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 4096)
+	n, err := p.notify.Read(buf)
+	if err != nil {
+		t.Fatalf("waiting for %s on NOTIFY_SOCKET: %v", want, err)
+	}
+	if got := string(buf[:n]); !strings.HasPrefix(got, want) {
+		t.Fatalf("NOTIFY_SOCKET got %q, want %s", got, want)
+	}
 }
 
 // Exited reports whether the process ended.

@@ -11,12 +11,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/podedge/podedge/internal/config"
 	"github.com/podedge/podedge/internal/reload"
+	"github.com/podedge/podedge/internal/sdnotify"
 	"github.com/podedge/podedge/internal/version"
 	"github.com/podedge/podedge/leader"
 )
@@ -60,8 +62,21 @@ func run(args []string) int {
 	}
 	reloader.Metrics = reload.NewMetrics("leader", srv.Registry())
 	reloader.Log = log
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		log.Error("cannot listen", "error", err.Error())
+		return 1
+	}
+	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
 	reloader.Start(ctx)
-	if err := srv.Run(ctx); err != nil {
+	// Listening: systemd may count the service as started. Its stop
+	// begins with the signal.
+	_ = sdnotify.Notify(sdnotify.Ready)
+	go func() {
+		<-ctx.Done()
+		_ = sdnotify.Notify(sdnotify.Stopping)
+	}()
+	if err := srv.Serve(ctx, ln); err != nil {
 		log.Error("leader stopped", "error", err.Error())
 		return 1
 	}

@@ -33,6 +33,7 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 	}
 	reloadtest.WriteFile(t, file, conf(listen, 65536))
 	leader := reloadtest.Start(t, reloadtest.Build(t, ".", "leader"), "-config", file)
+	leader.Notified(t, "READY=1")
 	consultest.WaitFor(t, 20*time.Second, "the leader's API", func() bool {
 		return reloadtest.Metric(base+"/metrics", `leader_config_reloads_total{result="ok"}`) == 0
 	})
