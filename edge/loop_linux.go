@@ -57,7 +57,7 @@ type loopServer struct {
 }
 
 // listenLoops opens one listening socket and loop per CPU on addr.
-func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, log *slog.Logger) (*loopServer, error) {
+func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, log *slog.Logger, sockets Sockets) (*loopServer, error) {
 	p.init()
 	tcp, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
@@ -71,7 +71,7 @@ func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, lo
 	s := &loopServer{p: p, hook: hook, log: log.With("component", "loop")}
 	s.fastLog = fasthttpLogger{s.log}
 	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
-		l, err := s.newLoop(ap)
+		l, err := s.newLoop(ap, sockets, fmt.Sprintf("loop %s #%d", addr, i))
 		if err != nil {
 			s.closeLoops()
 			return nil, err
@@ -207,14 +207,19 @@ func (l *edgeLoop) giveBack(b []byte) {
 	l.bufBytes += cap(b)
 }
 
-func (s *loopServer) newLoop(ap netip.AddrPort) (*edgeLoop, error) {
+func (s *loopServer) newLoop(ap netip.AddrPort, sockets Sockets, name string) (*edgeLoop, error) {
 	p := s.p
 	l := &edgeLoop{s: s, p: p, lfd: -1, idle: map[*upstream][]*upConn{}}
 	l.parser = h1.NewParser(max(p.cur().Limits.MaxHeaderBytes, 4096))
-	var err error
-	if l.ev, l.lfd, err = evloop.NewListening(ap, l.accept); err != nil {
+	lfd, err := loopSocket(sockets, name, ap)
+	if err != nil {
 		return nil, err
 	}
+	if l.ev, err = evloop.NewOnListener(lfd, l.accept); err != nil {
+		unix.Close(lfd)
+		return nil, err
+	}
+	l.lfd = lfd
 	l.ev.AtRoundEnd(l.flushRound)
 	return l, nil
 }
@@ -235,7 +240,11 @@ func (l *edgeLoop) run() {
 }
 
 // stopAccepting closes the listening socket and the idle client
-// connections; the others close after their exchange.
+// connections; the others close after their exchange. A connection that
+// has sent no request yet is not idle: it was accepted moments ago, and
+// its request may be in flight (an upgrade hands the socket on while
+// clients connect). It gets freshGrace to send it, answered with
+// Connection: close.
 func (l *edgeLoop) stopAccepting() {
 	l.draining = true
 	if l.lfd >= 0 {
@@ -248,9 +257,17 @@ func (l *edgeLoop) stopAccepting() {
 		l.lfd = -1
 	}
 	for _, c := range l.clientsIdle() {
+		if c.fresh {
+			l.ev.Schedule(c.timer, freshGrace)
+			continue
+		}
 		l.dropClient(c)
 	}
 }
+
+// freshGrace is how long a drain waits for the first request of a
+// connection accepted just before it.
+const freshGrace = time.Second
 
 // clientsIdle lists the client connections between requests.
 func (l *edgeLoop) clientsIdle() []*clientConn {
@@ -287,7 +304,7 @@ func (l *edgeLoop) accept() {
 			continue
 		}
 		l.s.opened()
-		c.state = clientIdle
+		c.state, c.fresh = clientIdle, true
 		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
 	}
 }
@@ -359,6 +376,8 @@ type clientConn struct {
 	peerClosed bool
 	// queued: out waits in the loop's clientWrites.
 	queued bool
+	// fresh: no request has begun on the connection yet.
+	fresh bool
 }
 
 func (c *clientConn) Event(ev evloop.Events) {
@@ -488,7 +507,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	ex.head = h.IsHead()
 	c.closeAfter = h.ConnectionClose()
-	c.ex, c.state = ex, clientExchange
+	c.ex, c.state, c.fresh = ex, clientExchange, false
 	l.ev.Cancel(c.timer)
 
 	if l.s.hook != nil && l.s.hook(ctx) {

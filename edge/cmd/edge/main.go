@@ -1,7 +1,8 @@
 // Command edge is podedge's HTTP load balancer: it routes each request by
 // its Host to a healthy app server of the tenant's pod, registers itself in
-// Consul, drains gracefully on SIGTERM or SIGINT, and reloads its
-// configuration file on SIGHUP. See edge/README.md.
+// Consul, drains gracefully on SIGTERM or SIGINT, reloads its
+// configuration file on SIGHUP and upgrades its binary in place on SIGUSR2.
+// See edge/README.md and docs/operating.md.
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cloudflare/tableflip"
 	"github.com/podedge/podedge/edge"
 	"github.com/podedge/podedge/internal/config"
 	"github.com/podedge/podedge/internal/reload"
@@ -47,6 +49,28 @@ func main() {
 	if err != nil {
 		config.Exit(prog, err)
 	}
+	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.PIDFile})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: upgrades: %s\n", prog, err)
+		os.Exit(1)
+	}
+	defer upg.Stop()
+	opts.Sockets = upg.Fds
+	// A process started by an upgrade shares live sockets: it must not
+	// accept before it can route.
+	opts.ServeAfterSync = upg.HasParent()
+	opts.OnServing = func() {
+		if err := upg.Ready(); err != nil {
+			log.Error("cannot tell the upgrade this process is ready", "error", err.Error())
+		}
+		// Serving: systemd may count the service as started (or, after an
+		// upgrade, follow this process as its main one).
+		state := sdnotify.Ready
+		if upg.HasParent() {
+			state = fmt.Sprintf("MAINPID=%d\n%s", os.Getpid(), sdnotify.Ready)
+		}
+		_ = sdnotify.Notify(state)
+	}
 	e, err := edge.New(cfg, opts)
 	if err != nil {
 		config.Exit(prog, err)
@@ -68,19 +92,17 @@ func main() {
 	reloader.Log = log
 	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
 	reloader.Start(ctx)
-	// Listening: systemd may count the service as started. Its stop
-	// begins with the signal.
-	_ = sdnotify.Notify(sdnotify.Ready)
 	go func() {
 		<-ctx.Done()
 		_ = sdnotify.Notify(sdnotify.Stopping)
 	}()
+	runCtx := upgradeOnSIGUSR2(ctx, upg, e, log)
 	stopCertificates, err := runCertificates(ctx, certs, e)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
 		os.Exit(1)
 	}
-	err = e.Run(ctx)
+	err = e.Run(runCtx)
 	stopCertificates()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
