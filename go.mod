@@ -3,6 +3,7 @@ module github.com/podedge/podedge
 go 1.26.7
 
 require (
+	github.com/cloudflare/tableflip v1.2.3
 	github.com/hashicorp/consul/api v1.34.5
 	github.com/maxmind/mmdbwriter v1.2.0
 	github.com/miekg/dns v1.1.73

@@ -53,12 +53,12 @@ func FuzzHandle(f *testing.F) {
 				q := new(dns.Msg)
 				if q.Unpack(p) == nil {
 					if opt := q.IsEdns0(); opt != nil {
-						limit = min(max(int(opt.UDPSize()), 512), h.data.maxUDP)
+						limit = min(max(int(opt.UDPSize()), 512), h.data.Load().maxUDP)
 					}
 				} else {
 					// Where miekg/dns cannot parse the query, grant the
 					// most any query could get.
-					limit = h.data.maxUDP
+					limit = h.data.Load().maxUDP
 				}
 			}
 			if len(resp) > limit {

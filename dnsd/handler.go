@@ -21,7 +21,8 @@ const maxTCPSize = 65535
 // snapshot. Handle is safe for concurrent use and does not allocate; Update
 // swaps the zone atomically.
 type Handler struct {
-	data *zoneData
+	// data is what the zone is built from; a reload replaces it (setData).
+	data atomic.Pointer[zoneData]
 	m    *Metrics
 	// cookies answers DNS cookies; nil when they are off. rrl limits
 	// UDP answers; nil when off. clock serves both.
@@ -67,8 +68,9 @@ func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Handler{data: d, m: m, log: log, journal: cfg.Transfer.Journal, dnssec: cfg.DNSSEC, clock: &coarseClock{},
+	h := &Handler{m: m, log: log, journal: cfg.Transfer.Journal, dnssec: cfg.DNSSEC, clock: &coarseClock{},
 		challenges: newChallenges(d.zone, cfg.ACMEChallenges, log)}
+	h.data.Store(d)
 	var sign *signer
 	if cfg.DNSSEC.Enabled {
 		if cfg.DNSSEC.KeyFile == "" {
@@ -138,7 +140,7 @@ func (h *Handler) newSigner(pemKey []byte) (*signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newSigner(key, h.data, h.dnssec, h.clock, h.m), nil
+	return newSigner(key, h.data.Load(), h.dnssec, h.clock, h.m), nil
 }
 
 // setKey loads the DNSSEC key (PEM) read from Consul and builds the first
@@ -150,7 +152,7 @@ func (h *Handler) setKey(pemKey []byte) error {
 	}
 	h.buildMu.Lock()
 	defer h.buildMu.Unlock()
-	h.builder = newBuilder(h.data, h.m, h.log, h.journal, sign)
+	h.builder = newBuilder(h.data.Load(), h.m, h.log, h.journal, sign)
 	h.needKey = false
 	h.m.signed.Set(1)
 	h.log.Info("DNSSEC key loaded", "component", "dnsd", "keytag", sign.tag, "algorithm", dns.AlgorithmToString[sign.dnskey.Algorithm])
@@ -270,13 +272,13 @@ func (h *Handler) handle(p, out []byte, udp bool, from netip.Addr, info *respInf
 	if udp {
 		limit = 512
 		if q.edns && int(q.size) > limit {
-			limit = min(int(q.size), h.data.maxUDP)
+			limit = min(int(q.size), h.data.Load().maxUDP)
 		}
 	}
 	limit = min(limit, cap(out))
 	var nsid []byte
 	if q.edns && q.nsid {
-		nsid = h.data.nsid
+		nsid = h.data.Load().nsid
 	}
 	var cookieBuf [clientCookieLen + serverCookieLen]byte
 	var cookie []byte
@@ -329,7 +331,7 @@ func (h *Handler) handle(p, out []byte, udp bool, from netip.Addr, info *respInf
 		if rcode == rcodeFormErr {
 			cookie = nil
 		}
-		r.opt(h.data.maxUDP, rcode, q.do, q.do && q.co, nsid, cookie)
+		r.opt(h.data.Load().maxUDP, rcode, q.do, q.do && q.co, nsid, cookie)
 	}
 	b := r.b
 	binary.BigEndian.PutUint16(b[0:], q.id)

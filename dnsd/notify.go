@@ -92,7 +92,7 @@ func (n *notifier) serve(ctx context.Context, t *notifyTarget) {
 // answered, the tries run out, or a newer change is pending (whose NOTIFY
 // then goes instead).
 func (n *notifier) send(ctx context.Context, t *notifyTarget) {
-	d := n.h.data
+	d := n.h.data.Load()
 	serial := n.h.Serial()
 	m := new(dns.Msg)
 	m.SetNotify(d.zone)

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -37,6 +38,8 @@ type Server struct {
 	handler *Handler
 	reg     *prometheus.Registry
 	m       *Metrics
+	// tcpLimits are the TCP section in force; a reload replaces them.
+	tcpLimits atomic.Pointer[TCP]
 	// notifier sends NOTIFYs to secondaries; nil without any.
 	notifier *notifier
 
@@ -82,6 +85,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	reg.MustRegister(router.LogCollector("dnsd", r))
 	s := &Server{cfg: cfg, log: log.With("component", "dnsd"), router: r, handler: h, reg: reg, m: m}
+	s.tcpLimits.Store(&cfg.TCP)
 	if len(cfg.Transfer.Notify) > 0 {
 		s.notifier = newNotifier(h, cfg.Transfer, log)
 		h.onSerial = s.notifier.changed

@@ -15,9 +15,7 @@ import (
 // several per connection, answered in order, with the same Handler as UDP
 // so that both transports give the same answers.
 type tcpServer struct {
-	s    *Server
-	idle time.Duration
-	max  int
+	s *Server
 
 	bufs sync.Pool // *[]byte of 2+65535: a length prefix and an answer
 
@@ -28,7 +26,7 @@ type tcpServer struct {
 }
 
 func newTCPServer(s *Server) *tcpServer {
-	t := &tcpServer{s: s, idle: s.cfg.TCP.IdleTimeout, max: s.cfg.TCP.MaxConnections, conns: map[net.Conn]struct{}{}}
+	t := &tcpServer{s: s, conns: map[net.Conn]struct{}{}}
 	t.bufs.New = func() any {
 		b := make([]byte, 2+maxTCPSize)
 		return &b
@@ -68,7 +66,7 @@ func (t *tcpServer) serve(l net.Listener) {
 func (t *tcpServer) track(c net.Conn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed || len(t.conns) >= t.max {
+	if t.closed || len(t.conns) >= t.s.tcpLimits.Load().MaxConnections {
 		return false
 	}
 	t.conns[c] = struct{}{}
@@ -99,7 +97,7 @@ func (t *tcpServer) serveConn(c net.Conn) {
 	msg := make([]byte, 512)
 	var prefix [2]byte
 	for {
-		c.SetReadDeadline(time.Now().Add(t.idle))
+		c.SetReadDeadline(time.Now().Add(t.s.tcpLimits.Load().IdleTimeout))
 		if _, err := io.ReadFull(r, prefix[:]); err != nil {
 			return
 		}
@@ -119,7 +117,7 @@ func (t *tcpServer) serveConn(c net.Conn) {
 			// it takes, each with its length.
 			t.bufs.Put(bp)
 			err := t.s.handler.xfr.serve(msg[:n], from, true, maxTCPSize, func(m []byte) error {
-				c.SetWriteDeadline(time.Now().Add(t.idle))
+				c.SetWriteDeadline(time.Now().Add(t.s.tcpLimits.Load().IdleTimeout))
 				var head [2]byte
 				binary.BigEndian.PutUint16(head[:], uint16(len(m)))
 				bufs := net.Buffers{head[:], m}
@@ -136,7 +134,7 @@ func (t *tcpServer) serveConn(c net.Conn) {
 			return
 		}
 		binary.BigEndian.PutUint16(out, uint16(len(resp)))
-		c.SetWriteDeadline(time.Now().Add(t.idle))
+		c.SetWriteDeadline(time.Now().Add(t.s.tcpLimits.Load().IdleTimeout))
 		_, err := c.Write(out[:2+len(resp)])
 		t.bufs.Put(bp)
 		t.s.m.latency[1].Observe(time.Since(start).Seconds())

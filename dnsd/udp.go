@@ -115,7 +115,7 @@ func (c *connSocket) serve(s *Server) {
 	}
 	defer close(c.done)
 	in := make([]byte, 65535)
-	out := make([]byte, s.handler.data.maxUDP)
+	out := make([]byte, s.handler.data.Load().maxUDP)
 	var seq uint32
 	for {
 		n, from, err := c.conn.ReadFromUDPAddrPort(in)

@@ -156,9 +156,9 @@ func (b *batchSocket) serve(s *Server) {
 		in    = make([]byte, batchSize*readSize)
 		outs  [batchSize]unix.Mmsghdr
 		oiovs [batchSize]unix.Iovec
-		out   = make([]byte, batchSize*s.handler.data.maxUDP)
+		out   = make([]byte, batchSize*s.handler.data.Load().maxUDP)
 	)
-	maxUDP := s.handler.data.maxUDP
+	maxUDP := s.handler.data.Load().maxUDP
 	for i := range msgs {
 		iovs[i].Base = &in[i*readSize]
 		msgs[i].Hdr.Iov = &iovs[i]

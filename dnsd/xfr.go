@@ -117,7 +117,7 @@ func (x *transfers) serve(p []byte, from netip.Addr, tcp bool, size int, send fu
 		kind = xfrIXFR
 	}
 	switch {
-	case z == nil || !strings.EqualFold(q.Name, x.h.data.zone):
+	case z == nil || !strings.EqualFold(q.Name, x.h.data.Load().zone):
 		return s.refuse(kind, "not the zone")
 	case !x.allowed(from):
 		return s.refuse(kind, "address not allowed")
@@ -334,7 +334,7 @@ func (s *xfrStream) signedQuery(p []byte, from netip.Addr, tcp bool, size int) e
 
 // axfr sends the whole zone z: its SOA, every record, its SOA again.
 func (s *xfrStream) axfr(z *zone, kind int) error {
-	return s.done(kind, s.zoneRecords(z, s.x.h.data))
+	return s.done(kind, s.zoneRecords(z, s.x.h.data.Load()))
 }
 
 // ixfr sends the differences from the client's serial to z's, from the
@@ -342,7 +342,7 @@ func (s *xfrStream) axfr(z *zone, kind int) error {
 // the SOA alone when the client is current, and always over UDP (RFC
 // 1995 section 2: the client then asks over TCP).
 func (s *xfrStream) ixfr(z *zone, tcp bool) error {
-	d := s.x.h.data
+	d := s.x.h.data.Load()
 	var serial uint32
 	have := false
 	for _, rr := range s.req.Ns {

@@ -175,7 +175,7 @@ func BenchmarkRequestWork(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		p.budget.request(time.Now())
+		p.cur().budget.request(time.Now())
 		if _, err := x.startAttempt(pool.Pick(0)); err != nil {
 			b.Fatal(err)
 		}

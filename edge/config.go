@@ -51,6 +51,10 @@ type Config struct {
 	// ShutdownTimeout bounds the wait for in-flight requests after the
 	// listeners close.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// PIDFile, if set, is written with the process ID once the edge
+	// serves, again by each process an upgrade (SIGUSR2) starts, so that
+	// a supervisor follows the new one. Empty: none.
+	PIDFile string `yaml:"pid_file"`
 
 	// Policy balances each pool: round_robin or least_request.
 	Policy string `yaml:"policy"`

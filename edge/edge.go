@@ -45,6 +45,15 @@ type Options struct {
 	HTTPHook func(ctx *fasthttp.RequestCtx) bool
 	// Consul is the Consul client; nil makes one from the consul section.
 	Consul *api.Client
+	// Sockets, if set, opens the listening sockets or inherits them from
+	// the process this one upgrades (tableflip). Nil opens them.
+	Sockets Sockets
+	// ServeAfterSync makes Run accept connections only once the router
+	// matched Consul: a process taking over live sockets in an upgrade
+	// must not answer 503 for want of a snapshot.
+	ServeAfterSync bool
+	// OnServing, if set, is called once Run serves every listener.
+	OnServing func()
 }
 
 // Edge is a running edge: listeners, proxy, router and Consul membership.
@@ -67,6 +76,8 @@ type Edge struct {
 	adminLn  net.Listener
 	member   *membership
 	draining atomic.Bool
+	// handover: the stop is an upgrade's (HandOver).
+	handover atomic.Bool
 }
 
 // New builds an edge from a validated configuration. Nothing listens until
@@ -139,12 +150,12 @@ func New(cfg Config, opts Options) (*Edge, error) {
 func (e *Edge) Listen() error {
 	var err error
 	if e.cfg.Engine == EngineLoop {
-		if e.loops, err = listenLoops(e.cfg.HTTP, e.proxy, e.opts.HTTPHook, e.log); err != nil {
+		if e.loops, err = listenLoops(e.cfg.HTTP, e.proxy, e.opts.HTTPHook, e.log, e.opts.Sockets); err != nil {
 			return fmt.Errorf("http: %w", err)
 		}
 		e.httpAddr = e.loops.Addr()
 	} else {
-		if e.httpLn, err = net.Listen("tcp", e.cfg.HTTP); err != nil {
+		if e.httpLn, err = e.listen(e.cfg.HTTP); err != nil {
 			return fmt.Errorf("http: %w", err)
 		}
 		e.httpAddr = e.httpLn.Addr()
@@ -152,12 +163,12 @@ func (e *Edge) Listen() error {
 	if e.cfg.HTTPS != "" {
 		if e.opts.TLSConfig == nil {
 			e.log.Warn("https listener configured but TLS is not enabled; not listening", "https", e.cfg.HTTPS)
-		} else if e.httpsLn, err = net.Listen("tcp", e.cfg.HTTPS); err != nil {
+		} else if e.httpsLn, err = e.listen(e.cfg.HTTPS); err != nil {
 			e.closeListeners()
 			return fmt.Errorf("https: %w", err)
 		}
 	}
-	if e.adminLn, err = net.Listen("tcp", e.cfg.Admin); err != nil {
+	if e.adminLn, err = e.listen(e.cfg.Admin); err != nil {
 		e.closeListeners()
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -205,6 +216,9 @@ func (e *Edge) ServiceID() string { return e.member.ID() }
 // Router is the edge's router; Proxy its request handler.
 func (e *Edge) Router() *router.Router { return e.router }
 func (e *Edge) Proxy() *Proxy          { return e.proxy }
+
+// Registry holds the edge's metrics, served on the admin /metrics.
+func (e *Edge) Registry() *prometheus.Registry { return e.reg }
 
 // healthy is /healthz: failing until the first Consul sync, then passing,
 // even while Consul is unreachable, until the edge starts to drain.
@@ -266,6 +280,12 @@ func (e *Edge) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if e.opts.ServeAfterSync {
+		select {
+		case <-e.router.Ready():
+		case <-ctx.Done():
+		}
+	}
 	serve("admin", func() error { return e.admin.Serve(e.adminLn) })
 	if e.loops != nil {
 		e.loops.run()
@@ -275,6 +295,9 @@ func (e *Edge) Run(ctx context.Context) error {
 	}
 	if e.httpsLn != nil {
 		serve("https", func() error { return e.server.Serve(tls.NewListener(trackListener{e.httpsLn}, e.opts.TLSConfig)) })
+	}
+	if e.opts.OnServing != nil {
+		e.opts.OnServing()
 	}
 	e.log.Info("edge serving", "pod", e.cfg.Pod, "http", e.httpAddr.String(), "engine", e.cfg.Engine, "admin", e.adminLn.Addr().String(),
 		"service_id", e.member.ID(), "public_ip", e.cfg.PublicIP)
@@ -289,20 +312,35 @@ func (e *Edge) Run(ctx context.Context) error {
 	return runErr
 }
 
+// HandOver makes the coming stop (Run's ctx ending) an in-place
+// upgrade's: another process serves the same sockets and registered the
+// same service in Consul, so the edge neither deregisters nor waits
+// drain_delay, and leaves /healthz to it. It stops accepting at once and
+// finishes what is in flight, answering with Connection: close.
+func (e *Edge) HandOver() { e.handover.Store(true) }
+
 // drain is the graceful stop.
 func (e *Edge) drain(stopMembership func()) {
 	start := time.Now()
-	e.draining.Store(true)
 	e.proxy.SetDraining(true)
-	stopMembership()
-	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if err := e.member.deregister(dctx); err != nil {
-		e.log.Warn("could not deregister from consul; its check will fail instead", "error", err.Error())
+	if e.handover.Load() {
+		stopMembership()
+		actx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = e.admin.Shutdown(actx) // the next process answers Consul's checks
+		cancel()
+		e.log.Info("handing over to the upgraded process; finishing in-flight requests")
 	} else {
-		e.log.Info("deregistered from consul; draining", "drain_delay", e.cfg.DrainDelay)
+		e.draining.Store(true)
+		stopMembership()
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := e.member.deregister(dctx); err != nil {
+			e.log.Warn("could not deregister from consul; its check will fail instead", "error", err.Error())
+		} else {
+			e.log.Info("deregistered from consul; draining", "drain_delay", e.cfg.DrainDelay)
+		}
+		cancel()
+		time.Sleep(e.cfg.DrainDelay)
 	}
-	cancel()
-	time.Sleep(e.cfg.DrainDelay)
 
 	sctx, cancel := context.WithTimeout(context.Background(), e.cfg.ShutdownTimeout)
 	defer cancel()
@@ -330,8 +368,8 @@ func (e *Edge) drain(stopMembership func()) {
 func (p *Proxy) newServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	p.init()
 	maxBody := math.MaxInt32
-	if p.Limits.MaxBodyBytes > 0 && p.Limits.MaxBodyBytes < math.MaxInt32 {
-		maxBody = int(p.Limits.MaxBodyBytes)
+	if p.cur().Limits.MaxBodyBytes > 0 && p.cur().Limits.MaxBodyBytes < math.MaxInt32 {
+		maxBody = int(p.cur().Limits.MaxBodyBytes)
 	}
 	return &fasthttp.Server{
 		Handler:      h,
@@ -339,20 +377,20 @@ func (p *Proxy) newServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp
 		// A client that waits for 100 Continue is refused a body too large
 		// before it sends any.
 		ExpectHandler: func(ctx *fasthttp.RequestCtx) int {
-			if p.Limits.MaxBodyBytes > 0 && int64(ctx.Request.Header.ContentLength()) > p.Limits.MaxBodyBytes {
+			if p.cur().Limits.MaxBodyBytes > 0 && int64(ctx.Request.Header.ContentLength()) > p.cur().Limits.MaxBodyBytes {
 				return fasthttp.StatusRequestEntityTooLarge
 			}
 			return fasthttp.StatusContinue
 		},
 		Logger: fasthttpLogger{log.With("component", "server")},
 		// The buffer a request head must fit in: the header limit.
-		ReadBufferSize: p.Limits.MaxHeaderBytes,
+		ReadBufferSize: p.cur().Limits.MaxHeaderBytes,
 		// From a request's first byte to the end of its head (and of a body
 		// short enough to arrive with it); longer bodies move the
 		// deadline as they stream (reqBody).
-		ReadTimeout:  p.Timeouts.ClientHeader,
-		WriteTimeout: p.Timeouts.ClientWrite,
-		IdleTimeout:  p.Timeouts.ClientIdle,
+		ReadTimeout:  p.cur().Timeouts.ClientHeader,
+		WriteTimeout: p.cur().Timeouts.ClientWrite,
+		IdleTimeout:  p.cur().Timeouts.ClientIdle,
 		// Bodies stream to the endpoint as they arrive; the limit is
 		// enforced by the proxy, which fasthttp's streaming mode leaves to it.
 		StreamRequestBody:            true,

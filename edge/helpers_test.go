@@ -113,7 +113,7 @@ func newHarnessOn(t testing.TB, engine string, p *Proxy, st router.State) *harne
 	var loops *loopServer
 	if engine == EngineLoop {
 		var err error
-		if loops, err = listenLoops("127.0.0.1:0", p, nil, quiet()); err != nil {
+		if loops, err = listenLoops("127.0.0.1:0", p, nil, quiet(), nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -35,7 +35,7 @@ func benchLoop(b *testing.B, p *Proxy) {
 	p.Metrics = NewMetrics(prometheus.NewRegistry())
 	p.Logger = slog.New(slog.DiscardHandler)
 	publish(b, p, withApps(onePod(), ln.Addr().String()))
-	loops, err := listenLoops("127.0.0.1:0", p, nil, slog.New(slog.DiscardHandler))
+	loops, err := listenLoops("127.0.0.1:0", p, nil, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func FuzzLoop(f *testing.F) {
 	p := fuzzProxy()
 	publish(f, p, fuzzState(appLn.Addr().String(), refusedAddr))
 
-	loops, err := listenLoops("127.0.0.1:0", p, nil, slog.New(slog.DiscardHandler))
+	loops, err := listenLoops("127.0.0.1:0", p, nil, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -57,7 +57,7 @@ type loopServer struct {
 }
 
 // listenLoops opens one listening socket and loop per CPU on addr.
-func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, log *slog.Logger) (*loopServer, error) {
+func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, log *slog.Logger, sockets Sockets) (*loopServer, error) {
 	p.init()
 	tcp, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
@@ -71,7 +71,7 @@ func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, lo
 	s := &loopServer{p: p, hook: hook, log: log.With("component", "loop")}
 	s.fastLog = fasthttpLogger{s.log}
 	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
-		l, err := s.newLoop(ap)
+		l, err := s.newLoop(ap, sockets, fmt.Sprintf("loop %s #%d", addr, i))
 		if err != nil {
 			s.closeLoops()
 			return nil, err
@@ -207,14 +207,19 @@ func (l *edgeLoop) giveBack(b []byte) {
 	l.bufBytes += cap(b)
 }
 
-func (s *loopServer) newLoop(ap netip.AddrPort) (*edgeLoop, error) {
+func (s *loopServer) newLoop(ap netip.AddrPort, sockets Sockets, name string) (*edgeLoop, error) {
 	p := s.p
 	l := &edgeLoop{s: s, p: p, lfd: -1, idle: map[*upstream][]*upConn{}}
-	l.parser = h1.NewParser(max(p.Limits.MaxHeaderBytes, 4096))
-	var err error
-	if l.ev, l.lfd, err = evloop.NewListening(ap, l.accept); err != nil {
+	l.parser = h1.NewParser(max(p.cur().Limits.MaxHeaderBytes, 4096))
+	lfd, err := loopSocket(sockets, name, ap)
+	if err != nil {
 		return nil, err
 	}
+	if l.ev, err = evloop.NewOnListener(lfd, l.accept); err != nil {
+		unix.Close(lfd)
+		return nil, err
+	}
+	l.lfd = lfd
 	l.ev.AtRoundEnd(l.flushRound)
 	return l, nil
 }
@@ -235,7 +240,11 @@ func (l *edgeLoop) run() {
 }
 
 // stopAccepting closes the listening socket and the idle client
-// connections; the others close after their exchange.
+// connections; the others close after their exchange. A connection that
+// has sent no request yet is not idle: it was accepted moments ago, and
+// its request may be in flight (an upgrade hands the socket on while
+// clients connect). It gets freshGrace to send it, answered with
+// Connection: close.
 func (l *edgeLoop) stopAccepting() {
 	l.draining = true
 	if l.lfd >= 0 {
@@ -248,9 +257,17 @@ func (l *edgeLoop) stopAccepting() {
 		l.lfd = -1
 	}
 	for _, c := range l.clientsIdle() {
+		if c.fresh {
+			l.ev.Schedule(c.timer, freshGrace)
+			continue
+		}
 		l.dropClient(c)
 	}
 }
+
+// freshGrace is how long a drain waits for the first request of a
+// connection accepted just before it.
+const freshGrace = time.Second
 
 // clientsIdle lists the client connections between requests.
 func (l *edgeLoop) clientsIdle() []*clientConn {
@@ -287,8 +304,8 @@ func (l *edgeLoop) accept() {
 			continue
 		}
 		l.s.opened()
-		c.state = clientIdle
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
+		c.state, c.fresh = clientIdle, true
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
 	}
 }
 
@@ -360,6 +377,8 @@ type clientConn struct {
 	peerClosed bool
 	// queued: out waits in the loop's clientWrites.
 	queued bool
+	// fresh: no request has begun on the connection yet.
+	fresh bool
 }
 
 func (c *clientConn) Event(ev evloop.Events) {
@@ -387,7 +406,7 @@ func (l *edgeLoop) readClient(c *clientConn) {
 	if c.in == nil {
 		c.in = l.borrow()
 	}
-	_, err := evloop.ReadInto(c.fd, &c.in, l.p.Limits.MaxHeaderBytes+l.p.Limits.BufferBytes+maxPipelined, c.peerClosed)
+	_, err := evloop.ReadInto(c.fd, &c.in, l.p.cur().Limits.MaxHeaderBytes+l.p.cur().Limits.BufferBytes+maxPipelined, c.peerClosed)
 	switch err {
 	case nil:
 	case evloop.ErrBufferFull:
@@ -446,7 +465,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 			return false
 		}
 	}
-	head, err := c.scan.Scan(c.in, p.Limits.MaxHeaderBytes, true)
+	head, err := c.scan.Scan(c.in, p.cur().Limits.MaxHeaderBytes, true)
 	if err != nil {
 		l.refuseHead(c, err)
 		return false
@@ -471,8 +490,8 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	// fasthttp's server takes what the loop does not: bodies it would not
 	// buffer, or over the limit (its 413), and the rest named above.
 	found := requestKeys(h)
-	if bodyLen < 0 || bodyLen > p.Limits.BufferBytes || !h.IsHTTP11() ||
-		p.Limits.MaxBodyBytes > 0 && int64(bodyLen) > p.Limits.MaxBodyBytes ||
+	if bodyLen < 0 || bodyLen > p.cur().Limits.BufferBytes || !h.IsHTTP11() ||
+		p.cur().Limits.MaxBodyBytes > 0 && int64(bodyLen) > p.cur().Limits.MaxBodyBytes ||
 		found&(hUpgrade|hExpect) != 0 {
 		l.release(ex)
 		l.handOff(c)
@@ -489,7 +508,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	ex.head = h.IsHead()
 	c.closeAfter = h.ConnectionClose()
-	c.ex, c.state = ex, clientExchange
+	c.ex, c.state, c.fresh = ex, clientExchange, false
 	l.ev.Cancel(c.timer)
 
 	if l.s.hook != nil && l.s.hook(ctx) {
@@ -503,7 +522,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	if err == errSlotWait {
 		ex.pool = pool
 		c.state = clientQueued
-		l.ev.Schedule(c.timer, p.queueTimeout)
+		l.ev.Schedule(c.timer, p.cur().TenantLimits.QueueTimeout)
 		return false
 	}
 	if err == nil && x.upgrade {
@@ -513,7 +532,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 		l.finish(ex, err)
 		return true
 	}
-	p.budget.request(l.ev.Now())
+	p.cur().budget.request(l.ev.Now())
 	ex.pool = pool
 	l.nextAttempt(ex)
 	return c.ex == nil
@@ -532,7 +551,7 @@ func (l *edgeLoop) slotFreed(ex *loopExchange) {
 	}
 	c.state = clientExchange
 	l.ev.Cancel(c.timer)
-	l.p.budget.request(l.ev.Now())
+	l.p.cur().budget.request(l.ev.Now())
 	l.nextAttempt(ex)
 }
 
@@ -558,9 +577,9 @@ func (l *edgeLoop) awaitRequest(c *clientConn, part clientState) {
 	}
 	c.state = part
 	if part == clientHead {
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientHeader)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientHeader)
 	} else {
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientBody)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientBody)
 	}
 }
 
@@ -712,7 +731,7 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 		return
 	}
 	if len(c.out) > 0 {
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientWrite)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientWrite)
 		return
 	}
 	if ex := c.ex; ex != nil {
@@ -734,7 +753,7 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 		return
 	}
 	c.state = clientIdle
-	l.ev.Schedule(c.timer, l.p.Timeouts.ClientIdle)
+	l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
 	l.giveBack(c.out)
 	c.out = nil
 	if len(c.in) == 0 {

@@ -17,7 +17,7 @@ const defaultEngine = EngineFasthttp
 // loopServer needs epoll: elsewhere listenLoops fails.
 type loopServer struct{}
 
-func listenLoops(string, *Proxy, func(*fasthttp.RequestCtx) bool, *slog.Logger) (*loopServer, error) {
+func listenLoops(string, *Proxy, func(*fasthttp.RequestCtx) bool, *slog.Logger, Sockets) (*loopServer, error) {
 	return nil, errors.New("engine loop needs Linux (epoll); use engine fasthttp")
 }
 

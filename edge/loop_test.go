@@ -23,7 +23,7 @@ func TestLoopPausesAcceptingWhenOutOfDescriptors(t *testing.T) {
 		var log lockedBuffer
 		reg := prometheus.NewRegistry()
 		p := &Proxy{Logger: loggerTo(&log), Metrics: NewMetrics(reg)}
-		loops, err := listenLoops("127.0.0.1:0", p, nil, p.Logger)
+		loops, err := listenLoops("127.0.0.1:0", p, nil, p.Logger, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

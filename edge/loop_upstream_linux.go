@@ -101,7 +101,7 @@ func (l *edgeLoop) send(ex *loopExchange, u *upstream) {
 	up.out = req.Header.AppendBytes(up.out[:0])
 	up.out = append(up.out, req.Body()...)
 	if up.connecting {
-		l.ev.Schedule(up.timer, l.p.Timeouts.Dial)
+		l.ev.Schedule(up.timer, l.p.cur().Timeouts.Dial)
 		return
 	}
 	if !up.queued {
@@ -123,7 +123,7 @@ func (l *edgeLoop) upstreamConn(u *upstream) (*upConn, error) {
 	if !u.ap.IsValid() {
 		return nil, &DialError{Addr: u.addr, Err: errNotIPPort}
 	}
-	if int(u.loopConns.Load()) >= l.p.Limits.MaxConnsPerEndpoint {
+	if int(u.loopConns.Load()) >= l.p.cur().Limits.MaxConnsPerEndpoint {
 		return nil, errNoFreeConns
 	}
 	fd, connecting, err := evloop.Connect(u.ap)
@@ -165,12 +165,12 @@ func (l *edgeLoop) writeUpstream(up *upConn) {
 		return
 	}
 	if len(up.out) > 0 {
-		l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
+		l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamIdle)
 		return
 	}
 	up.sent = true
 	if !up.gotByte {
-		l.ev.Schedule(up.timer, l.p.Timeouts.ResponseHeader)
+		l.ev.Schedule(up.timer, l.p.cur().Timeouts.ResponseHeader)
 	}
 }
 
@@ -180,7 +180,7 @@ func (l *edgeLoop) readUpstream(up *upConn) {
 		l.dropUpstream(up) // an idle connection has nothing to say: it closed, or it is broken
 		return
 	}
-	limit := l.p.Limits.MaxHeaderBytes + l.p.Limits.BufferBytes
+	limit := l.p.cur().Limits.MaxHeaderBytes + l.p.cur().Limits.BufferBytes
 	for !up.closed && up.ex != nil && !up.paused {
 		n, err := evloop.ReadInto(up.fd, &up.in, limit, up.peerClosed)
 		if err == evloop.ErrBufferFull && n == 0 {
@@ -243,7 +243,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 	ex := up.ex
 	resp := &ex.ctx.Response
 	for {
-		head, err := h1.CompleteHead(up.in, l.p.Limits.MaxHeaderBytes, false)
+		head, err := h1.CompleteHead(up.in, l.p.cur().Limits.MaxHeaderBytes, false)
 		if err == h1.ErrHeadTooLarge {
 			err = errRespHeadTooLarge
 		}
@@ -282,12 +282,12 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 	up.headDone = true
 	status := resp.StatusCode()
 	ex.x.upStatus = status
-	l.ev.Schedule(up.timer, l.p.Timeouts.ResponseHeader)
+	l.ev.Schedule(up.timer, l.p.cur().Timeouts.ResponseHeader)
 	cl := resp.Header.ContentLength()
 	if ex.head || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
 		cl = 0
 	}
-	if cl >= 0 && cl <= l.p.Limits.BufferBytes {
+	if cl >= 0 && cl <= l.p.cur().Limits.BufferBytes {
 		ex.left = int64(cl)
 		return true
 	}
@@ -339,7 +339,7 @@ func (l *edgeLoop) startStream(up *upConn, cl int) bool {
 		resp.Header.SetConnectionClose()
 	}
 	l.sendResponse(ex, false)
-	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
+	l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamIdle)
 	return true
 }
 
@@ -382,9 +382,9 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 		l.endExchange(ex)
 		return
 	}
-	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamIdle)
+	l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamIdle)
 	if len(c.out) > 0 {
-		l.ev.Schedule(c.timer, l.p.Timeouts.ClientWrite)
+		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientWrite)
 	}
 	if len(c.out) >= streamHighWater {
 		up.paused = true // flushClient resumes it
@@ -482,7 +482,7 @@ func (l *edgeLoop) releaseUpstream(up *upConn) {
 	up.in, up.out, up.skip = up.in[:0], up.out[:0], 0
 	up.idle = true
 	l.idle[up.u] = append(l.idle[up.u], up)
-	l.ev.Schedule(up.timer, l.p.Timeouts.UpstreamKeepalive)
+	l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamKeepalive)
 }
 
 // dropUpstream closes up, taking it out of the pool if it is there.

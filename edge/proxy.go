@@ -67,22 +67,17 @@ type Proxy struct {
 	// is sent. An error sends the request down the error path with 502.
 	ModifyResponse func(ctx *fasthttp.RequestCtx) error
 
-	once       sync.Once
-	view       atomic.Pointer[view]
-	registry   *router.Registry
-	metrics    *Metrics
-	access     *accessLogger
-	log        *slog.Logger
-	dialer     net.Dialer
-	budget     *retryBudget
-	retryAfter []byte
-	draining   atomic.Bool
-	exchanges  sync.Pool
-	copyBufs   sync.Pool // *[]byte of 32 KiB, for streamed bodies
-	tunnels    tunnelSet
-	// tenantDefault is TenantLimits' limits; nil when it sets none.
-	tenantDefault *router.Limits
-	queueTimeout  time.Duration
+	once      sync.Once
+	view      atomic.Pointer[view]
+	registry  *router.Registry
+	metrics   *Metrics
+	access    *accessLogger
+	log       *slog.Logger
+	live      atomic.Pointer[live] // what SetSettings publishes
+	draining  atomic.Bool
+	exchanges sync.Pool
+	copyBufs  sync.Pool // *[]byte of 32 KiB, for streamed bodies
+	tunnels   tunnelSet
 	// epoch is the origin of the rate limiters' clock.
 	epoch time.Time
 }
@@ -100,45 +95,12 @@ type view struct {
 func (p *Proxy) init() { p.once.Do(p.setup) }
 
 func (p *Proxy) setup() {
-	d := DefaultConfig()
-	fill := func(dst *time.Duration, def time.Duration) {
-		if *dst == 0 {
-			*dst = def
-		}
-	}
-	t := &p.Timeouts
-	fill(&t.Dial, d.Timeouts.Dial)
-	fill(&t.ResponseHeader, d.Timeouts.ResponseHeader)
-	fill(&t.UpstreamIdle, d.Timeouts.UpstreamIdle)
-	fill(&t.UpstreamKeepalive, d.Timeouts.UpstreamKeepalive)
-	fill(&t.ClientHeader, d.Timeouts.ClientHeader)
-	fill(&t.ClientBody, d.Timeouts.ClientBody)
-	fill(&t.ClientWrite, d.Timeouts.ClientWrite)
-	fill(&t.ClientIdle, d.Timeouts.ClientIdle)
-	fill(&t.WebSocketIdle, d.Timeouts.WebSocketIdle)
-	if p.Limits.MaxHeaderBytes == 0 {
-		p.Limits.MaxHeaderBytes = d.Limits.MaxHeaderBytes
-	}
-	if p.Limits.BufferBytes == 0 {
-		p.Limits.BufferBytes = d.Limits.BufferBytes
-	}
-	if p.Limits.MaxConnsPerEndpoint == 0 {
-		p.Limits.MaxConnsPerEndpoint = d.Limits.MaxConnsPerEndpoint
-	}
-	if p.Retries == (Retries{}) {
-		p.Retries = d.Retries
-	}
-	fill(&p.Retries.BudgetWindow, d.Retries.BudgetWindow)
-	fill(&p.RetryAfter, d.RetryAfter)
-	if l := p.TenantLimits.limits(); l != (router.Limits{}) {
-		p.tenantDefault = &l
-	}
-	p.queueTimeout = p.TenantLimits.QueueTimeout
-	if p.TenantLimits == (TenantLimits{}) {
-		p.queueTimeout = d.TenantLimits.QueueTimeout
-	}
+	// The fields are the first settings; SetSettings replaces them.
+	p.store(Settings{Timeouts: p.Timeouts, Limits: p.Limits, Retries: p.Retries, RetryAfter: p.RetryAfter,
+		TrustedProxies: p.TrustedProxies, TenantLimits: p.TenantLimits})
 	p.epoch = time.Now()
-	p.retryAfter = strconv.AppendInt(nil, int64((p.RetryAfter+time.Second-1)/time.Second), 10)
+	l := p.cur()
+	p.Timeouts, p.Limits, p.Retries, p.RetryAfter = l.Timeouts, l.Limits, l.Retries, l.RetryAfter
 	p.metrics = p.Metrics
 	if p.metrics == nil {
 		p.metrics = NewMetrics(prometheus.NewRegistry())
@@ -152,8 +114,6 @@ func (p *Proxy) setup() {
 	}
 	p.log = p.log.With("component", "proxy")
 	p.copyBufs.New = func() any { b := make([]byte, 32<<10); return &b }
-	p.dialer = net.Dialer{Timeout: p.Timeouts.Dial, KeepAlive: 30 * time.Second}
-	p.budget = newRetryBudget(p.Retries.BudgetRatio, p.Retries.BudgetMinPerSecond, p.Retries.BudgetWindow, time.Now)
 	p.registry = &router.Registry{
 		NewValue: func(addr string) any { return p.newUpstream(addr) },
 		ReleaseValue: func(addr string, v any) {
@@ -356,7 +316,7 @@ func requestHost(req *fasthttp.Request) []byte {
 // others, as the retry policy allows.
 func (p *Proxy) forward(ctx *fasthttp.RequestCtx, x *exchange, pool *router.Pool) error {
 	now := time.Now()
-	p.budget.request(now)
+	p.cur().budget.request(now)
 	for {
 		m, err := x.next(pool)
 		if err != nil {
@@ -379,7 +339,7 @@ func (p *Proxy) retry(x *exchange, req *fasthttp.Request, err error) bool {
 	if !p.mayRetry(x, req, err) {
 		return false
 	}
-	if !p.budget.withdraw(time.Now()) {
+	if !p.cur().budget.withdraw(time.Now()) {
 		p.metrics.budgetExhausted.Inc()
 		return false
 	}
@@ -408,7 +368,7 @@ func (p *Proxy) attempt(ctx *fasthttp.RequestCtx, x *exchange, m *router.Member)
 // endpoint: when nothing was sent (refused connection, full pool), or when
 // an idempotent request without a body failed before any response byte.
 func (p *Proxy) mayRetry(x *exchange, req *fasthttp.Request, err error) bool {
-	if x.attempts > p.Retries.Max {
+	if x.attempts > p.cur().Retries.Max {
 		return false
 	}
 	if isDial(err) || err == errNoFreeConns {
@@ -455,7 +415,7 @@ func (p *Proxy) fail(ctx *fasthttp.RequestCtx, x *exchange, err error) {
 	if p.ErrorHandler != nil {
 		p.ErrorHandler(ctx, status, err)
 	} else {
-		writeError(ctx, status, err, p.retryAfter)
+		writeError(ctx, status, err, p.cur().retryAfter)
 	}
 	if len(x.reqID) > 0 {
 		ctx.Response.Header.SetCanonical(keyXRequestID, x.reqID)

@@ -104,7 +104,7 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 		return nil
 	}
 	cl := h.ContentLength()
-	if p.Limits.MaxBodyBytes > 0 && int64(cl) > p.Limits.MaxBodyBytes {
+	if p.cur().Limits.MaxBodyBytes > 0 && int64(cl) > p.cur().Limits.MaxBodyBytes {
 		return &clientError{status: fasthttp.StatusRequestEntityTooLarge, err: errBodyTooLarge}
 	}
 	x.hasBody = cl != 0
@@ -112,9 +112,9 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 		x.body = reqBody{
 			src:          req.BodyStream(),
 			ctx:          ctx,
-			limit:        p.Limits.MaxBodyBytes,
-			clientBody:   p.Timeouts.ClientBody,
-			upstreamIdle: p.Timeouts.UpstreamIdle,
+			limit:        p.cur().Limits.MaxBodyBytes,
+			clientBody:   p.cur().Timeouts.ClientBody,
+			upstreamIdle: p.cur().Timeouts.UpstreamIdle,
 		}
 		req.SetBodyStream(&x.body, cl)
 	}
@@ -140,7 +140,7 @@ func (p *Proxy) trusted(v *view, peer netip.Addr) bool {
 	if !peer.IsValid() {
 		return false
 	}
-	for _, pre := range p.TrustedProxies {
+	for _, pre := range p.cur().TrustedProxies {
 		if pre.Contains(peer) {
 			return true
 		}

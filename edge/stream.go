@@ -111,9 +111,9 @@ func (s *respStream) start(x *exchange, u *upstream, cc any, conn net.Conn, br *
 
 func (s *respStream) Read(p []byte) (int, error) {
 	now := time.Now()
-	_ = s.conn.SetReadDeadline(now.Add(s.u.p.Timeouts.UpstreamIdle))
+	_ = s.conn.SetReadDeadline(now.Add(s.u.p.cur().Timeouts.UpstreamIdle))
 	if s.client != nil {
-		_ = s.client.SetWriteDeadline(now.Add(s.u.p.Timeouts.ClientWrite))
+		_ = s.client.SetWriteDeadline(now.Add(s.u.p.cur().Timeouts.ClientWrite))
 	}
 	n, err := s.x.resp.BodyStream().Read(p)
 	s.x.bytes += int64(n)

@@ -99,9 +99,10 @@ type admission struct {
 // errSlotWait when the request must wait for a concurrency slot, with its
 // waiter queued.
 func (p *Proxy) admit(x *exchange, v *view, route router.Route) error {
+	cur := p.cur()
 	l := route.Tenant.Limits
 	if l == nil {
-		l = p.tenantDefault
+		l = cur.tenantDefault
 	}
 	st := route.Tenant.State()
 	if l == nil || st == nil {
@@ -125,7 +126,7 @@ func (p *Proxy) admit(x *exchange, v *view, route router.Route) error {
 		return nil
 	}
 	w := a.w
-	if p.queueTimeout <= 0 {
+	if cur.TenantLimits.QueueTimeout <= 0 {
 		w = nil
 	}
 	if st.AcquireOrWait(sh, w) {
@@ -160,14 +161,15 @@ func (p *Proxy) giveUp(x *exchange) error {
 // awaitSlot is the wait of a goroutine's request (fasthttp's data path)
 // for a concurrency slot, up to tenant_limits.queue_timeout.
 func (p *Proxy) awaitSlot(x *exchange) error {
+	wait := p.cur().TenantLimits.QueueTimeout
 	select {
 	case <-x.ready: // a wake meant for an earlier wait
 	default:
 	}
 	if x.queueTimer == nil {
-		x.queueTimer = time.NewTimer(p.queueTimeout)
+		x.queueTimer = time.NewTimer(wait)
 	} else {
-		x.queueTimer.Reset(p.queueTimeout)
+		x.queueTimer.Reset(wait)
 	}
 	defer x.queueTimer.Stop()
 	for {

@@ -42,9 +42,9 @@ func (p *Proxy) newUpstream(addr string) *upstream {
 	u.hc = &fasthttp.HostClient{
 		Addr:                     addr,
 		Dial:                     u.dial,
-		MaxConns:                 p.Limits.MaxConnsPerEndpoint,
-		MaxIdleConnDuration:      p.Timeouts.UpstreamKeepalive,
-		ReadBufferSize:           p.Limits.MaxHeaderBytes,
+		MaxConns:                 p.cur().Limits.MaxConnsPerEndpoint,
+		MaxIdleConnDuration:      p.cur().Timeouts.UpstreamKeepalive,
+		ReadBufferSize:           p.cur().Limits.MaxHeaderBytes,
 		NoDefaultUserAgentHeader: true,
 		DisablePathNormalizing:   true,
 		// The most recently used connection is the least likely to have
@@ -74,7 +74,8 @@ func (u *upstream) dial(addr string) (net.Conn, error) {
 	if u.p.Dial != nil {
 		c, err = u.p.Dial(addr)
 	} else {
-		c, err = u.p.dialer.Dial("tcp", addr)
+		d := net.Dialer{Timeout: u.p.cur().Timeouts.Dial, KeepAlive: 30 * time.Second}
+		c, err = d.Dial("tcp", addr)
 	}
 	if err != nil {
 		return nil, &DialError{Addr: addr, Err: err}
@@ -180,7 +181,7 @@ func (u *upstream) exchangeOn(x *exchange, cc any, conn net.Conn, req *fasthttp.
 	// so that it cannot fire on the connection's next request. The read
 	// deadline is set on every request.
 	if x.hasBody {
-		if err := conn.SetWriteDeadline(time.Now().Add(p.Timeouts.UpstreamIdle)); err != nil {
+		if err := conn.SetWriteDeadline(time.Now().Add(p.cur().Timeouts.UpstreamIdle)); err != nil {
 			u.conns.close(cc)
 			return false, &UpstreamError{Addr: u.addr, stage: stageWrite, Err: err}
 		}
@@ -206,7 +207,7 @@ func (u *upstream) exchangeOn(x *exchange, cc any, conn net.Conn, req *fasthttp.
 		return false, &UpstreamError{Addr: u.addr, stage: stageWrite, Err: err}
 	}
 
-	if err := conn.SetReadDeadline(time.Now().Add(p.Timeouts.ResponseHeader)); err != nil {
+	if err := conn.SetReadDeadline(time.Now().Add(p.cur().Timeouts.ResponseHeader)); err != nil {
 		u.conns.close(cc)
 		return false, &UpstreamError{Addr: u.addr, stage: stageWait, Err: err}
 	}
@@ -244,9 +245,9 @@ func (u *upstream) exchangeOn(x *exchange, cc any, conn net.Conn, req *fasthttp.
 		u.done(cc, br, closeConn)
 		return false, nil
 	}
-	if cl := resp.Header.ContentLength(); cl >= 0 && cl <= p.Limits.BufferBytes {
+	if cl := resp.Header.ContentLength(); cl >= 0 && cl <= p.cur().Limits.BufferBytes {
 		// Small bodies are read whole, under the response deadline.
-		if err := resp.ReadBody(br, p.Limits.BufferBytes); err != nil {
+		if err := resp.ReadBody(br, p.cur().Limits.BufferBytes); err != nil {
 			return fail(stageBody, err)
 		}
 		u.done(cc, br, closeConn)

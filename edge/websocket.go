@@ -53,7 +53,7 @@ func (p *Proxy) pipe(client net.Conn, t tunnelConn) {
 	defer p.tunnels.remove(e)
 	defer t.release()
 
-	idle := p.Timeouts.WebSocketIdle
+	idle := p.cur().Timeouts.WebSocketIdle
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup

@@ -191,7 +191,7 @@ type written struct {
 // leads and forwards it to the leader otherwise.
 func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error), run func(context.Context, T) (written, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := readBody(w, r, s.cfg.MaxBodyBytes)
+		body, err := readBody(w, r, s.conf().MaxBodyBytes)
 		if err != nil {
 			writeError(w, err)
 			return

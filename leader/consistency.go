@@ -85,7 +85,7 @@ func (s *Server) parseRead(r *http.Request, allowed ...string) (readQuery, error
 			if err != nil || d <= 0 {
 				return q, invalid("wait: %q is not a positive duration such as 30s or 5m", v)
 			}
-			q.wait = min(d, s.cfg.MaxQueryTime)
+			q.wait = min(d, s.conf().MaxQueryTime)
 		case slices.Contains(allowed, key):
 			q.params.Set(key, v)
 		default:
@@ -119,7 +119,7 @@ func (s *Server) readView(w http.ResponseWriter, r *http.Request, allowed ...str
 		return nil, nil
 	}
 	need := max(q.index, s.lastWrite.Load())
-	limit, kind := s.cfg.ReadWait, "index"
+	limit, kind := s.conf().ReadWait, "index"
 	if q.wait > 0 {
 		// As Consul does, up to a sixteenth more, so that clients that
 		// began together do not all come back together.
@@ -148,7 +148,7 @@ func (s *Server) readView(w http.ResponseWriter, r *http.Request, allowed ...str
 			return nil, nil
 		default:
 			s.m.readWaits.WithLabelValues(kind, "timeout").Inc()
-			writeError(w, &Error{Kind: KindUnavailable, Msg: fmt.Sprintf("this replica's view is at index %d and has not reached index %d within %s; retry", v.LogIndex, need, s.cfg.ReadWait)})
+			writeError(w, &Error{Kind: KindUnavailable, Msg: fmt.Sprintf("this replica's view is at index %d and has not reached index %d within %s; retry", v.LogIndex, need, s.conf().ReadWait)})
 			return nil, nil
 		}
 	}

@@ -27,6 +27,7 @@ import (
 // Server is one leader replica.
 type Server struct {
 	cfg    Config
+	live   atomic.Pointer[Config] // cfg with the live keys of the latest reload
 	log    *slog.Logger
 	client *api.Client
 	router *router.Router
@@ -92,6 +93,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		zone:   strings.TrimSuffix(rt.Zone(), "."),
 		kick:   make(chan struct{}, 1),
 	}
+	s.live.Store(&cfg)
 	s.reads, s.stopReads = context.WithCancel(context.Background())
 	s.val = newValidator(rt.Zone(), cfg.ReservedNames, cfg.MaxDomains)
 	s.reg.MustRegister(router.LogCollector("leader", rt))
@@ -110,6 +112,20 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	return s, nil
 }
+
+// LiveKeys are the keys of the leader's configuration that a reload
+// (SIGHUP) may change; a change to any other is refused.
+var LiveKeys = []string{"log.level", "max_body_bytes", "read_wait", "max_query_time"}
+
+// conf is the configuration in force for the live keys.
+func (s *Server) conf() *Config { return s.live.Load() }
+
+// Reconfigure applies the live keys of cfg, which a reload validated, to
+// the requests that start from now on.
+func (s *Server) Reconfigure(cfg Config) { s.live.Store(&cfg) }
+
+// Registry holds the replica's metrics, served on /metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
 // Router is the replica's view of the platform.
 func (s *Server) Router() *router.Router { return s.router }

@@ -185,11 +185,16 @@ func DefaultLog() Log { return Log{Level: "info", Format: "json"} }
 
 // Logger builds the process logger writing to w.
 func (l Log) Logger(w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(l.Level)); err != nil {
-		return nil, fmt.Errorf("log.level: %q is not debug, info, warn or error", l.Level)
+	return l.LeveledLogger(w, new(slog.LevelVar))
+}
+
+// LeveledLogger is Logger at the level of lv, which it sets to log.level:
+// SetLevel changes it later, while the process runs.
+func (l Log) LeveledLogger(w io.Writer, lv *slog.LevelVar) (*slog.Logger, error) {
+	if err := l.SetLevel(lv); err != nil {
+		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: lv}
 	switch l.Format {
 	case "", "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
@@ -197,6 +202,16 @@ func (l Log) Logger(w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log.format: %q is not json or text", l.Format)
+}
+
+// SetLevel sets lv to log.level.
+func (l Log) SetLevel(lv *slog.LevelVar) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.Level)); err != nil {
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", l.Level)
+	}
+	lv.Set(level)
+	return nil
 }
 
 // Exit prints err as one line prefixed with the program's name and exits

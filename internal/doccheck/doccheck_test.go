@@ -26,7 +26,7 @@ var readmes = []string{"edge/README.md", "edge/certs/README.md", "dnsd/README.md
 var metricName = regexp.MustCompile(`(?:Name:\s+|NewDesc\()"((?:edge|dnsd|leader)_[a-z0-9_]+)"`)
 
 // namespaced finds names the router builds for each binary.
-var namespaced = regexp.MustCompile(`namespace\+"(_[a-z0-9_]+)"`)
+var namespaced = regexp.MustCompile(`namespace\s*\+\s*"(_[a-z0-9_]+)"`)
 
 func exported(t *testing.T) []string {
 	t.Helper()

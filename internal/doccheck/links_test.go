@@ -13,9 +13,7 @@ import (
 // notYet are pages the docs link to that are being written elsewhere; a
 // link to one of them may dangle until it lands. Remove an entry once the
 // page exists.
-var notYet = map[string]bool{
-	"docs/operating.md": true,
-}
+var notYet = map[string]bool{}
 
 // mdLink finds inline Markdown links and images: [text](target) with the
 // target up to a space or the closing parenthesis.

@@ -152,16 +152,28 @@ func NewListening(ap netip.AddrPort, accept func()) (l *Loop, lfd int, err error
 	if lfd, err = Listen(ap); err != nil {
 		return nil, -1, err
 	}
-	if l, err = New(); err != nil {
-		unix.Close(lfd)
-		return nil, -1, err
-	}
-	if err := l.AddListener(lfd, Acceptor(accept)); err != nil {
-		l.Close()
+	if l, err = NewOnListener(lfd, accept); err != nil {
 		unix.Close(lfd)
 		return nil, -1, err
 	}
 	return l, lfd, nil
+}
+
+// NewOnListener is NewListening on a listening socket already open, such
+// as one a previous process handed over in an upgrade. The caller closes
+// lfd when it fails.
+func NewOnListener(lfd int, accept func()) (l *Loop, err error) {
+	if err := unix.SetNonblock(lfd, true); err != nil {
+		return nil, err
+	}
+	if l, err = New(); err != nil {
+		return nil, err
+	}
+	if err := l.AddListener(lfd, Acceptor(accept)); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // Acceptor is a listening socket's handler: the function that accepts.

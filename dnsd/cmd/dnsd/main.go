@@ -1,5 +1,6 @@
 // Command dnsd is podedge's authoritative DNS server: it answers for the
-// pods and tenants of the platform from Consul. See dnsd/README.md.
+// pods and tenants of the platform from Consul, and reloads its
+// configuration file on SIGHUP. See dnsd/README.md.
 package main
 
 import (
@@ -8,67 +9,36 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/podedge/podedge/dnsd"
 	"github.com/podedge/podedge/internal/config"
+	"github.com/podedge/podedge/internal/reload"
+	"github.com/podedge/podedge/internal/sdnotify"
 	"github.com/podedge/podedge/internal/version"
 )
 
+const prog = "dnsd"
+
+var errVersion = errors.New("version requested")
+
 func main() {
-	const prog = "dnsd"
-	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
-	configFile := fs.String("config", "", "YAML configuration `file` (see configs/dnsd.yaml)")
-	consul := fs.String("consul", "", "Consul agent HTTP `address` (consul.address)")
-	zone := fs.String("zone", "", "DNS `zone` served (zone)")
-	listen := fs.String("listen", "", "`address` served over UDP and TCP (listen)")
-	admin := fs.String("admin", "", "`address` of /metrics and /healthz (admin)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	// Parse errors are reported as one line by config.Exit, not with the
-	// usage text; -h prints the usage.
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fmt.Fprintf(os.Stderr, "usage: %s [flags]\n", prog)
-			fs.PrintDefaults()
-			os.Exit(0)
-		}
-		config.Exit(prog, err)
+	cfg, err := parse(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
 	}
-	if fs.NArg() > 0 {
-		config.Exit(prog, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
-	}
-	if *showVersion {
+	if errors.Is(err, errVersion) {
 		fmt.Println(prog, version.String())
 		return
 	}
-
-	cfg := dnsd.DefaultConfig()
-	if *configFile != "" {
-		if err := config.Load(*configFile, &cfg); err != nil {
-			config.Exit(prog, err)
-		}
-	}
-	// Flags override the file only when given.
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "consul":
-			cfg.Consul.Address = *consul
-		case "zone":
-			cfg.Zone = *zone
-		case "listen":
-			cfg.Listen = *listen
-		case "admin":
-			cfg.Admin = *admin
-		}
-	})
-	if err := cfg.Validate(); err != nil {
+	if err != nil {
 		config.Exit(prog, err)
 	}
-	log, err := cfg.Log.Logger(os.Stderr)
+	level := new(slog.LevelVar)
+	log, err := cfg.Log.LeveledLogger(os.Stderr, level)
 	if err != nil {
 		config.Exit(prog, err)
 	}
@@ -88,9 +58,79 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	reloader := reload.New(cfg)
+	reloader.Load = func() (dnsd.Config, error) { return parse(os.Args[1:]) }
+	reloader.Live = dnsd.LiveKeys
+	reloader.Apply = func(c dnsd.Config) {
+		_ = c.Log.SetLevel(level)
+		if err := srv.Reconfigure(c); err != nil {
+			log.Error("reload", "error", err.Error()) // validated: cannot happen
+		}
+	}
+	reloader.Metrics = reload.NewMetrics("dnsd", srv.Registry())
+	reloader.Log = log
+	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
+	reloader.Start(ctx)
+	// Listening: systemd may count the service as started. Its stop
+	// begins with the signal.
+	_ = sdnotify.Notify(sdnotify.Ready)
+	go func() {
+		<-ctx.Done()
+		_ = sdnotify.Notify(sdnotify.Stopping)
+	}()
 	if err := srv.Run(ctx, client); err != nil {
 		log.Error("dnsd failed", "error", err.Error())
 		os.Exit(1)
 	}
 	log.Info("dnsd stopped")
+}
+
+// parse reads the flags and the configuration file; flags override the
+// file only when given. Parse errors are one line (config.Exit), not the
+// usage text; -h prints the usage.
+func parse(args []string) (dnsd.Config, error) {
+	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+	configFile := fs.String("config", "", "YAML configuration `file` (see configs/dnsd.yaml)")
+	consul := fs.String("consul", "", "Consul agent HTTP `address` (consul.address)")
+	zone := fs.String("zone", "", "DNS `zone` served (zone)")
+	listen := fs.String("listen", "", "`address` served over UDP and TCP (listen)")
+	admin := fs.String("admin", "", "`address` of /metrics and /healthz (admin)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fmt.Fprintf(os.Stderr, "usage: %s [flags]\n", prog)
+			fs.PrintDefaults()
+		}
+		return dnsd.Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return dnsd.Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *showVersion {
+		return dnsd.Config{}, errVersion
+	}
+	cfg := dnsd.DefaultConfig()
+	if *configFile != "" {
+		if err := config.Load(*configFile, &cfg); err != nil {
+			return dnsd.Config{}, err
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "consul":
+			cfg.Consul.Address = *consul
+		case "zone":
+			cfg.Zone = *zone
+		case "listen":
+			cfg.Listen = *listen
+		case "admin":
+			cfg.Admin = *admin
+		}
+	})
+	if err := cfg.Validate(); err != nil {
+		return dnsd.Config{}, err
+	}
+	return cfg, nil
 }

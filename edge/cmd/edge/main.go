@@ -1,6 +1,8 @@
 // Command edge is podedge's HTTP load balancer: it routes each request by
 // its Host to a healthy app server of the tenant's pod, registers itself in
-// Consul, and drains gracefully on SIGTERM or SIGINT. See edge/README.md.
+// Consul, drains gracefully on SIGTERM or SIGINT, reloads its
+// configuration file on SIGHUP and upgrades its binary in place on SIGUSR2.
+// See edge/README.md and docs/operating.md.
 package main
 
 import (
@@ -9,13 +11,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
+	"github.com/cloudflare/tableflip"
 	"github.com/podedge/podedge/edge"
 	"github.com/podedge/podedge/internal/config"
+	"github.com/podedge/podedge/internal/reload"
+	"github.com/podedge/podedge/internal/sdnotify"
 	"github.com/podedge/podedge/internal/version"
 )
 
@@ -33,7 +39,8 @@ func main() {
 	if err != nil {
 		config.Exit(prog, err)
 	}
-	log, err := cfg.Log.Logger(os.Stderr)
+	level := new(slog.LevelVar)
+	log, err := cfg.Log.LeveledLogger(os.Stderr, level)
 	if err != nil {
 		config.Exit(prog, err)
 	}
@@ -41,6 +48,28 @@ func main() {
 	certs, err := newCertificates(cfg, &opts)
 	if err != nil {
 		config.Exit(prog, err)
+	}
+	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.PIDFile})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: upgrades: %s\n", prog, err)
+		os.Exit(1)
+	}
+	defer upg.Stop()
+	opts.Sockets = upg.Fds
+	// A process started by an upgrade shares live sockets: it must not
+	// accept before it can route.
+	opts.ServeAfterSync = upg.HasParent()
+	opts.OnServing = func() {
+		if err := upg.Ready(); err != nil {
+			log.Error("cannot tell the upgrade this process is ready", "error", err.Error())
+		}
+		// Serving: systemd may count the service as started (or, after an
+		// upgrade, follow this process as its main one).
+		state := sdnotify.Ready
+		if upg.HasParent() {
+			state = fmt.Sprintf("MAINPID=%d\n%s", os.Getpid(), sdnotify.Ready)
+		}
+		_ = sdnotify.Notify(state)
 	}
 	e, err := edge.New(cfg, opts)
 	if err != nil {
@@ -52,12 +81,28 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	reloader := reload.New(cfg)
+	reloader.Load = func() (edge.Config, error) { return parse(os.Args[1:]) }
+	reloader.Live = edge.LiveKeys
+	reloader.Apply = func(c edge.Config) {
+		_ = c.Log.SetLevel(level)
+		e.Reconfigure(c)
+	}
+	reloader.Metrics = reload.NewMetrics("edge", e.Registry())
+	reloader.Log = log
+	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
+	reloader.Start(ctx)
+	go func() {
+		<-ctx.Done()
+		_ = sdnotify.Notify(sdnotify.Stopping)
+	}()
+	runCtx := upgradeOnSIGUSR2(ctx, upg, e, log)
 	stopCertificates, err := runCertificates(ctx, certs, e)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
 		os.Exit(1)
 	}
-	err = e.Run(ctx)
+	err = e.Run(runCtx)
 	stopCertificates()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)

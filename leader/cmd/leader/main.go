@@ -1,6 +1,7 @@
 // Command leader is podedge's control plane: the HTTP API that registers
 // pods and places tenants. Run several replicas; one, elected with a Consul
-// lock, writes, and the others forward writes to it.
+// lock, writes, and the others forward writes to it. SIGHUP reloads the
+// configuration file.
 package main
 
 import (
@@ -9,11 +10,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/podedge/podedge/internal/config"
+	"github.com/podedge/podedge/internal/reload"
+	"github.com/podedge/podedge/internal/sdnotify"
 	"github.com/podedge/podedge/internal/version"
 	"github.com/podedge/podedge/leader"
 )
@@ -22,7 +27,66 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+var errVersion = errors.New("version requested")
+
 func run(args []string) int {
+	cfg, err := parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if errors.Is(err, errVersion) {
+		fmt.Println("leader", version.String())
+		return 0
+	}
+	if err != nil {
+		config.Exit("leader", err)
+	}
+	level := new(slog.LevelVar)
+	log, err := cfg.Log.LeveledLogger(os.Stderr, level)
+	if err != nil {
+		config.Exit("leader", err)
+	}
+	srv, err := leader.New(cfg, log)
+	if err != nil {
+		config.Exit("leader", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	reloader := reload.New(cfg)
+	reloader.Load = func() (leader.Config, error) { return parse(args) }
+	reloader.Live = leader.LiveKeys
+	reloader.Apply = func(c leader.Config) {
+		_ = c.Log.SetLevel(level)
+		srv.Reconfigure(c)
+	}
+	reloader.Metrics = reload.NewMetrics("leader", srv.Registry())
+	reloader.Log = log
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		log.Error("cannot listen", "error", err.Error())
+		return 1
+	}
+	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
+	reloader.Start(ctx)
+	// Listening: systemd may count the service as started. Its stop
+	// begins with the signal.
+	_ = sdnotify.Notify(sdnotify.Ready)
+	go func() {
+		<-ctx.Done()
+		_ = sdnotify.Notify(sdnotify.Stopping)
+	}()
+	if err := srv.Serve(ctx, ln); err != nil {
+		log.Error("leader stopped", "error", err.Error())
+		return 1
+	}
+	log.Info("leader stopped")
+	return 0
+}
+
+// parse reads the flags and the configuration file; flags override the
+// file only when given.
+func parse(args []string) (leader.Config, error) {
 	fs := flag.NewFlagSet("leader", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	configPath := fs.String("config", "", "YAML configuration `file`")
@@ -35,23 +99,19 @@ func run(args []string) int {
 			fs.SetOutput(os.Stderr)
 			fmt.Fprintln(os.Stderr, "usage: leader [-config FILE] [-listen ADDR] [-consul ADDR] [-zone NAME] [-version]")
 			fs.PrintDefaults()
-			return 0
 		}
-		config.Exit("leader", err)
+		return leader.Config{}, err
 	}
 	if fs.NArg() > 0 {
-		config.Exit("leader", fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+		return leader.Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if *showVersion {
-		fmt.Println("leader", version.String())
-		return 0
+		return leader.Config{}, errVersion
 	}
-
 	cfg, err := leader.Load(*configPath)
 	if err != nil {
-		config.Exit("leader", err)
+		return leader.Config{}, err
 	}
-	// Flags override the file only when given.
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "listen":
@@ -63,23 +123,7 @@ func run(args []string) int {
 		}
 	})
 	if err := cfg.Validate(); err != nil {
-		config.Exit("leader", err)
+		return leader.Config{}, err
 	}
-	log, err := cfg.Log.Logger(os.Stderr)
-	if err != nil {
-		config.Exit("leader", err)
-	}
-	srv, err := leader.New(cfg, log)
-	if err != nil {
-		config.Exit("leader", err)
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := srv.Run(ctx); err != nil {
-		log.Error("leader stopped", "error", err.Error())
-		return 1
-	}
-	log.Info("leader stopped")
-	return 0
+	return cfg, nil
 }

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/bench/loadgen"
+	"github.com/podedge/podedge/internal/consultest"
+	"github.com/podedge/podedge/internal/reload/reloadtest"
+)
+
+// gone reports whether process pid ended: no such process, or a zombie
+// that its new parent (init, after an upgrade) has not reaped.
+func gone(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return true
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ...: the state follows the last ')'.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+func readPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// install puts a copy of src at dst by renaming over it, as a package
+// manager does: the running binary's file is left alone.
+func install(t *testing.T, src, dst string) {
+	t.Helper()
+	raw, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SIGUSR2 upgrades a real edge in place five times in a row under load
+// from a client that opens a connection per request and never retries:
+// not one request fails. A broken new binary leaves the old process
+// serving, under the same load.
+func TestSIGUSR2UpgradesUnderLoadWithoutAFailedRequest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary against Consul, under load")
+	}
+	agent := consultest.Start(t)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok"))
+	}))
+	t.Cleanup(app.Close)
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(app.URL, "http://"))
+	portN, _ := strconv.Atoi(port)
+	agent.Put(t, "podedge/pods/pod-1", `{"name":"pod-1","region":"eu","lat":53.3,"lon":-6.2,"capacity":100}`)
+	agent.Put(t, "podedge/tenants/t1", `{"name":"t1","pod":"pod-1"}`)
+	agent.App(t, "app-1", "pod-1", host, portN, api.HealthPassing)
+
+	dir := t.TempDir()
+	built := reloadtest.Build(t, ".", "edge")
+	bin := filepath.Join(dir, "edge")
+	install(t, built, bin)
+	broken := filepath.Join(dir, "broken")
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\necho broken >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ports := consultest.FreePorts(t, 2)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	pidFile := filepath.Join(dir, "edge.pid")
+	file := filepath.Join(dir, "edge.yaml")
+	reloadtest.WriteFile(t, file, fmt.Sprintf("pod: pod-1\npublic_ip: 127.0.0.1\nhttp: %s\nadmin: 127.0.0.1:%d\nconsul:\n  address: %s\n"+
+		"drain_delay: 0s\naccess_log:\n  enabled: false\npid_file: %s\n", httpAddr, ports[1], agent.HTTPAddr, pidFile))
+	first := reloadtest.Start(t, bin, "-config", file)
+	first.Notified(t, "READY=1")
+	t.Cleanup(func() {
+		// The process serving last is no child of the test's.
+		if pid := readPID(pidFile); pid > 0 && pid != first.Cmd.Process.Pid {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+			consultest.WaitFor(t, 30*time.Second, "the last edge to exit", func() bool { return gone(pid) })
+		}
+	})
+	get := func() int {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/", nil)
+		req.Host = "t1.example.test"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	consultest.WaitFor(t, 20*time.Second, "the edge routes t1", func() bool { return get() == 200 })
+
+	ctx, stopLoad := context.WithCancel(context.Background())
+	defer stopLoad()
+	results := make(chan loadgen.Result, 1)
+	go func() {
+		res, err := loadgen.Run(ctx, loadgen.Config{Addrs: []string{httpAddr}, Host: "t1.example.test",
+			Conns: 16, Duration: 5 * time.Minute, NewConnPerRequest: true})
+		if err != nil {
+			t.Errorf("load: %v", err)
+		}
+		results <- res
+	}()
+
+	// A broken binary: the upgrade fails, the running edge serves on.
+	pid := readPID(pidFile)
+	install(t, broken, bin)
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	consultest.WaitFor(t, 90*time.Second, "the failed upgrade to be logged", func() bool {
+		return strings.Contains(first.Log.String(), "upgrade failed; this process keeps serving")
+	})
+	if gone(pid) || readPID(pidFile) != pid {
+		t.Fatalf("a broken binary replaced edge %d", pid)
+	}
+	install(t, built, bin)
+
+	const upgrades = 5
+	for i := range upgrades {
+		old := readPID(pidFile)
+		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		consultest.WaitFor(t, 60*time.Second, fmt.Sprintf("upgrade %d: a new edge serving and edge %d gone", i+1, old), func() bool {
+			now := readPID(pidFile)
+			return now != 0 && now != old && gone(old) &&
+				strings.Count(first.Log.String(), "the previous process exited") == i+1
+		})
+	}
+	// The last one serves some more before the load stops.
+	for range 20 {
+		if got := get(); got != 200 {
+			t.Fatalf("after the upgrades: %d", got)
+		}
+	}
+	stopLoad()
+	res := <-results
+	t.Logf("%d requests during one failed and %d upgrades: %d failed %v; p99 %s, max %s",
+		res.Requests, upgrades, res.Failed, res.Failures, res.P99, res.Max)
+	if res.Requests < 1000 {
+		t.Errorf("only %d requests under load", res.Requests)
+	}
+	if res.Failed != 0 {
+		t.Errorf("%d requests failed across the upgrades: %v", res.Failed, res.Failures)
+	}
+}

@@ -1,0 +1,43 @@
+// Package sdnotify tells systemd of a service's state, as sd_notify(3)
+// does: one datagram to the unix socket named by $NOTIFY_SOCKET, which
+// systemd sets for a unit of Type=notify. Without it, nothing is sent.
+package sdnotify
+
+import (
+	"fmt"
+	"net"
+	"os"
+)
+
+// The states podedge's binaries send.
+const (
+	Ready     = "READY=1"
+	Reloading = "RELOADING=1"
+	Stopping  = "STOPPING=1"
+)
+
+// Notify sends state (newline-separated VAR=value assignments) to the
+// socket in $NOTIFY_SOCKET; it does nothing when that is unset.
+func Notify(state string) error {
+	return NotifySocket(os.Getenv("NOTIFY_SOCKET"), state)
+}
+
+// NotifySocket sends state to the datagram socket at path; "" sends
+// nothing. A path starting with "@" is in the abstract namespace.
+func NotifySocket(path, state string) error {
+	if path == "" {
+		return nil
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(state)); err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	return nil
+}
