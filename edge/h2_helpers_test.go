@@ -68,6 +68,7 @@ type tlsHarness struct {
 	h2   *h2Server
 	addr string
 	pool *x509.CertPool
+	cert *x509.Certificate
 }
 
 func newTLSHarness(t testing.TB, p *Proxy, st router.State, cfg HTTP2) *tlsHarness {
@@ -99,7 +100,7 @@ func newTLSHarness(t testing.TB, p *Proxy, st router.State, cfg HTTP2) *tlsHarne
 		_ = ln.Close()
 		<-done
 	})
-	return &tlsHarness{p: p, h2: h2, addr: ln.Addr().String(), pool: pool}
+	return &tlsHarness{p: p, h2: h2, addr: ln.Addr().String(), pool: pool, cert: cert.Leaf}
 }
 
 // h2Client is an HTTP/2-only client of the harness: one connection, as
