@@ -2,6 +2,7 @@ package edge
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -438,5 +439,50 @@ func waitGoroutines(t *testing.T, n int) {
 			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), n, b.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// At shutdown every connection gets a GOAWAY; a request in flight
+// finishes on it, then the connection ends.
+func TestHTTP2ShutdownSendsGoAway(t *testing.T) {
+	release := make(chan struct{})
+	atApp := make(chan struct{}, 1)
+	a := newBackend(t, "a", func(w http.ResponseWriter, r *http.Request) {
+		atApp <- struct{}{}
+		<-release
+		_, _ = io.WriteString(w, "late")
+	})
+	h := newTLSHarness(t, &Proxy{}, onePod(a), defaultHTTP2())
+	raw := dialRawH2(t, h.addr, h.pool)
+	if err := raw.get(1, raw.block("acme.example.test", "/slow")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-atApp:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the app")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h.h2.shutdown(ctx)
+	_ = raw.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := raw.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			if g.ErrCode != http2.ErrCodeNo || g.LastStreamID < 1 {
+				t.Fatalf("GOAWAY %v, last stream %d; want NO_ERROR, with stream 1 kept", g.ErrCode, g.LastStreamID)
+			}
+			break
+		}
+	}
+	close(release)
+	if st := raw.status(1); st != "200" {
+		t.Fatalf("the request in flight: %s", st)
+	}
+	if _, err := raw.closed(10 * time.Second); err != nil {
+		t.Fatalf("the connection stayed open after its last stream: %v", err)
 	}
 }
