@@ -112,7 +112,7 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		}, []string{"result"}),
 		h2Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edge_http2_errors_total",
-			Help: "HTTP/2 protocol errors of clients, by type as golang.org/x/net/http2 names them (too_many_early_resets: a rapid-reset flood).",
+			Help: "HTTP/2 protocol errors of clients, by type as golang.org/x/net/http2 names them (conn_ENHANCE_YOUR_CALM_too_many_early_resets: a rapid-reset flood).",
 		}, []string{"type"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.inflight, m.upRequests, m.upErrors, m.ejections,
