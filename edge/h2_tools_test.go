@@ -76,8 +76,8 @@ func TestHTTP2H2load(t *testing.T) {
 	if err != nil {
 		t.Fatalf("h2load: %v: %s", err, out)
 	}
-	if !regexp.MustCompile(`(?m)^requests: .* ` + fmt.Sprint(n) + ` succeeded, 0 failed, 0 errored`).Match(out) ||
-		!regexp.MustCompile(`(?m)^status codes: ` + fmt.Sprint(n) + ` 2xx`).Match(out) || !strings.Contains(string(out), "Application protocol: h2") {
+	if !regexp.MustCompile(`(?m)^requests: .* `+fmt.Sprint(n)+` succeeded, 0 failed, 0 errored`).Match(out) ||
+		!regexp.MustCompile(`(?m)^status codes: `+fmt.Sprint(n)+` 2xx`).Match(out) || !strings.Contains(string(out), "Application protocol: h2") {
 		t.Fatalf("h2load:\n%s", out)
 	}
 	if v := metricValue(t, reg, "edge_requests_total", map[string]string{"pod": "pod-1", "code": "2xx"}); v != n {
