@@ -3,6 +3,7 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -42,6 +43,9 @@ type Config struct {
 	// TLS configures the HTTPS listener and plain HTTP next to it; used
 	// when TLS is enabled.
 	TLS TLS `yaml:"tls"`
+	// HTTP2 configures HTTP/2 on the HTTPS listener; used when TLS is
+	// enabled.
+	HTTP2 HTTP2 `yaml:"http2"`
 
 	// Register is how the edge registers itself in Consul.
 	Register Register `yaml:"register"`
@@ -130,6 +134,48 @@ type TLS struct {
 	// again.
 	Certificates     []TLSCertificate `yaml:"certificates"`
 	CertificateCheck time.Duration    `yaml:"certificate_check"`
+}
+
+// HTTP2 is HTTP/2 on the HTTPS listener, chosen by ALPN (see
+// edge/certs/README.md). Its requests go through the same proxy as HTTP/1.1
+// ones; app servers are reached over HTTP/1.1.
+type HTTP2 struct {
+	// Enabled offers h2 by ALPN, before http/1.1.
+	Enabled bool `yaml:"enabled"`
+	// MaxConcurrentStreams is how many requests a client may have open on
+	// one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+	MaxConcurrentStreams int `yaml:"max_concurrent_streams"`
+	// StreamWindow and ConnectionWindow are the flow-control windows a
+	// client's request bodies get, per stream and per connection: what one
+	// connection may make the edge buffer.
+	StreamWindow     int `yaml:"stream_window"`
+	ConnectionWindow int `yaml:"connection_window"`
+	// MaxHeaderListSize bounds a request's header fields
+	// (SETTINGS_MAX_HEADER_LIST_SIZE); 0 means limits.max_header_bytes.
+	MaxHeaderListSize int `yaml:"max_header_list_size"`
+	// IdleTimeout closes, with GOAWAY, a connection without open streams
+	// for this long; 0 means timeouts.client_idle.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+}
+
+func defaultHTTP2() HTTP2 {
+	return HTTP2{Enabled: true, MaxConcurrentStreams: 250, StreamWindow: 256 << 10, ConnectionWindow: 1 << 20}
+}
+
+func (h HTTP2) validate() error {
+	switch {
+	case h.MaxConcurrentStreams < 1 || h.MaxConcurrentStreams > 10000:
+		return fmt.Errorf("http2.max_concurrent_streams: %d is outside [1, 10000]", h.MaxConcurrentStreams)
+	case h.StreamWindow < 65535 || h.StreamWindow > math.MaxInt32:
+		return fmt.Errorf("http2.stream_window: %d is outside [65535, 2147483647] (RFC 9113, section 6.9.2)", h.StreamWindow)
+	case h.ConnectionWindow < 65535 || h.ConnectionWindow > math.MaxInt32:
+		return fmt.Errorf("http2.connection_window: %d is outside [65535, 2147483647] (RFC 9113, section 6.9.2)", h.ConnectionWindow)
+	case h.MaxHeaderListSize != 0 && h.MaxHeaderListSize < 1024:
+		return fmt.Errorf("http2.max_header_list_size: must be 0 or at least 1024, got %d", h.MaxHeaderListSize)
+	case h.IdleTimeout < 0:
+		return fmt.Errorf("http2.idle_timeout: %s is negative", h.IdleTimeout)
+	}
+	return nil
 }
 
 // TLSCertificate is an operator's certificate: PEM files of the chain
@@ -243,6 +289,7 @@ func DefaultConfig() Config {
 		Admin:           "127.0.0.1:9180",
 		ACME:            defaultACME(),
 		TLS:             defaultTLS(),
+		HTTP2:           defaultHTTP2(),
 		DrainDelay:      5 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
 		Register: Register{
@@ -326,6 +373,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ACME.Directory != "" && !strings.HasPrefix(c.ACME.Directory, "https://") && !strings.HasPrefix(c.ACME.Directory, "http://") {
 		return fmt.Errorf("acme.directory: %q is not an http(s) URL", c.ACME.Directory)
+	}
+	if err := c.HTTP2.validate(); err != nil {
+		return err
 	}
 	if err := c.Register.validate(); err != nil {
 		return err

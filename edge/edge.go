@@ -37,7 +37,8 @@ type Options struct {
 	AccessLog io.Writer
 	// TLSConfig, if set, serves HTTPS on the https listener. Without it an
 	// https address is not listened on (TLS is enabled by the ACME
-	// integration).
+	// integration). New puts h2 first in its NextProtos when http2 is
+	// enabled, and takes it out otherwise.
 	TLSConfig *tls.Config
 	// HTTPHook, if set, sees every plain-HTTP request first and returns
 	// true when it answered it: ACME HTTP-01 challenges, redirects to
@@ -68,6 +69,7 @@ type Edge struct {
 	access *bufferedWriter
 
 	server   *fasthttp.Server
+	h2       *h2Server // HTTP/2 on the https listener; nil when off
 	admin    *http.Server
 	loops    *loopServer // the plain-HTTP listener with engine loop
 	httpAddr net.Addr
@@ -142,6 +144,14 @@ func New(cfg Config, opts Options) (*Edge, error) {
 	r.Subscribe(e.proxy.SetSnapshot)
 	e.reg.MustRegister(NewStateCollector(e.proxy.Snapshot, r.Status), router.LogCollector("edge", r))
 	e.server = e.proxy.newServer(e.handle, log)
+	if opts.TLSConfig != nil && cfg.HTTPS != "" && cfg.HTTP2.Enabled {
+		if e.h2, err = newH2Server(cfg.HTTP2, e.proxy, e.handle, log); err != nil {
+			return nil, fmt.Errorf("http2: %w", err)
+		}
+		e.h2.register(e.server, opts.TLSConfig)
+	} else {
+		setALPN(opts.TLSConfig, false)
+	}
 	return e, nil
 }
 
@@ -349,8 +359,16 @@ func (e *Edge) drain(stopMembership func()) {
 			e.log.Warn("in-flight requests still running at shutdown_timeout; closing them", "error", err.Error())
 		}
 	}
+	if e.h2 != nil {
+		e.h2.shutdown(sctx)
+	}
 	if err := e.server.ShutdownWithContext(sctx); err != nil {
 		e.log.Warn("in-flight requests still running at shutdown_timeout; closing them", "error", err.Error())
+	}
+	if e.h2 != nil {
+		if n := e.h2.closeAll(); n > 0 {
+			e.log.Info("closed http/2 connections", "count", n)
+		}
 	}
 	if n := e.proxy.CloseTunnels(); n > 0 {
 		e.log.Info("closed websocket tunnels", "count", n)

@@ -21,6 +21,13 @@ import (
 // and waits for its first sync. mutate may change its configuration.
 func startEdge(t *testing.T, agent *consultest.Agent, pod, publicIP string, mutate func(*Config)) *Edge {
 	t.Helper()
+	return startEdgeWith(t, agent, pod, publicIP, mutate, Options{})
+}
+
+// startEdgeWith is startEdge with options (the TLS configuration, the
+// access log); the logger and the Consul client are the test's.
+func startEdgeWith(t *testing.T, agent *consultest.Agent, pod, publicIP string, mutate func(*Config), opts Options) *Edge {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Consul.Address = agent.HTTPAddr
 	cfg.Pod = pod
@@ -34,7 +41,8 @@ func startEdge(t *testing.T, agent *consultest.Agent, pod, publicIP string, muta
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	e, err := New(cfg, Options{Logger: quiet(), Consul: agent.Client})
+	opts.Logger, opts.Consul = quiet(), agent.Client
+	e, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

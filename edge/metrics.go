@@ -35,6 +35,9 @@ type Metrics struct {
 	acceptPauses    prometheus.Counter
 	limitRefusals   [len(limitNames)]prometheus.Counter
 	offenders       *offenders
+	h2Conns         prometheus.Gauge
+	h2Streams       *prometheus.CounterVec
+	h2Errors        *prometheus.CounterVec
 }
 
 // codeClasses are the values of the code label, indexed by status/100.
@@ -101,6 +104,18 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "edge_loop_accept_pauses_total",
 			Help: "Times an event loop stopped accepting for 100 ms because accept(2) failed (out of descriptors or memory).",
 		}),
+		h2Conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edge_http2_connections",
+			Help: "HTTP/2 client connections open on the HTTPS listener.",
+		}),
+		h2Streams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edge_http2_streams_total",
+			Help: "HTTP/2 requests (streams) served, by result: complete, or reset (the client reset the stream or the connection ended before the response was written).",
+		}, []string{"result"}),
+		h2Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edge_http2_errors_total",
+			Help: "HTTP/2 protocol errors of clients, by type as golang.org/x/net/http2 names them (conn_ENHANCE_YOUR_CALM_too_many_early_resets: a rapid-reset flood).",
+		}, []string{"type"}),
 	}
 	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edge_limit_refusals_total",
@@ -113,6 +128,7 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 	reg.MustRegister(refusals, m.offenders)
 	reg.MustRegister(m.requests, m.duration, m.inflight, m.upRequests, m.upErrors, m.ejections,
 		m.retries, m.budgetExhausted, m.tunnels, m.serverErrors, m.loopConns, m.handoffs, m.acceptPauses,
+		m.h2Conns, m.h2Streams, m.h2Errors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

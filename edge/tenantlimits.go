@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -225,8 +226,13 @@ func setRetryAfter(ctx *fasthttp.RequestCtx, d time.Duration) {
 // connLimit is a client connection's place in a tenant's count of
 // connections per address: the connection counts for the tenant its
 // latest request was for, from that request until it closes.
+//
+// The streams of an HTTP/2 connection share its connLimit, concurrently:
+// changes take mu; the check of a request for the tenant already held
+// does not.
 type connLimit struct {
 	held atomic.Pointer[router.TenantState]
+	mu   sync.Mutex
 	addr netip.Addr
 }
 
@@ -236,19 +242,27 @@ func (c *connLimit) hold(st *router.TenantState, addr netip.Addr, sh *router.Sha
 	if c.held.Load() == st {
 		return true
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.held.Load()
+	if old == st {
+		return true
+	}
 	if !st.OpenConn(addr, sh) {
 		return false
 	}
-	old := c.held.Swap(st)
 	if old != nil {
 		old.CloseConn(c.addr)
 	}
+	c.held.Store(st)
 	c.addr = addr
 	return true
 }
 
 // release takes the connection out of the count it is in.
 func (c *connLimit) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if st := c.held.Swap(nil); st != nil {
 		st.CloseConn(c.addr)
 	}
@@ -256,6 +270,8 @@ func (c *connLimit) release() {
 
 // moveTo hands the connection's place in a count to d, its next holder.
 func (c *connLimit) moveTo(d *connLimit) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if st := c.held.Swap(nil); st != nil {
 		d.addr = c.addr
 		d.held.Store(st)

@@ -17,8 +17,8 @@ var errNoSNI = errors.New("the client sent no server name (SNI); certificates ar
 
 // newTLSConfig is the HTTPS listener's configuration: TLS 1.2 and 1.3 only;
 // for TLS 1.2, ECDHE key exchange with AEAD ciphers only (TLS 1.3 has
-// nothing else); HTTP/1.1, the only protocol the edge speaks (no h2), and
-// acme-tls/1 for TLS-ALPN-01 challenges.
+// nothing else); HTTP/1.1 and acme-tls/1 for TLS-ALPN-01 challenges. The
+// edge puts h2 first when it serves HTTP/2 (edge.Options.TLSConfig).
 func newTLSConfig(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
