@@ -559,6 +559,7 @@ var (
 	errHeadTooLarge  = errors.New("request head larger than limits.max_header_bytes")
 	errUpgradeOnLoop = errors.New("an upgrade reached the event loop")
 	errClientGone    = errors.New("the client closed the connection before the response")
+	errIncomplete    = errors.New("the client ended its side of the connection within a request")
 )
 
 // awaitRequest bounds the wait for the rest of a request: its head, from
@@ -566,10 +567,11 @@ var (
 // when it fits limits.buffer_bytes, from the head's end by client_body.
 // Each clock starts when its part begins, whatever arrives after, so that
 // a client dribbling a byte at a time cannot hold the connection. A client
-// that stopped sending (eof) with half a request is done.
+// that stopped sending (eof) with half a request gets 400, as on fasthttp's
+// path, and the connection ends.
 func (l *edgeLoop) awaitRequest(c *clientConn, part clientState) {
 	if c.eof {
-		l.dropClient(c)
+		l.refuse(c, fasthttp.StatusBadRequest, errIncomplete)
 		return
 	}
 	if c.state == part {
