@@ -40,7 +40,7 @@ func FuzzEngines(f *testing.F) {
 		}
 		a := loop.exchange(t, in)
 		b := fast.exchange(t, in)
-		if !slices.Equal(a.statuses, b.statuses) || !slices.Equal(a.requests, b.requests) {
+		if !sameRefusals(a, b) || !slices.Equal(a.requests, b.requests) {
 			t.Fatalf("the engines disagree on %q:\nloop:     statuses %v, app saw %q\nfasthttp: statuses %v, app saw %q",
 				in, a.statuses, a.requests, b.statuses, b.requests)
 		}
@@ -80,6 +80,23 @@ func knownDifference(in []byte) bool {
 	return found && !bytes.HasSuffix(line, []byte("\r"))
 }
 
+// sameRefusals compares the statuses the client got. One difference is
+// intended (edge/README.md, "Framing"): a head that fasthttp's parser
+// reads as unfinished (a bare LF before the blank line) waits there for
+// client_header and gets 408, where the loops see the bare LF and answer
+// 400 at once. Nothing reaches the app server either way.
+func sameRefusals(a, b diffOutcome) bool {
+	if len(a.statuses) != len(b.statuses) {
+		return false
+	}
+	for i, s := range a.statuses {
+		if s != b.statuses[i] && !(s == 400 && b.statuses[i] == 408 && len(a.requests) == 0 && len(b.requests) == 0) {
+			return false
+		}
+	}
+	return true
+}
+
 // diffSide is one engine in front of its own recording app server.
 type diffSide struct {
 	addr string
@@ -96,7 +113,11 @@ func newDiffSide(f *testing.F, engine string) *diffSide {
 		s.mu.Unlock()
 		_, _ = io.WriteString(w, "app says hi\n")
 	})
+	// Client timeouts short enough that every input ends soon, long
+	// enough that a loaded machine answers a whole request within them.
 	p := fuzzProxy()
+	wait := 250 * time.Millisecond
+	p.Timeouts.ClientHeader, p.Timeouts.ClientBody, p.Timeouts.ClientIdle = wait, wait, wait
 	st := fuzzState(app.addr(), "127.0.0.1:1")
 	s.addr = newHarnessOn(f, engine, p, st).addr
 	return s
@@ -126,8 +147,10 @@ type diffOutcome struct {
 	requests []string
 }
 
-// exchange sends in, says the client is done (a half close), and reads
-// every response until the edge closes the connection.
+// exchange sends in and reads every response until the edge closes the
+// connection, at the latest when its short client timeouts pass. (A half
+// close would race the exchange: the loops, as nginx, abandon a request
+// whose client left; fasthttp serves it.)
 func (s *diffSide) exchange(t *testing.T, in []byte) diffOutcome {
 	t.Helper()
 	s.mu.Lock()
@@ -141,7 +164,6 @@ func (s *diffSide) exchange(t *testing.T, in []byte) diffOutcome {
 	if _, err := c.Write(in); err != nil && !isReset(err) {
 		t.Fatal(err)
 	}
-	_ = c.(*net.TCPConn).CloseWrite()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var out diffOutcome
 	br := bufio.NewReader(c)
