@@ -143,6 +143,15 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 		return false
 	}
 	if head == nil {
+		// fasthttp's server refuses a request line it cannot parse as
+		// soon as the line is whole; so do the loops, with its parser,
+		// rather than wait for the rest of the head.
+		if line := c.scan.StartLine(c.in); line != nil {
+			if err := l.checkStartLine(line); err != nil {
+				l.refuse(c, fasthttp.StatusBadRequest, err)
+				return false
+			}
+		}
 		l.awaitRequest(c, clientHead)
 		return false
 	}
@@ -216,6 +225,13 @@ var (
 	errClientGone    = errors.New("the client closed the connection before the response")
 	errIncomplete    = errors.New("the client ended its side of the connection within a request")
 )
+
+// checkStartLine parses a request line alone, as a head with no fields.
+func (l *edgeLoop) checkStartLine(line []byte) error {
+	l.lineBuf = append(append(l.lineBuf[:0], line...), "\r\n\r\n"...)
+	l.lineHeader.Reset()
+	return l.parser.Parse(&l.lineHeader, l.lineBuf)
+}
 
 // awaitRequest bounds the wait for the rest of a request: its head, from
 // its first byte, by client_header; its body, which the loop reads only

@@ -153,14 +153,18 @@ wait:
 
 // edgeLoop is one event loop and what only its goroutine touches.
 type edgeLoop struct {
-	s        *loopServer
-	p        *Proxy
-	ev       *evloop.Loop
-	lfd      int
-	parser   *h1.Parser
-	idle     map[*upstream][]*upConn // most recently used last
-	free     []*loopExchange
-	draining bool
+	s      *loopServer
+	p      *Proxy
+	ev     *evloop.Loop
+	lfd    int
+	parser *h1.Parser
+	// lineHeader and lineBuf check a request line before its head is
+	// whole (checkStartLine).
+	lineHeader fasthttp.RequestHeader
+	lineBuf    []byte
+	idle       map[*upstream][]*upConn // most recently used last
+	free       []*loopExchange
+	draining   bool
 	// acceptPaused: the listening socket is out of the loop until
 	// resumeTimer fires (pauseAccept).
 	acceptPaused bool

@@ -42,6 +42,22 @@ var (
 type HeadScanner struct {
 	next  int // offset of the first line not yet checked
 	lines int // lines checked so far
+	// first is the length of the start line, once it is whole;
+	// firstTold that StartLine has returned it.
+	first     int
+	firstTold bool
+}
+
+// StartLine returns the start line at the start of b, without its CRLF,
+// the first time it is called once Scan has seen the line whole, and nil
+// otherwise: a reader may check the line before the rest of the head
+// arrives, once.
+func (s *HeadScanner) StartLine(b []byte) []byte {
+	if s.lines == 0 || s.firstTold || s.first > len(b) {
+		return nil
+	}
+	s.firstTold = true
+	return b[:s.first]
 }
 
 // Reset starts over at the start of a head.
@@ -88,6 +104,9 @@ func (s *HeadScanner) Scan(b []byte, max int, request bool) ([]byte, error) {
 		}
 		if err := checkLine(line, i == 0, request); err != nil {
 			return nil, err
+		}
+		if i == 0 {
+			s.first = len(line)
 		}
 		i = end
 		s.next, s.lines = i, s.lines+1
