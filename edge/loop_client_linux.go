@@ -226,9 +226,10 @@ var (
 	errIncomplete    = errors.New("the client ended its side of the connection within a request")
 )
 
-// checkStartLine parses a request line alone, as a head with no fields.
+// checkStartLine parses a request line alone, as a head whose only field
+// is the Host an HTTP/1.1 request must have.
 func (l *edgeLoop) checkStartLine(line []byte) error {
-	l.lineBuf = append(append(l.lineBuf[:0], line...), "\r\n\r\n"...)
+	l.lineBuf = append(append(l.lineBuf[:0], line...), "\r\nHost: h\r\n\r\n"...)
 	l.lineHeader.Reset()
 	return l.parser.Parse(&l.lineHeader, l.lineBuf)
 }
