@@ -163,6 +163,14 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 		l.refuse(c, fasthttp.StatusBadRequest, err)
 		return false
 	}
+	// fasthttp's server refuses a Host or target its URI parser rejects
+	// (a bad port, brackets, a bad escape); so do the loops (RFC 9112,
+	// section 3.2: a bad Host gets 400).
+	if err := l.uriCheck.Parse(req.Header.Host(), req.Header.RequestURI()); err != nil {
+		l.release(ex)
+		l.refuse(c, fasthttp.StatusBadRequest, err)
+		return false
+	}
 	h := &req.Header
 	bodyLen := h.ContentLength()
 	if bodyLen == -2 {

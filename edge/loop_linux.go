@@ -162,9 +162,12 @@ type edgeLoop struct {
 	// whole (checkStartLine).
 	lineHeader fasthttp.RequestHeader
 	lineBuf    []byte
-	idle       map[*upstream][]*upConn // most recently used last
-	free       []*loopExchange
-	draining   bool
+	// uriCheck parses each request's Host and target as fasthttp's
+	// server does, to refuse what it refuses.
+	uriCheck fasthttp.URI
+	idle     map[*upstream][]*upConn // most recently used last
+	free     []*loopExchange
+	draining bool
 	// acceptPaused: the listening socket is out of the loop until
 	// resumeTimer fires (pauseAccept).
 	acceptPaused bool
