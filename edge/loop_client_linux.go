@@ -138,20 +138,21 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 		}
 	}
 	head, err := c.scan.Scan(c.in, p.cur().Limits.MaxHeaderBytes, true)
+	// fasthttp's server refuses a request line it cannot parse as soon
+	// as the line is whole, before it looks at any field; so do the
+	// loops, with its parser, rather than wait for the rest of the head
+	// or answer for a field after it.
+	if line := c.scan.StartLine(c.in); line != nil && (head == nil || err != nil) {
+		if err := l.checkStartLine(line); err != nil {
+			l.refuse(c, fasthttp.StatusBadRequest, err)
+			return false
+		}
+	}
 	if err != nil {
 		l.refuseHead(c, err)
 		return false
 	}
 	if head == nil {
-		// fasthttp's server refuses a request line it cannot parse as
-		// soon as the line is whole; so do the loops, with its parser,
-		// rather than wait for the rest of the head.
-		if line := c.scan.StartLine(c.in); line != nil {
-			if err := l.checkStartLine(line); err != nil {
-				l.refuse(c, fasthttp.StatusBadRequest, err)
-				return false
-			}
-		}
 		l.awaitRequest(c, clientHead)
 		return false
 	}
