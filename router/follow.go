@@ -118,12 +118,19 @@ func (f *follower) run(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
 		started := time.Now()
+		// Once something is published, a resync reads from the Consul
+		// leader: a server that restarted answers stale reads from
+		// whatever its state holds before it catches up, possibly no
+		// head and none of the newest tenants, and publishing that would
+		// drop live tenants. While no leader answers, the last snapshot
+		// serves on.
+		q := f.resyncQuery(reason)
 		// Without a log there is nothing to resync with: the folders are
 		// watched whole, as they come.
-		pair, _, err := f.kv.Get(f.keys.head, (&api.QueryOptions{AllowStale: !f.r.cfg.Consistent}).WithContext(ctx))
+		pair, _, err := f.kv.Get(f.keys.head, q.WithContext(ctx))
 		found := false
 		if err == nil && pair != nil {
-			found, err = f.resync(ctx)
+			found, err = f.resync(ctx, q)
 		}
 		if ctx.Err() != nil {
 			return
@@ -154,11 +161,19 @@ func (f *follower) run(ctx context.Context) {
 	}
 }
 
-// resync reads the head and both folders in one transaction and publishes
-// them whole. found is false when there is no usable head.
-func (f *follower) resync(ctx context.Context) (found bool, err error) {
-	q := (&api.QueryOptions{AllowStale: !f.r.cfg.Consistent}).WithContext(ctx)
-	list, meta, err := f.txn.ReadKV([]string{f.keys.head}, []string{f.keys.pods, f.keys.tenants}, q)
+// resyncQuery is how a resync for reason reads: stale, as configured, for
+// the first read of all; from the Consul leader for every later one.
+func (f *follower) resyncQuery(reason string) *api.QueryOptions {
+	if reason == "start" {
+		return &api.QueryOptions{AllowStale: !f.r.cfg.Consistent}
+	}
+	return &api.QueryOptions{RequireConsistent: true}
+}
+
+// resync reads the head and both folders in one transaction, with q, and
+// publishes them whole. found is false when there is no usable head.
+func (f *follower) resync(ctx context.Context, q *api.QueryOptions) (found bool, err error) {
+	list, meta, err := f.txn.ReadKV([]string{f.keys.head}, []string{f.keys.pods, f.keys.tenants}, q.WithContext(ctx))
 	if err != nil {
 		return false, err
 	}
@@ -302,7 +317,16 @@ func (f *follower) followLog(ctx context.Context) (reason string) {
 		failures = 0
 		f.r.queryResult("kv:log", started, nil, 0)
 		if pair == nil {
-			return "head_gone"
+			// A server behind the others, or restarted and not caught
+			// up, may not hold the head yet: the leader tells.
+			latest, _, err := f.kv.Get(f.keys.head, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+			switch {
+			case err != nil:
+				continue // Consul failed: the next read tries again
+			case latest == nil:
+				return "head_gone"
+			}
+			pair = latest
 		}
 		if reason := f.advance(ctx, pair); reason != "" {
 			return reason
