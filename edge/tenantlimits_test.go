@@ -2,7 +2,6 @@ package edge
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -28,7 +27,7 @@ func limitedPod(l *router.Limits, backends ...*backend) router.State {
 
 func TestRateLimitAnswers429WithRetryAfter(t *testing.T) {
 	forEngines(t, func(t *testing.T, engine string) {
-		var log syncBuffer
+		var log consultest.SyncBuffer
 		reg := prometheus.NewRegistry()
 		p := &Proxy{Metrics: NewMetrics(reg), AccessLog: NewAccessLogHandler(&log)}
 		h := newHarnessOn(t, engine, p, limitedPod(&router.Limits{RPS: 1, Burst: 3}, newBackend(t, "a", nil)))
@@ -271,22 +270,4 @@ func TestDefaultTenantLimits(t *testing.T) {
 			t.Fatalf("tenant with its own limits: %d of 5 served, want 5", got)
 		}
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/http"
@@ -70,27 +69,7 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 	}
 
 	// A keep-alive connection opened now must outlive every reload.
-	conn, err := net.Dial("tcp", httpAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	br := bufio.NewReader(conn)
-	keepAlive := func(when string) {
-		t.Helper()
-		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := fmt.Fprint(conn, "GET / HTTP/1.1\r\nHost: t1.example.test\r\n\r\n"); err != nil {
-			t.Fatalf("%s: write on the kept-alive connection: %v", when, err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("%s: the kept-alive connection: %v", when, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: kept-alive connection answered %d", when, resp.StatusCode)
-		}
-	}
+	keepAlive := reloadtest.KeepAlive(t, httpAddr, "GET / HTTP/1.1\r\nHost: t1.example.test\r\n\r\n")
 	keepAlive("before reloading")
 
 	reloadtest.WriteFile(t, file, conf(httpAddr, "100ms"))

@@ -145,3 +145,31 @@ func WriteFile(t testing.TB, path, body string) {
 		t.Fatal(err)
 	}
 }
+
+// KeepAlive opens a connection to addr and returns a check that sends
+// request on it (a whole HTTP/1.1 request) and wants a 200: a reload must
+// not close a keep-alive connection.
+func KeepAlive(t testing.TB, addr, request string) (check func(when string)) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	br := bufio.NewReader(conn)
+	return func(when string) {
+		t.Helper()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := fmt.Fprint(conn, request); err != nil {
+			t.Fatalf("%s: write on the kept-alive connection: %v", when, err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: the kept-alive connection: %v", when, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: the kept-alive connection answered %d", when, resp.StatusCode)
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/http"
@@ -38,27 +37,7 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 		return reloadtest.Metric(base+"/metrics", `leader_config_reloads_total{result="ok"}`) == 0
 	})
 
-	conn, err := net.Dial("tcp", listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	br := bufio.NewReader(conn)
-	keepAlive := func(when string) {
-		t.Helper()
-		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := fmt.Fprint(conn, "GET /v1/leader HTTP/1.1\r\nHost: leader\r\n\r\n"); err != nil {
-			t.Fatalf("%s: write on the kept-alive connection: %v", when, err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("%s: the kept-alive connection: %v", when, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: GET /v1/leader answered %d", when, resp.StatusCode)
-		}
-	}
+	keepAlive := reloadtest.KeepAlive(t, listen, "GET /v1/leader HTTP/1.1\r\nHost: leader\r\n\r\n")
 	// post sends a 1,000-byte sign-up and returns the status: 400 (the
 	// body is no tenant) or 413. (A 413 closes its connection.)
 	post := func(when string) int {
