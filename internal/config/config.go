@@ -6,6 +6,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -219,4 +220,31 @@ func (l Log) SetLevel(lv *slog.LevelVar) error {
 func Exit(prog string, err error) {
 	fmt.Fprintf(os.Stderr, "%s: %s\n", prog, strings.ReplaceAll(err.Error(), "\n", "; "))
 	os.Exit(2)
+}
+
+// ErrVersion is what ParseFlags returns when -version is given.
+var ErrVersion = errors.New("version requested")
+
+// ParseFlags parses a binary's flags, the same way for every binary: -h
+// prints usage (a line, then the flags) and returns flag.ErrHelp; an
+// argument that is not a flag is an error; -version returns ErrVersion.
+// fs must define the bool flag "version". Errors are returned, not
+// printed: fs's output is silenced but for -h.
+func ParseFlags(fs *flag.FlagSet, args []string, usage string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fmt.Fprintln(os.Stderr, usage)
+			fs.PrintDefaults()
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if v := fs.Lookup("version"); v != nil && v.Value.String() == "true" {
+		return ErrVersion
+	}
+	return nil
 }

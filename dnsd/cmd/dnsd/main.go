@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -23,14 +22,13 @@ import (
 
 const prog = "dnsd"
 
-var errVersion = errors.New("version requested")
 
 func main() {
 	cfg, err := parse(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	}
-	if errors.Is(err, errVersion) {
+	if errors.Is(err, config.ErrVersion) {
 		fmt.Println(prog, version.String())
 		return
 	}
@@ -95,21 +93,9 @@ func parse(args []string) (dnsd.Config, error) {
 	zone := fs.String("zone", "", "DNS `zone` served (zone)")
 	listen := fs.String("listen", "", "`address` served over UDP and TCP (listen)")
 	admin := fs.String("admin", "", "`address` of /metrics and /healthz (admin)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fmt.Fprintf(os.Stderr, "usage: %s [flags]\n", prog)
-			fs.PrintDefaults()
-		}
+	fs.Bool("version", false, "print the version and exit")
+	if err := config.ParseFlags(fs, args, "usage: dnsd [flags]"); err != nil {
 		return dnsd.Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return dnsd.Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if *showVersion {
-		return dnsd.Config{}, errVersion
 	}
 	cfg := dnsd.DefaultConfig()
 	if *configFile != "" {

@@ -32,7 +32,7 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	}
-	if errors.Is(err, errVersion) {
+	if errors.Is(err, config.ErrVersion) {
 		fmt.Println(prog, version.String())
 		os.Exit(0)
 	}
@@ -110,7 +110,6 @@ func main() {
 	}
 }
 
-var errVersion = errors.New("version requested")
 
 // parse reads the flags and the configuration file; flags override the file
 // only when given.
@@ -129,21 +128,10 @@ func parse(args []string) (edge.Config, error) {
 		acmeDir     = fs.String("acme-directory", "", "ACME directory `URL`, used when TLS is enabled (acme.directory)")
 		acmeCA      = fs.String("acme-ca", "", "PEM `file` of roots to trust for the ACME server, used when TLS is enabled (acme.ca)")
 		acmeEmail   = fs.String("acme-email", "", "contact `address` of the ACME account, used when TLS is enabled (acme.email)")
-		showVersion = fs.Bool("version", false, "print the version and exit")
+		_ = fs.Bool("version", false, "print the version and exit")
 	)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fmt.Fprintf(os.Stderr, "usage: %s [flags]\n", prog)
-			fs.PrintDefaults()
-		}
+	if err := config.ParseFlags(fs, args, "usage: edge [flags]"); err != nil {
 		return edge.Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return edge.Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if *showVersion {
-		return edge.Config{}, errVersion
 	}
 	cfg := edge.DefaultConfig()
 	if *configFile != "" {

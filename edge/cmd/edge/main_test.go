@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"github.com/podedge/podedge/internal/config"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,7 +73,7 @@ func TestFlagsOverrideTheFile(t *testing.T) {
 	if cfg.HTTP != "127.0.0.1:8080" || cfg.Admin != "127.0.0.1:9999" || cfg.DrainDelay != 7*time.Second || cfg.PublicIP != "192.0.2.1" {
 		t.Errorf("file values lost: %+v", cfg)
 	}
-	if _, err := parse([]string{"-version"}); !errors.Is(err, errVersion) {
+	if _, err := parse([]string{"-version"}); !errors.Is(err, config.ErrVersion) {
 		t.Errorf("-version: %v", err)
 	}
 }

@@ -27,14 +27,13 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-var errVersion = errors.New("version requested")
 
 func run(args []string) int {
 	cfg, err := parse(args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
-	if errors.Is(err, errVersion) {
+	if errors.Is(err, config.ErrVersion) {
 		fmt.Println("leader", version.String())
 		return 0
 	}
@@ -93,20 +92,9 @@ func parse(args []string) (leader.Config, error) {
 	listen := fs.String("listen", "", "`address` of the HTTP API, /healthz and /metrics (listen)")
 	consul := fs.String("consul", "", "`address` of the local Consul agent's HTTP API (consul.address)")
 	zone := fs.String("zone", "", "DNS `zone` tenants live in (zone)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fmt.Fprintln(os.Stderr, "usage: leader [-config FILE] [-listen ADDR] [-consul ADDR] [-zone NAME] [-version]")
-			fs.PrintDefaults()
-		}
+	fs.Bool("version", false, "print the version and exit")
+	if err := config.ParseFlags(fs, args, "usage: leader [-config FILE] [-listen ADDR] [-consul ADDR] [-zone NAME] [-version]"); err != nil {
 		return leader.Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return leader.Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if *showVersion {
-		return leader.Config{}, errVersion
 	}
 	cfg, err := leader.Load(*configPath)
 	if err != nil {
