@@ -148,7 +148,10 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 			return false
 		}
 	}
-	if err != nil {
+	// A coding other than chunked is answered once the head parses, as
+	// on fasthttp's path (where its parser and the URI come first).
+	coding := err == h1.ErrCoding && head != nil
+	if err != nil && !coding {
 		l.refuseHead(c, err)
 		return false
 	}
@@ -161,7 +164,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	req := &ctx.Request
 	if err := l.parser.Parse(&req.Header, head); err != nil {
 		l.release(ex)
-		l.refuse(c, fasthttp.StatusBadRequest, err)
+		l.refuse(c, readErrorStatus(err), err)
 		return false
 	}
 	// fasthttp's server refuses a Host or target its URI parser rejects
@@ -170,6 +173,11 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	if err := l.uriCheck.Parse(req.Header.Host(), req.Header.RequestURI()); err != nil {
 		l.release(ex)
 		l.refuse(c, fasthttp.StatusBadRequest, err)
+		return false
+	}
+	if coding {
+		l.release(ex)
+		l.refuseHead(c, h1.ErrCoding)
 		return false
 	}
 	h := &req.Header

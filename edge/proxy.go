@@ -435,20 +435,25 @@ func (p *Proxy) fail(ctx *fasthttp.RequestCtx, x *exchange, err error) {
 // be read get a one-line answer, counted but never routed.
 func (p *Proxy) ServerError(ctx *fasthttp.RequestCtx, err error) {
 	p.init()
-	status := fasthttp.StatusBadRequest
+	p.refuse(ctx, readErrorStatus(err), err)
+}
+
+// readErrorStatus is the status of a request fasthttp could not read, on
+// either data path.
+func readErrorStatus(err error) int {
 	switch {
 	case isSmallBuffer(err):
-		status = fasthttp.StatusRequestHeaderFieldsTooLarge
+		return fasthttp.StatusRequestHeaderFieldsTooLarge
 	case isTimeout(err):
-		status = fasthttp.StatusRequestTimeout
+		return fasthttp.StatusRequestTimeout
 	case err == fasthttp.ErrBodyTooLarge:
-		status = fasthttp.StatusRequestEntityTooLarge
+		return fasthttp.StatusRequestEntityTooLarge
 	case strings.Contains(err.Error(), "unsupported transfer-encoding"):
 		// A coding fasthttp does not know: 501, as h1.ErrCoding on the
 		// event loops (RFC 9110, section 15.6.2).
-		status = fasthttp.StatusNotImplemented
+		return fasthttp.StatusNotImplemented
 	}
-	p.refuse(ctx, status, err)
+	return fasthttp.StatusBadRequest
 }
 
 // refuse answers a request that could not be read with status, counted but

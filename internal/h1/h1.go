@@ -46,6 +46,8 @@ type HeadScanner struct {
 	// firstTold that StartLine has returned it.
 	first     int
 	firstTold bool
+	// coding: a Transfer-Encoding other than chunked was seen.
+	coding bool
 }
 
 // StartLine returns the start line at the start of b, without its CRLF,
@@ -66,7 +68,10 @@ func (s *HeadScanner) Reset() { *s = HeadScanner{} }
 // Scan returns the complete head at the start of b, through its blank line,
 // or nil while it is incomplete. A head that is or will be longer than max
 // bytes fails with ErrHeadTooLarge, a line framed wrongly with its
-// FramingError. b must hold the bytes of earlier calls since the last Reset
+// FramingError. A Transfer-Encoding other than chunked does not stop the
+// scan: the whole head comes back with ErrCoding, so that a caller can
+// refuse a head that does not parse first, with 400, as a parser reading
+// the head whole does. b must hold the bytes of earlier calls since the last Reset
 // at the same offsets (more may follow them). request selects the checks of
 // a request head.
 func (s *HeadScanner) Scan(b []byte, max int, request bool) ([]byte, error) {
@@ -95,14 +100,19 @@ func (s *HeadScanner) Scan(b []byte, max int, request bool) ([]byte, error) {
 			}
 			// Every line ends in CRLF: any other CR is a bare one. One
 			// count of the whole head costs less than a search per line.
-			lines := s.lines + 1
+			lines, coding := s.lines+1, s.coding
 			*s = HeadScanner{}
 			if bytes.Count(b[:end], cr) != lines {
 				return nil, ErrBareCR
 			}
+			if coding {
+				return b[:end], ErrCoding
+			}
 			return b[:end], nil
 		}
-		if err := checkLine(line, i == 0, request); err != nil {
+		if err := checkLine(line, i == 0, request); err == ErrCoding {
+			s.coding = true
+		} else if err != nil {
 			return nil, err
 		}
 		if i == 0 {
