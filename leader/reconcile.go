@@ -3,6 +3,7 @@ package leader
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -13,10 +14,16 @@ import (
 )
 
 // Reconcile checks the internal keys (seat counts and the domain index)
-// against the tenants stored in KV and repairs any difference. The leader
-// keeps them exact itself; they drift only when someone writes tenants/
-// directly. It runs when leadership is won, before the first write, and
-// every reconcile_interval.
+// against the tenants of the replica's view and repairs any difference.
+// The leader keeps them exact itself; they drift only when someone writes
+// tenants/ directly, which the auditor logs within a few seconds (and then
+// asks for a reconciliation before the next write). It runs when
+// leadership is won, before the first write, and every reconcile_interval.
+//
+// The tenants are counted from the view, which follows the change log,
+// not read from KV: with a million tenants a read of the folder is 300 MB
+// that Consul must serve in one answer, and a new leader's first write
+// waited minutes behind it.
 func (s *Store) Reconcile(ctx context.Context) error {
 	if err := s.acquire(ctx); err != nil {
 		return err
@@ -49,26 +56,34 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 	}
 }
 
-// reconcileOnce reads tenants, pods, seats and the domain index at one
-// Raft index and writes the repairs, each guarded by the index it was read
-// at, in as few fenced transactions as Consul's limit allows.
+// reconcileOnce reads pods, seats, the domain index and the change log's
+// head at one Raft index, waits for the view to hold every change the head
+// logged, and writes the repairs, each guarded by the index it was read
+// at, in as few fenced transactions as Consul's limit allows. No write of
+// this replica can commit meanwhile (the caller holds the turn) and no
+// other replica's (the fence), so the view then holds exactly the tenants
+// the seats and the index were written for.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
-	trees, err := s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir())
+	trees, head, err := s.readTreesAndKey(ctx, k.logHead(), k.podsDir(), k.seatsDir(), k.domainsDir())
 	if err != nil {
 		return err
+	}
+	var headIndex uint64
+	if head != nil {
+		headIndex = head.ModifyIndex
+	}
+	view, err := s.waitView(ctx, headIndex)
+	if err != nil {
+		return fmt.Errorf("reconcile: waiting for the view to reach index %d: %w", headIndex, err)
 	}
 	registered := map[string]bool{}
 	for _, kv := range trees[k.podsDir()] {
 		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
 	}
 	count := map[string]int{}
-	owner := map[string]router.Tenant{}
-	for _, kv := range trees[k.tenantsDir()] {
-		t, ok := s.routable(strings.TrimPrefix(kv.Key, k.tenantsDir()), kv.Value)
-		if !ok {
-			continue
-		}
+	owner := map[string]*router.Tenant{}
+	view.AscendTenants("", func(t *router.Tenant) bool {
 		count[t.Pod]++
 		for _, d := range t.Domains {
 			// As the router does: the oldest claim wins, then the name.
@@ -76,7 +91,8 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 				owner[d] = t
 			}
 		}
-	}
+		return true
+	})
 
 	tx := newTxn("reconcile", k, session)
 	flush := func() error {
@@ -137,26 +153,6 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	return flush()
 }
 
-// routable decodes a stored tenant as the router would route it, reporting
-// false for values the router skips.
-func (s *Store) routable(name string, raw []byte) (router.Tenant, bool) {
-	if !router.ValidLabel(name) {
-		return router.Tenant{}, false
-	}
-	t, err := decodeTenant(name, raw)
-	if err != nil || t.Name != name || !router.ValidLabel(t.Pod) {
-		return router.Tenant{}, false
-	}
-	for i, d := range t.Domains {
-		n, err := router.NormalizeDomain(d)
-		if err != nil {
-			return router.Tenant{}, false
-		}
-		t.Domains[i] = n
-	}
-	return t, true
-}
-
 func byName(kvs api.KVPairs, dir string) map[string]*api.KVPair {
 	out := make(map[string]*api.KVPair, len(kvs))
 	for _, kv := range kvs {
@@ -177,4 +173,13 @@ func value(kv *api.KVPair) string {
 		return "(absent)"
 	}
 	return string(kv.Value)
+}
+
+// waitView returns the view once it holds every change logged at index or
+// before.
+func (s *Store) waitView(ctx context.Context, index uint64) (*router.Snapshot, error) {
+	if s.waitViewFn == nil {
+		return s.view(), nil
+	}
+	return s.waitViewFn(ctx, index)
 }
