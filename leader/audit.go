@@ -37,9 +37,10 @@ import (
 const auditPace = 5
 
 // auditWait is how long a blocking read of a folder waits for a change.
-// Consul answers the whole folder again when the wait runs out: the longer
-// the wait, the fewer idle reads.
-const auditWait = 60 * time.Second
+// Consul answers the whole folder again when the wait runs out, but a
+// Consul restored from an older snapshot holds the folder at an index
+// below the one the read waits past, and answers only then.
+const auditWait = 10 * time.Second
 
 // repair is one repair entry to write: the value listed at index (nil:
 // the key is gone, or holds a value the router refuses).

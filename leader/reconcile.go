@@ -3,11 +3,11 @@ package leader
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/podedge/podedge/router"
@@ -63,6 +63,11 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 // this replica can commit meanwhile (the caller holds the turn) and no
 // other replica's (the fence), so the view then holds exactly the tenants
 // the seats and the index were written for.
+//
+// A view that does not catch up within viewWait (Consul just recovered
+// and the router waits out its backoff) is not waited for: the tenants
+// are then read from KV with the rest, in one transaction, as the leader
+// did before it had a view that follows the log.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
 	trees, head, err := s.readTreesAndKey(ctx, k.logHead(), k.podsDir(), k.seatsDir(), k.domainsDir())
@@ -73,17 +78,9 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	if head != nil {
 		headIndex = head.ModifyIndex
 	}
-	view, err := s.waitView(ctx, headIndex)
-	if err != nil {
-		return fmt.Errorf("reconcile: waiting for the view to reach index %d: %w", headIndex, err)
-	}
-	registered := map[string]bool{}
-	for _, kv := range trees[k.podsDir()] {
-		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
-	}
 	count := map[string]int{}
 	owner := map[string]*router.Tenant{}
-	view.AscendTenants("", func(t *router.Tenant) bool {
+	claim := func(t *router.Tenant) {
 		count[t.Pod]++
 		for _, d := range t.Domains {
 			// As the router does: the oldest claim wins, then the name.
@@ -91,8 +88,27 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 				owner[d] = t
 			}
 		}
-		return true
-	})
+	}
+	wctx, cancel := context.WithTimeout(ctx, viewWait)
+	view, err := s.waitView(wctx, headIndex)
+	cancel()
+	if err == nil {
+		view.AscendTenants("", func(t *router.Tenant) bool { claim(t); return true })
+	} else {
+		s.log.Warn("reconcile: the view is behind the change log; reading the tenants from KV", "index", headIndex, "view", view.LogIndex)
+		if trees, err = s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()); err != nil {
+			return err
+		}
+		for _, kv := range trees[k.tenantsDir()] {
+			if t, ok := s.routable(strings.TrimPrefix(kv.Key, k.tenantsDir()), kv.Value); ok {
+				claim(&t)
+			}
+		}
+	}
+	registered := map[string]bool{}
+	for _, kv := range trees[k.podsDir()] {
+		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
+	}
 
 	tx := newTxn("reconcile", k, session)
 	flush := func() error {
@@ -136,21 +152,41 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	for _, d := range union(slices.Collect(maps.Keys(index)), slices.Collect(maps.Keys(owner))) {
 		kv := index[d]
 		o, owned := owner[d]
+		var want string
+		if owned {
+			want = o.Name
+		}
 		switch {
 		case !owned:
 			tx.deleteCAS(kv.Key, kv.ModifyIndex, nil)
 		case kv == nil:
-			tx.cas(k.domain(d), 0, []byte(o.Name), nil)
-		case string(kv.Value) == o.Name:
+			tx.cas(k.domain(d), 0, []byte(want), nil)
+		case string(kv.Value) == want:
 			continue
 		default:
-			tx.cas(kv.Key, kv.ModifyIndex, []byte(o.Name), nil)
+			tx.cas(kv.Key, kv.ModifyIndex, []byte(want), nil)
 		}
-		if err := repair("domains", k.domain(d), value(kv), o.Name); err != nil {
+		if err := repair("domains", k.domain(d), value(kv), want); err != nil {
 			return err
 		}
 	}
 	return flush()
+}
+
+// viewWait bounds the wait of a reconciliation for the view.
+const viewWait = 500 * time.Millisecond
+
+// routable decodes a stored tenant as the router would route it, reporting
+// false for values the router skips.
+func (s *Store) routable(name string, raw []byte) (router.Tenant, bool) {
+	if !router.ValidLabel(name) {
+		return router.Tenant{}, false
+	}
+	t, err := router.DecodeTenant(name, raw)
+	if err != nil {
+		return router.Tenant{}, false
+	}
+	return t, true
 }
 
 func byName(kvs api.KVPairs, dir string) map[string]*api.KVPair {

@@ -147,7 +147,7 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 	agent := consultest.Start(t)
 	old := lockWith(t, agent)
 	oldFence := &testFence{session: old}
-	view := viewWithEdges(t, "dublin")
+	view, syncView := folderView(t, agent)
 	deposed := testStore(t, agent, oldFence, view, 10)
 	ctx := context.Background()
 	if _, _, err := deposed.PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 5}); err != nil {
@@ -204,7 +204,9 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 		t.Fatalf("a fenced write changed KV:\nbefore %v\nafter  %v", before, after)
 	}
 
-	// The new leader writes as usual.
+	// The new leader writes as usual, from a view that has what the
+	// deposed one wrote.
+	syncView()
 	current := testStore(t, agent, newFence, view, 10)
 	if _, _, err := current.SignUp(ctx, Signup{Name: "late", Lat: dublin[0], Lon: dublin[1]}); err != nil {
 		t.Fatal(err)
