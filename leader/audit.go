@@ -26,7 +26,8 @@ import (
 // A read of the folder costs in proportion to the tenants: about 0.3 s of
 // Consul's time at 100,000, several seconds at a million. The auditor paces
 // itself by that cost: the next read starts no sooner than auditPace times
-// the last one took (the read and the pass over it), nor sooner than
+// the least of the last three timed reads took (the read and the pass over
+// it), nor sooner than
 // AuditInterval, so that it takes at most a fifth of Consul's and its own
 // time whatever the size. A change outside the leader reaches the readers
 // within about max(AuditInterval, auditPace × read) plus one read: 2.5 s at
@@ -151,7 +152,8 @@ func (s *Server) auditLoop(ctx context.Context, list router.KVLister) {
 // AuditInterval, and repairs, while session leads.
 func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folderAudit, session string) {
 	var index uint64
-	var cost time.Duration // of the last read and pass timed
+	var costs [3]time.Duration // of the last reads and passes timed
+	timedReads := 0
 	failures := 0
 	for ctx.Err() == nil {
 		if now, ok := s.elector.Session(); !ok || now != session {
@@ -201,7 +203,14 @@ func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folde
 			index = 0
 		}
 		if timed {
-			cost = time.Since(started)
+			costs[timedReads%len(costs)] = time.Since(started)
+			timedReads++
+		}
+		// The least of the last few: a read slowed down by a burst of
+		// other work must not set the pace.
+		cost := costs[0]
+		for _, c := range costs[1:max(1, min(timedReads, len(costs)))] {
+			cost = min(cost, c)
 		}
 		retry.Sleep(ctx, max(s.cfg.AuditInterval-time.Since(started), (auditPace-1)*cost))
 	}
