@@ -65,9 +65,10 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 // the seats and the index were written for.
 //
 // A view that does not catch up within viewWait (Consul just recovered
-// and the router waits out its backoff) is not waited for: the tenants
-// are then read from KV with the rest, in one transaction, as the leader
-// did before it had a view that follows the log.
+// and the router waits out its backoff), or that cannot be held to the
+// head, is not used: the tenants are then read from KV with the rest, in
+// one transaction, as the leader did before it had a view that follows
+// the log.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
 	trees, head, err := s.readTreesAndKey(ctx, k.logHead(), k.podsDir(), k.seatsDir(), k.domainsDir())
@@ -92,10 +93,14 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	wctx, cancel := context.WithTimeout(ctx, viewWait)
 	view, err := s.waitView(wctx, headIndex)
 	cancel()
-	if err == nil {
+	// The view is the tenants the seats were written for only when it
+	// stands exactly at the head: without a head there is no log to hold
+	// it to, and a view past the head saw a history KV no longer has (a
+	// restore, an emptied KV).
+	if err == nil && headIndex != 0 && view.LogIndex == headIndex {
 		view.AscendTenants("", func(t *router.Tenant) bool { claim(t); return true })
 	} else {
-		s.log.Warn("reconcile: the view is behind the change log; reading the tenants from KV", "index", headIndex, "view", view.LogIndex)
+		s.log.Warn("reconcile: the view does not stand at the change log's head; reading the tenants from KV", "head", headIndex, "view", view.LogIndex)
 		if trees, err = s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()); err != nil {
 			return err
 		}
