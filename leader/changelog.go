@@ -143,6 +143,19 @@ func (w *writtenNames) take(kind string, upTo uint64) []string {
 	return out
 }
 
+// pending reports whether a name of kind was written after index and not
+// taken yet.
+func (w *writtenNames) pending(kind string, index uint64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, i := range w.names[kind] {
+		if i > index {
+			return true
+		}
+	}
+	return false
+}
+
 // tenantChange and podChange are the log entries of a tenant or pod value
 // written (value) or deleted (nil).
 func tenantChange(name string, value []byte) changelog.Change {

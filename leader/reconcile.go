@@ -7,16 +7,23 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/podedge/podedge/router"
 )
 
 // Reconcile checks the internal keys (seat counts and the domain index)
-// against the tenants stored in KV and repairs any difference. The leader
-// keeps them exact itself; they drift only when someone writes tenants/
-// directly. It runs when leadership is won, before the first write, and
-// every reconcile_interval.
+// against the tenants of the replica's view and repairs any difference.
+// The leader keeps them exact itself; they drift only when someone writes
+// tenants/ directly, which the auditor logs within a few seconds (and then
+// asks for a reconciliation before the next write). It runs when
+// leadership is won, before the first write, and every reconcile_interval.
+//
+// The tenants are counted from the view, which follows the change log,
+// not read from KV: with a million tenants a read of the folder is 300 MB
+// that Consul must serve in one answer, and a new leader's first write
+// waited minutes behind it.
 func (s *Store) Reconcile(ctx context.Context) error {
 	if err := s.acquire(ctx); err != nil {
 		return err
@@ -49,26 +56,32 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 	}
 }
 
-// reconcileOnce reads tenants, pods, seats and the domain index at one
-// Raft index and writes the repairs, each guarded by the index it was read
-// at, in as few fenced transactions as Consul's limit allows.
+// reconcileOnce reads pods, seats, the domain index and the change log's
+// head at one Raft index, waits for the view to hold every change the head
+// logged, and writes the repairs, each guarded by the index it was read
+// at, in as few fenced transactions as Consul's limit allows. No write of
+// this replica can commit meanwhile (the caller holds the turn) and no
+// other replica's (the fence), so the view then holds exactly the tenants
+// the seats and the index were written for.
+//
+// A view that does not catch up within viewWait (Consul just recovered
+// and the router waits out its backoff), or that cannot be held to the
+// head, is not used: the tenants are then read from KV with the rest, in
+// one transaction, as the leader did before it had a view that follows
+// the log.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
-	trees, err := s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir())
+	trees, head, err := s.readTreesAndKey(ctx, k.logHead(), k.podsDir(), k.seatsDir(), k.domainsDir())
 	if err != nil {
 		return err
 	}
-	registered := map[string]bool{}
-	for _, kv := range trees[k.podsDir()] {
-		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
+	var headIndex uint64
+	if head != nil {
+		headIndex = head.ModifyIndex
 	}
 	count := map[string]int{}
-	owner := map[string]router.Tenant{}
-	for _, kv := range trees[k.tenantsDir()] {
-		t, ok := s.routable(strings.TrimPrefix(kv.Key, k.tenantsDir()), kv.Value)
-		if !ok {
-			continue
-		}
+	owner := map[string]*router.Tenant{}
+	claim := func(t *router.Tenant) {
 		count[t.Pod]++
 		for _, d := range t.Domains {
 			// As the router does: the oldest claim wins, then the name.
@@ -76,6 +89,30 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 				owner[d] = t
 			}
 		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, viewWait)
+	view, err := s.waitView(wctx, headIndex)
+	cancel()
+	// The view is the tenants the seats were written for only when it
+	// stands exactly at the head: without a head there is no log to hold
+	// it to, and a view past the head saw a history KV no longer has (a
+	// restore, an emptied KV).
+	if err == nil && headIndex != 0 && view.LogIndex == headIndex {
+		view.AscendTenants("", func(t *router.Tenant) bool { claim(t); return true })
+	} else {
+		s.log.Warn("reconcile: the view does not stand at the change log's head; reading the tenants from KV", "head", headIndex, "view", view.LogIndex)
+		if trees, err = s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()); err != nil {
+			return err
+		}
+		for _, kv := range trees[k.tenantsDir()] {
+			if t, ok := s.routable(strings.TrimPrefix(kv.Key, k.tenantsDir()), kv.Value); ok {
+				claim(&t)
+			}
+		}
+	}
+	registered := map[string]bool{}
+	for _, kv := range trees[k.podsDir()] {
+		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
 	}
 
 	tx := newTxn("reconcile", k, session)
@@ -120,22 +157,29 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	for _, d := range union(slices.Collect(maps.Keys(index)), slices.Collect(maps.Keys(owner))) {
 		kv := index[d]
 		o, owned := owner[d]
+		var want string
+		if owned {
+			want = o.Name
+		}
 		switch {
 		case !owned:
 			tx.deleteCAS(kv.Key, kv.ModifyIndex, nil)
 		case kv == nil:
-			tx.cas(k.domain(d), 0, []byte(o.Name), nil)
-		case string(kv.Value) == o.Name:
+			tx.cas(k.domain(d), 0, []byte(want), nil)
+		case string(kv.Value) == want:
 			continue
 		default:
-			tx.cas(kv.Key, kv.ModifyIndex, []byte(o.Name), nil)
+			tx.cas(kv.Key, kv.ModifyIndex, []byte(want), nil)
 		}
-		if err := repair("domains", k.domain(d), value(kv), o.Name); err != nil {
+		if err := repair("domains", k.domain(d), value(kv), want); err != nil {
 			return err
 		}
 	}
 	return flush()
 }
+
+// viewWait bounds the wait of a reconciliation for the view.
+const viewWait = 500 * time.Millisecond
 
 // routable decodes a stored tenant as the router would route it, reporting
 // false for values the router skips.
@@ -143,16 +187,9 @@ func (s *Store) routable(name string, raw []byte) (router.Tenant, bool) {
 	if !router.ValidLabel(name) {
 		return router.Tenant{}, false
 	}
-	t, err := decodeTenant(name, raw)
-	if err != nil || t.Name != name || !router.ValidLabel(t.Pod) {
+	t, err := router.DecodeTenant(name, raw)
+	if err != nil {
 		return router.Tenant{}, false
-	}
-	for i, d := range t.Domains {
-		n, err := router.NormalizeDomain(d)
-		if err != nil {
-			return router.Tenant{}, false
-		}
-		t.Domains[i] = n
 	}
 	return t, true
 }
@@ -177,4 +214,13 @@ func value(kv *api.KVPair) string {
 		return "(absent)"
 	}
 	return string(kv.Value)
+}
+
+// waitView returns the view once it holds every change logged at index or
+// before.
+func (s *Store) waitView(ctx context.Context, index uint64) (*router.Snapshot, error) {
+	if s.waitViewFn == nil {
+		return s.view(), nil
+	}
+	return s.waitViewFn(ctx, index)
 }

@@ -155,6 +155,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Zone:       s.router.Zone(),
 		Fence:      s.elector,
 		View:       s.router.Snapshot,
+		WaitView:   s.router.WaitIndex,
 		NearKm:     s.cfg.NearKm,
 		Retries:    s.cfg.WriteRetries,
 		Reserved:   s.cfg.ReservedNames,
@@ -187,7 +188,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Go(func() { s.geo.watch(bg, s.cfg.GeoIP.CheckInterval) })
 		defer s.geo.close()
 	}
-	election.Go(func() { s.elector.Run(elect) })
+	election.Go(func() {
+		// A replica campaigns once its view has synced: it cannot place
+		// a tenant before, and reading a million tenants for the first
+		// time takes the process seconds in which its check could miss
+		// its TTL and cost it the lock again and again.
+		select {
+		case <-s.router.Ready():
+		case <-elect.Done():
+			return
+		}
+		s.elector.Run(elect)
+	})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 

@@ -37,17 +37,19 @@ type Fence interface {
 // made outside the leader. The guards, not this turn-taking, make writes
 // safe.
 type Store struct {
-	client  *api.Client
-	keys    keys
-	fence   Fence
-	view    func() *router.Snapshot
-	val     *validator
-	nearKm  float64
-	retries int
-	zone    string // without the trailing dot
-	m       *metrics
-	log     *slog.Logger
-	clock   func() time.Time
+	client *api.Client
+	keys   keys
+	fence  Fence
+	view   func() *router.Snapshot
+	// waitViewFn is StoreConfig.WaitView.
+	waitViewFn func(ctx context.Context, index uint64) (*router.Snapshot, error)
+	val        *validator
+	nearKm     float64
+	retries    int
+	zone       string // without the trailing dot
+	m          *metrics
+	log        *slog.Logger
+	clock      func() time.Time
 
 	turn       chan struct{} // holds a token while a write runs: one at a time
 	queueMu    sync.Mutex
@@ -66,13 +68,17 @@ type Store struct {
 
 // StoreConfig configures a Store. View and Fence are required.
 type StoreConfig struct {
-	Client  *api.Client
-	Prefix  string // with the trailing slash
-	Zone    string // with or without the trailing dot
-	Fence   Fence
-	View    func() *router.Snapshot
-	NearKm  float64
-	Retries int
+	Client *api.Client
+	Prefix string // with the trailing slash
+	Zone   string // with or without the trailing dot
+	Fence  Fence
+	View   func() *router.Snapshot
+	// WaitView returns the view once it holds every change logged at
+	// the index given or before (router.Router.WaitIndex); nil means
+	// View is always current, as a view a test publishes is.
+	WaitView func(ctx context.Context, index uint64) (*router.Snapshot, error)
+	NearKm   float64
+	Retries  int
 	// Reserved and MaxDomains as in Config.
 	Reserved   []string
 	MaxDomains int
@@ -92,19 +98,20 @@ func newStore(c StoreConfig, m *metrics) *Store {
 		c.LogRing = DefaultLogRing
 	}
 	return &Store{
-		ring:    c.LogRing,
-		client:  c.Client,
-		keys:    keys{prefix: c.Prefix},
-		fence:   c.Fence,
-		view:    c.View,
-		val:     newValidator(c.Zone, c.Reserved, c.MaxDomains),
-		nearKm:  c.NearKm,
-		retries: c.Retries,
-		zone:    strings.TrimSuffix(c.Zone, "."),
-		m:       m,
-		log:     c.Logger,
-		clock:   c.Clock,
-		turn:    make(chan struct{}, 1),
+		ring:       c.LogRing,
+		client:     c.Client,
+		keys:       keys{prefix: c.Prefix},
+		fence:      c.Fence,
+		view:       c.View,
+		waitViewFn: c.WaitView,
+		val:        newValidator(c.Zone, c.Reserved, c.MaxDomains),
+		nearKm:     c.NearKm,
+		retries:    c.Retries,
+		zone:       strings.TrimSuffix(c.Zone, "."),
+		m:          m,
+		log:        c.Logger,
+		clock:      c.Clock,
+		turn:       make(chan struct{}, 1),
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -146,7 +147,7 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 	agent := consultest.Start(t)
 	old := lockWith(t, agent)
 	oldFence := &testFence{session: old}
-	view := viewWithEdges(t, "dublin")
+	view, syncView := folderView(t, agent)
 	deposed := testStore(t, agent, oldFence, view, 10)
 	ctx := context.Background()
 	if _, _, err := deposed.PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 5}); err != nil {
@@ -203,12 +204,46 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 		t.Fatalf("a fenced write changed KV:\nbefore %v\nafter  %v", before, after)
 	}
 
-	// The new leader writes as usual.
+	// The new leader writes as usual, from a view that has what the
+	// deposed one wrote.
+	syncView()
 	current := testStore(t, agent, newFence, view, 10)
 	if _, _, err := current.SignUp(ctx, Signup{Name: "late", Lat: dublin[0], Lon: dublin[1]}); err != nil {
 		t.Fatal(err)
 	}
 	checkSeats(t, agent)
+}
+
+// folderView is a router view with one passing edge in dublin and the
+// tenants of podedge/tenants/ as they are when sync is called: what the
+// auditor makes of the view, once it has logged what was written behind
+// the leader's back.
+func folderView(t *testing.T, agent *consultest.Agent) (view func() *router.Snapshot, sync func()) {
+	t.Helper()
+	r, err := router.New(router.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edges := []router.EdgeEndpoint{{
+		Endpoint: router.Endpoint{ID: "edge-dublin", Node: "n", Pod: "dublin", Addr: "127.0.0.1:8080", Weight: 1, Passing: true},
+		PublicIP: netip.MustParseAddr("192.0.2.1"),
+	}}
+	sync = func() {
+		t.Helper()
+		pairs, _, err := agent.Client.KV().List("podedge/tenants/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tenants []router.Tenant
+		for _, kv := range pairs {
+			if tn, err := router.DecodeTenant(strings.TrimPrefix(kv.Key, "podedge/tenants/"), kv.Value); err == nil {
+				tenants = append(tenants, tn)
+			}
+		}
+		r.Publish(router.State{Edges: edges, Tenants: tenants})
+	}
+	sync()
+	return r.Snapshot, sync
 }
 
 // TestReconcileRepairsDrift: tenants written to KV behind the leader's
@@ -217,7 +252,7 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 func TestReconcileRepairsDrift(t *testing.T) {
 	agent := consultest.Start(t)
 	fence := &testFence{session: lockWith(t, agent)}
-	view := viewWithEdges(t, "dublin")
+	view, syncView := folderView(t, agent)
 	s := testStore(t, agent, fence, view, 10)
 	ctx := context.Background()
 	if _, _, err := s.PutPod(ctx, router.Pod{Name: "dublin", Lat: dublin[0], Lon: dublin[1], Capacity: 3}); err != nil {
@@ -230,6 +265,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	agent.Put(t, "podedge/leader/seats/gone", "2")
 	agent.Put(t, "podedge/leader/domains/orphan.com", "ghost")
 	agent.Put(t, "podedge/leader/domains/x2.com", "x1")
+	syncView()
 
 	if err := s.Reconcile(ctx); err != nil {
 		t.Fatal(err)
@@ -266,6 +302,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	// A new leadership reconciles before its first write.
 	agent.Put(t, "podedge/tenants/x5", `{"name":"x5","pod":"dublin"}`)
 	agent.Put(t, "podedge/pods/london", `{"name":"london","lat":51.5,"lon":-0.1,"capacity":10}`)
+	syncView()
 	if _, err := agent.Client.Session().Destroy(fence.session, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 // Package configs holds the templates `make bench` renders into a run's
 // temporary folder: the configurations of nginx, HAProxy, Knot, NSD, the
-// edge and dnsd, the zone file Knot and NSD serve, the dnsperf query mix and
+// edge, dnsd and the leader, the zone file Knot and NSD serve, the dnsperf query mix and
 // the wrk script. bench/README.md explains each choice.
 package configs
 

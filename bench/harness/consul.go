@@ -40,6 +40,7 @@ func (h *harness) startConsul(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	h.consulProc = p
 	cfg := api.DefaultConfig()
 	cfg.Address = h.consulAddr
 	if h.consul, err = api.NewClient(cfg); err != nil {

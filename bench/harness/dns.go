@@ -133,7 +133,7 @@ func (h *harness) startDnsdWith(ctx context.Context, name, prefix string, rrl in
 	}
 	s := &server{name: "dnsd", addr: addrs[0], admin: addrs[1], procs: []*child.Process{p}}
 	podName := pod + ".pods." + zone
-	err = h.waitFor(ctx, time.Minute, name+" to answer "+podName+" with 13 addresses", func() bool {
+	err = h.waitFor(ctx, h.startWait(), name+" to answer "+podName+" with 13 addresses", func() bool {
 		r, err := ask(s.addr, podName, dns.TypeA)
 		return err == nil && len(r.Answer) == 13
 	}, p)

@@ -1,8 +1,8 @@
 // Package harness runs podedge's side-by-side load tests (`make bench`): the
 // edge next to nginx, HAProxy and a bare fasthttp forwarder in front of the
 // same two backends, dnsd next to Knot and NSD serving the same records, the
-// edge, nginx and HAProxy while a backend dies, and the edge and dnsd with
-// 100,000 tenants. It starts every process itself (its own Consul included)
+// edge, nginx and HAProxy while a backend dies, the edge and dnsd with
+// 100,000 tenants, and sign-ups through the leader with 50 more readers. It starts every process itself (its own Consul included)
 // on free loopback ports, pins the system under test and the load
 // generators to separate CPUs, alternates the systems round after round and
 // reports medians and ratios as Markdown. bench/README.md explains how to
@@ -44,8 +44,12 @@ type Options struct {
 	// FailureDuration is the length of each run that kills a backend, a
 	// third of the way in. Default 9s.
 	FailureDuration time.Duration
-	// Tenants is the number of tenants of the scale test. Default 100,000.
+	// Tenants is the number of tenants of the scale and sign-up phases.
+	// Default 100,000.
 	Tenants int
+	// Readers is the number of routers bench/cmd/readers runs in the
+	// sign-up phase, besides its edge, dnsd and leader. Default 50.
+	Readers int
 	// Quick shortens what Duration does not bound, for the smoke test:
 	// fewer KV changes timed, a shorter lookup benchmark.
 	Quick bool
@@ -100,6 +104,9 @@ func (o *Options) setDefaults() error {
 	if o.Tenants == 0 {
 		o.Tenants = 100_000
 	}
+	if o.Readers == 0 {
+		o.Readers = 50
+	}
 	switch {
 	case o.Rounds < 1:
 		return fmt.Errorf("rounds: must be at least 1, got %d", o.Rounds)
@@ -107,6 +114,8 @@ func (o *Options) setDefaults() error {
 		return errors.New("duration: must be positive")
 	case o.Tenants < 10:
 		return fmt.Errorf("tenants: must be at least 10, got %d", o.Tenants)
+	case o.Readers < 1:
+		return fmt.Errorf("readers: must be at least 1, got %d", o.Readers)
 	}
 	if o.CPUs == nil {
 		c := DefaultCPUs()
@@ -152,11 +161,12 @@ func programs() []program {
 	return []program{
 		{"edge", "./edge/cmd/edge"}, {"dnsd", "./dnsd/cmd/dnsd"}, {"backend", "./bench/cmd/backend"},
 		{"forwarder", "./bench/cmd/forwarder"}, {"loopforwarder", "./bench/cmd/loopforwarder"}, {"loadgen", "./bench/cmd/loadgen"},
+		{"leader", "./leader/cmd/leader"}, {"readers", "./bench/cmd/readers"},
 	}
 }
 
 // Phases are the measuring phases of a run, in the order they run.
-func Phases() []string { return []string{"http", "failure", "isolation", "dns", "scale"} }
+func Phases() []string { return []string{"http", "failure", "isolation", "dns", "scale", "signups"} }
 
 // The names the bench serves, as the platform would.
 const (
@@ -182,6 +192,7 @@ type harness struct {
 
 	consulAddr string
 	consul     *api.Client
+	consulProc *child.Process
 	backends   []*backendProc
 	// mainEdge and mainDnsd serve the 10 tenants from the HTTP and DNS
 	// phases to the end, for the scale comparison.
@@ -233,6 +244,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		{"isolation", h.isolationPhase},
 		{"dns", h.dnsPhase},
 		{"scale", h.scalePhase},
+		{"signups", h.signupsPhase},
 	}
 	for _, s := range steps {
 		if slices.Contains(Phases(), s.name) && len(opts.Phases) > 0 && !slices.Contains(opts.Phases, s.name) {

@@ -92,9 +92,19 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 
+	su := rep.Signups
+	switch {
+	case su == nil || su.Tenants != opts.Tenants:
+		t.Errorf("sign-up result %+v", su)
+	case su.Served.P50 <= 0 || su.Seen.P50 <= 0 || len(su.Resyncs) == 0 || su.Resyncs[0] <= 0 || len(su.OutOfBand) == 0:
+		t.Errorf("sign-up figures not measured: %+v", su)
+	case su.Signed == 0 || su.LeaderPeak <= 0 || su.ReadersPeak <= 0:
+		t.Errorf("sign-up throughput or memory not measured: %+v", su)
+	}
+
 	md := rep.Markdown()
 	for _, want := range []string{"#### Targets", "edge ≥ 0.9× bare fasthttp forwarder", "zero failed requests when a backend dies",
-		"#### HTTP", "edge/forwarder", "#### HTTP while a backend dies", "#### DNS", "dnsd+rrl/dnsd", "#### Memory", "#### Scale"} {
+		"#### HTTP", "edge/forwarder", "#### HTTP while a backend dies", "#### DNS", "dnsd+rrl/dnsd", "#### Memory", "#### Scale", "#### Sign-ups through the leader"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
@@ -153,6 +163,7 @@ func smokeOptions(t *testing.T) harness.Options {
 		Duration:        150 * time.Millisecond,
 		FailureDuration: 900 * time.Millisecond,
 		Tenants:         1000,
+		Readers:         3,
 		Quick:           true,
 		Skip:            skip,
 		Dir:             t.TempDir(),

@@ -135,11 +135,18 @@ func (h *harness) waitServing(ctx context.Context, name, addr string, p *child.P
 	client := newProbeClient()
 	defer client.CloseIdleConnections()
 	seen := map[string]bool{}
-	return h.waitFor(ctx, time.Minute, name+" to serve "+host+" from both backends", func() bool {
+	return h.waitFor(ctx, h.startWait(), name+" to serve "+host+" from both backends", func() bool {
 		code, app, err := probe(client, addr, "/bytes/1")
 		if err == nil && code == http.StatusOK {
 			seen[app] = true
 		}
 		return len(seen) >= len(h.backends)
 	}, p)
+}
+
+// startWait bounds the wait for a server to serve: a minute, and half a
+// second more per thousand tenants, which it reads first (a million: about
+// two minutes on the bench's machine).
+func (h *harness) startWait() time.Duration {
+	return time.Minute + time.Duration(h.opts.Tenants/1000)*time.Second/2
 }

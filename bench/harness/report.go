@@ -32,6 +32,7 @@ type Report struct {
 	Memory   []MemoryRow
 	DNSSizes []DNSSizes
 	Scale    *ScaleResult
+	Signups  *SignupResult
 	// Isolation holds the rounds of the tenant isolation phase.
 	Isolation []IsolationResult
 }
@@ -255,6 +256,7 @@ func (r *Report) Markdown() string {
 	r.dnsTables(w)
 	r.memoryTable(w)
 	r.scaleTables(w)
+	r.signupTables(w)
 	return b.String()
 }
 
@@ -311,12 +313,6 @@ func dnsCost(r DNSResult) float64   { return cost(r.ServerCPU, r.QPS) }
 // Ratios are medians of the per-round ratios, with their range.
 func (r *Report) targets(w writef) {
 	w("#### Targets\n\nRatios are the median of the per-round ratios (systems run one after the other within a round), with the least and greatest in brackets.\n\n| target | measured | |\n| --- | --- | --- |\n")
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "**missed**"
-	}
 	small := Workloads()[0].Name
 	edge := r.http(small, "edge")
 	for _, peer := range []string{"nginx", "haproxy"} {
