@@ -29,6 +29,10 @@ type Config struct {
 	// Admin is the HTTP address of /metrics and /healthz. Default
 	// "127.0.0.1:9153"; "" after Validate never happens.
 	Admin string `yaml:"admin"`
+	// PIDFile, if set, is written with the process ID once dnsd serves,
+	// again by each process an upgrade (SIGUSR2) starts, so that a
+	// supervisor follows the new one. Empty: none.
+	PIDFile string `yaml:"pid_file"`
 	// UDPSockets is how many UDP sockets share Listen with SO_REUSEPORT,
 	// each read by its own goroutine. 0 means one per CPU (GOMAXPROCS).
 	UDPSockets int `yaml:"udp_sockets"`

@@ -40,6 +40,9 @@ type Handler struct {
 	challenges *challenges // ACME DNS-01 answers, beside the zone
 
 	zone atomic.Pointer[zone] // nil until the first snapshot
+	// answering is closed once zone is first stored (storeZone).
+	answering     chan struct{}
+	answeringOnce sync.Once
 
 	buildMu sync.Mutex // one build at a time; guards builder and what follows
 	builder *builder
@@ -68,7 +71,7 @@ func NewHandler(cfg Config, m *Metrics, log *slog.Logger) (*Handler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Handler{m: m, log: log, journal: cfg.Transfer.Journal, dnssec: cfg.DNSSEC, clock: &coarseClock{},
+	h := &Handler{m: m, log: log, journal: cfg.Transfer.Journal, dnssec: cfg.DNSSEC, clock: &coarseClock{}, answering: make(chan struct{}),
 		challenges: newChallenges(d.zone, cfg.ACMEChallenges, log)}
 	h.data.Store(d)
 	var sign *signer
@@ -127,12 +130,22 @@ func (h *Handler) apply(s *router.Snapshot, changed []string, full bool) {
 	}
 	prev := h.zone.Load()
 	z := h.builder.build(s, changed, full)
-	h.zone.Store(z)
+	h.storeZone(z)
 	h.m.journal.Set(float64(len(z.journal)))
 	if prev != nil && prev.serial != z.serial && h.onSerial != nil {
 		h.onSerial(z.serial)
 	}
 }
+
+// storeZone publishes z, the answers from now on.
+func (h *Handler) storeZone(z *zone) {
+	h.zone.Store(z)
+	h.answeringOnce.Do(func() { close(h.answering) })
+}
+
+// Answering is closed once the handler answers from a zone: after the
+// first snapshot, and with DNSSEC once the key is loaded.
+func (h *Handler) Answering() <-chan struct{} { return h.answering }
 
 // newSigner makes the signer of the key in PEM form.
 func (h *Handler) newSigner(pemKey []byte) (*signer, error) {
@@ -158,7 +171,7 @@ func (h *Handler) setKey(pemKey []byte) error {
 	h.log.Info("DNSSEC key loaded", "component", "dnsd", "keytag", sign.tag, "algorithm", dns.AlgorithmToString[sign.dnskey.Algorithm])
 	if h.last != nil {
 		z := h.builder.build(h.last, nil, true)
-		h.zone.Store(z)
+		h.storeZone(z)
 	}
 	return nil
 }
@@ -202,7 +215,7 @@ func (h *Handler) resign(limit int) bool {
 		return false
 	}
 	more := h.builder.resign(limit)
-	h.zone.Store(h.builder.zone())
+	h.storeZone(h.builder.zone())
 	return more
 }
 

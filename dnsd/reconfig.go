@@ -46,7 +46,7 @@ func (h *Handler) setData(d *zoneData) {
 	}
 	was := h.zone.Load()
 	z := b.build(h.last, nil, true)
-	h.zone.Store(z)
+	h.storeZone(z)
 	h.m.journal.Set(float64(len(z.journal)))
 	if was != nil && was.serial != z.serial && h.onSerial != nil {
 		h.onSerial(z.serial)

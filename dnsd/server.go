@@ -47,6 +47,11 @@ type Server struct {
 	// Linux, so that tests cover them too.
 	portableUDP bool
 
+	// upgrade is how the server takes part in in-place upgrades;
+	// handover, that the coming stop is one (HandOver).
+	upgrade  Upgrade
+	handover atomic.Bool
+
 	mu    sync.Mutex // guards the listeners until Run
 	udp   []udpSocket
 	tcp   net.Listener
@@ -114,11 +119,24 @@ func (s *Server) Listen() error {
 	if s.tcp != nil {
 		return nil
 	}
-	udp, tcp, err := listen(s.cfg.Listen, s.cfg.udpSockets(), s.cfg.UDPReadBuffer, s.portableUDP)
+	var (
+		udp []udpSocket
+		tcp net.Listener
+		err error
+	)
+	if sockets := s.upgrade.Sockets; sockets != nil {
+		udp, tcp, err = listenInherited(sockets, s.cfg.Listen, s.cfg.udpSockets(), s.cfg.UDPReadBuffer, s.portableUDP)
+	} else {
+		udp, tcp, err = listen(s.cfg.Listen, s.cfg.udpSockets(), s.cfg.UDPReadBuffer, s.portableUDP)
+	}
 	if err != nil {
 		return err
 	}
-	admin, err := net.Listen("tcp", s.cfg.Admin)
+	listenAdmin := net.Listen
+	if s.upgrade.Sockets != nil {
+		listenAdmin = s.upgrade.Sockets.Listen
+	}
+	admin, err := listenAdmin("tcp", s.cfg.Admin)
 	if err != nil {
 		tcp.Close()
 		for _, c := range udp {
@@ -177,6 +195,13 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 		wg.Go(func() { s.router.Run(ctx, client) })
 		wg.Go(func() { s.handler.challenges.run(ctx, client.KV(), s.router.Prefix()) })
 	}
+	if s.upgrade.ServeAfterSync {
+		s.log.Info("waiting for the first zone before serving")
+		select {
+		case <-s.handler.Answering():
+		case <-ctx.Done():
+		}
+	}
 	for _, c := range s.udp {
 		wg.Go(func() { c.serve(s) })
 	}
@@ -190,24 +215,48 @@ func (s *Server) Run(ctx context.Context, client *api.Client) error {
 		}
 	})
 
+	if s.upgrade.OnServing != nil && ctx.Err() == nil {
+		s.upgrade.OnServing()
+	}
+
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-adminErr:
 		err = fmt.Errorf("admin: %w", err)
 	}
-	s.log.Info("stopping")
-	cancel()
-	for _, c := range s.udp {
-		c.close()
+	if s.handover.Load() {
+		s.log.Info("handing over to the upgraded process; answering what was read")
+		s.stopForHandOver(tcp)
+	} else {
+		s.log.Info("stopping")
+		for _, c := range s.udp {
+			c.close()
+		}
+		s.tcp.Close()
+		tcp.close()
 	}
-	s.tcp.Close()
-	tcp.close()
+	cancel()
 	shutCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
 	admin.Shutdown(shutCtx)
 	wg.Wait()
 	return err
+}
+
+// stopForHandOver stops reading from the sockets the upgraded process
+// serves too: every UDP worker answers the datagrams it read, then stops
+// (at once, in parallel: each may wait up to pollInterval); TCP stops
+// accepting and finishes the queries in flight (tcpServer.drain). The
+// router still runs meanwhile, so the answers stay current.
+func (s *Server) stopForHandOver(tcp *tcpServer) {
+	var wg sync.WaitGroup
+	for _, c := range s.udp {
+		wg.Go(c.stop)
+	}
+	s.tcp.Close()
+	tcp.drain(handOverGrace)
+	wg.Wait()
 }
 
 // resignEvery is how often the signatures are checked for renewal;

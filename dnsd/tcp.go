@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,10 +24,16 @@ type tcpServer struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	// accepting is closed when serve returns.
+	accepting chan struct{}
+	// drainBy, once set (Unix nanoseconds), is when every connection's
+	// wait for its next query ends; each closes after its answer.
+	drainBy atomic.Int64
 }
 
 func newTCPServer(s *Server) *tcpServer {
-	t := &tcpServer{s: s, conns: map[net.Conn]struct{}{}}
+	t := &tcpServer{s: s, conns: map[net.Conn]struct{}{}, accepting: make(chan struct{})}
 	t.bufs.New = func() any {
 		b := make([]byte, 2+maxTCPSize)
 		return &b
@@ -36,6 +43,7 @@ func newTCPServer(s *Server) *tcpServer {
 
 // serve accepts connections on l until it is closed.
 func (t *tcpServer) serve(l net.Listener) {
+	defer close(t.accepting)
 	delay := 5 * time.Millisecond
 	for {
 		c, err := l.Accept()
@@ -98,6 +106,11 @@ func (t *tcpServer) serveConn(c net.Conn) {
 	var prefix [2]byte
 	for {
 		c.SetReadDeadline(time.Now().Add(t.s.tcpLimits.Load().IdleTimeout))
+		// After the deadline is set: a drain that began before sees it
+		// here, one that begins after sets its own over it.
+		if by := t.drainBy.Load(); by != 0 {
+			c.SetReadDeadline(time.Unix(0, by))
+		}
 		if _, err := io.ReadFull(r, prefix[:]); err != nil {
 			return
 		}
@@ -138,10 +151,28 @@ func (t *tcpServer) serveConn(c net.Conn) {
 		_, err := c.Write(out[:2+len(resp)])
 		t.bufs.Put(bp)
 		t.s.m.latency[1].Observe(time.Since(start).Seconds())
-		if err != nil {
+		if err != nil || t.drainBy.Load() != 0 {
 			return
 		}
 	}
+}
+
+// drain is close for an upgrade's hand-over, once the listener is closed:
+// it waits for serve to return, so that no accepted connection is missed,
+// then gives every connection until grace from now for the query it may
+// be sending, answers it, and closes it. A client connected moments ago
+// gets its answer from this process; the next ones connect to the new.
+func (t *tcpServer) drain(grace time.Duration) {
+	<-t.accepting
+	by := time.Now().Add(grace)
+	t.drainBy.Store(by.UnixNano())
+	t.mu.Lock()
+	t.closed = true
+	for c := range t.conns {
+		c.SetReadDeadline(by)
+	}
+	t.mu.Unlock()
+	t.wg.Wait()
 }
 
 // close stops every connection: reads blocked waiting for a next query

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,12 @@ type udpSocket interface {
 	// close stops serve and releases the socket; it waits for serve to
 	// return if serve was started.
 	close()
+	// stop is close for a socket another process serves too (an
+	// upgrade's hand-over): serve returns once it has answered what it
+	// read, and only this process's descriptor is closed.
+	stop()
+	// file returns a duplicate of the socket, to hand over.
+	file() (*os.File, error)
 }
 
 // listen binds addr over TCP and n UDP sockets sharing its port, all with
@@ -64,10 +71,12 @@ type connSocket struct {
 }
 
 // The states of a socket: serve moves it from idle to serving, close to
-// closed, waiting for serve only if it started.
+// closed, waiting for serve only if it started; stop goes through stopping,
+// in which serve answers what it read and returns.
 const (
 	stateIdle = iota
 	stateServing
+	stateStopping
 	stateClosed
 )
 
@@ -93,12 +102,38 @@ func openConnSockets(addr string, n, rcvbuf int) ([]udpSocket, error) {
 	return socks, nil
 }
 
+// adoptConnSocket serves a socket handed over by a previous process.
+func adoptConnSocket(f *os.File) (udpSocket, error) {
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, err
+	}
+	conn, ok := pc.(*net.UDPConn)
+	if !ok {
+		pc.Close()
+		return nil, fmt.Errorf("not a UDP socket: %s", pc.LocalAddr())
+	}
+	return &connSocket{conn: conn, done: make(chan struct{})}, nil
+}
+
+func (c *connSocket) file() (*os.File, error) { return c.conn.File() }
+
 func (c *connSocket) close() {
 	prev := c.state.Swap(stateClosed)
 	c.conn.Close()
-	if prev == stateServing {
+	if prev == stateServing || prev == stateStopping {
 		<-c.done
 	}
+}
+
+// stop wakes serve with a read deadline, which concerns this process's
+// descriptor only, and closes the socket once serve has returned.
+func (c *connSocket) stop() {
+	if c.state.CompareAndSwap(stateServing, stateStopping) {
+		c.conn.SetReadDeadline(time.Now())
+		<-c.done
+	}
+	c.close()
 }
 
 // latencySample is how often an answer's latency is observed: one read in
@@ -120,7 +155,7 @@ func (c *connSocket) serve(s *Server) {
 	for {
 		n, from, err := c.conn.ReadFromUDPAddrPort(in)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || c.state.Load() != stateServing {
 				return
 			}
 			// ICMP errors of earlier writes surface here on some

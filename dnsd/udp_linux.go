@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -41,8 +42,13 @@ const blockingWorkers = true
 // batchSocket is one blocking UDP socket of the listen address.
 type batchSocket struct {
 	fd    int
-	state atomic.Int32  // idle, serving or closed
+	state atomic.Int32  // idle, serving, stopping or closed
 	done  chan struct{} // closed when serve returns
+	// shared: another process may serve the socket too (upgrades), so
+	// close must not shut it down (shutdown(2) acts on the socket, not
+	// on this process's descriptor): the worker sees the close within
+	// pollInterval instead.
+	shared bool
 }
 
 // openUDPSockets opens n blocking UDP sockets on addr, sharing the port
@@ -124,6 +130,31 @@ func openUDP(ua *net.UDPAddr, reuse bool, rcvbuf int) (int, error) {
 	return fd, nil
 }
 
+// adoptUDPSocket serves a socket handed over by a previous process: a
+// descriptor of its own, blocking (the previous one's options, such as
+// SO_RCVTIMEO, are the socket's and stay).
+func adoptUDPSocket(f *os.File) (udpSocket, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return &batchSocket{fd: fd, done: make(chan struct{}), shared: true}, nil
+}
+
+// file returns a duplicate of the socket; from then on it is shared.
+func (b *batchSocket) file() (*os.File, error) {
+	fd, err := unix.FcntlInt(uintptr(b.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	b.shared = true
+	return os.NewFile(uintptr(fd), "udp"), nil
+}
+
 // close stops the socket's worker and closes the socket once the worker
 // has returned, so that its descriptor cannot be reused under it.
 func (b *batchSocket) close() {
@@ -131,11 +162,29 @@ func (b *batchSocket) close() {
 		unix.Close(b.fd)
 		return
 	}
-	if b.state.CompareAndSwap(stateServing, stateClosed) {
-		// Wakes a worker blocked in recvmmsg even though the socket is
-		// not connected (shutdown itself then fails with ENOTCONN).
-		unix.Shutdown(b.fd, unix.SHUT_RD)
+	if b.state.CompareAndSwap(stateServing, stateClosed) || b.state.CompareAndSwap(stateStopping, stateClosed) {
+		if !b.shared {
+			// Wakes a worker blocked in recvmmsg even though the
+			// socket is not connected (shutdown itself then fails
+			// with ENOTCONN).
+			unix.Shutdown(b.fd, unix.SHUT_RD)
+		}
 		<-b.done
+		unix.Close(b.fd)
+	}
+}
+
+// stop lets the worker answer the batch it read and return, within
+// pollInterval (SO_RCVTIMEO), then closes this process's descriptor.
+func (b *batchSocket) stop() {
+	if b.state.CompareAndSwap(stateServing, stateStopping) {
+		<-b.done
+		if b.state.CompareAndSwap(stateStopping, stateClosed) {
+			unix.Close(b.fd)
+		}
+		return
+	}
+	if b.state.CompareAndSwap(stateIdle, stateClosed) {
 		unix.Close(b.fd)
 	}
 }
@@ -168,7 +217,7 @@ func (b *batchSocket) serve(s *Server) {
 		outs[i].Hdr.Iovlen = 1
 	}
 	var seq uint32
-	for !b.closing() {
+	for b.state.Load() == stateServing {
 		for i := range msgs {
 			iovs[i].SetLen(readSize)
 			msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet6

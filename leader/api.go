@@ -203,7 +203,7 @@ func handleWrite[T any](s *Server, parse func(*http.Request, []byte) (T, error),
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.WriteTimeout)
 		defer cancel()
-		st := s.elector.State()
+		st := s.leadership(ctx)
 		if !st.IsLeader {
 			s.fwd.forward(w, r.WithContext(ctx), body, st.Leader)
 			return

@@ -20,6 +20,10 @@ type Config struct {
 	// Consul agent checks: Listen when empty, which is then required to name
 	// a host (not 0.0.0.0 or ::).
 	Advertise string `yaml:"advertise"`
+	// PIDFile, if set, is written with the process ID once the replica
+	// serves, again by each process an upgrade (SIGUSR2) starts, so that
+	// a supervisor follows the new one. Empty: none.
+	PIDFile string `yaml:"pid_file"`
 	// Zone is the DNS zone tenants live in.
 	Zone string `yaml:"zone"`
 	// NearKm: eligible pods no farther than the nearest one plus NearKm

@@ -131,8 +131,13 @@ func (s *Server) readView(w http.ResponseWriter, r *http.Request, allowed ...str
 	if !v.Synced || v.LogIndex < need {
 		ctx, cancel := context.WithTimeout(r.Context(), limit)
 		defer cancel()
-		stop := context.AfterFunc(s.reads, cancel) // the replica stops
-		defer stop()
+		if kind == "blocking" {
+			// The replica stops: a blocking read answers the current
+			// state now. A read waiting for a write to show (read_wait,
+			// short) is finished, as any request in flight is.
+			stop := context.AfterFunc(s.reads, cancel)
+			defer stop()
+		}
 		v, err = s.router.WaitIndex(ctx, need)
 		switch {
 		case err == nil:

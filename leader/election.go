@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -51,6 +52,10 @@ type Elector struct {
 	log       *slog.Logger
 	m         *metrics
 	onChange  func(LeaderState)
+	// keepRegistered leaves the service registered when Run ends: another
+	// process of this replica (an upgrade's) uses it, and deregistering
+	// would drop the check its session is bound to.
+	keepRegistered atomic.Bool
 	// wait is the blocking query's wait. A query whose server stopped
 	// answering is given up after it and a margin, and asked again.
 	wait time.Duration
@@ -177,7 +182,9 @@ func (e *Elector) Run(ctx context.Context) {
 		e.campaign(ctx, sid)
 		e.end(ctx, sid)
 	}
-	e.deregister()
+	if !e.keepRegistered.Load() {
+		e.deregister()
+	}
 }
 
 // failed counts and logs a failed election step: the first of a streak at

@@ -51,6 +51,17 @@ type Server struct {
 	// reads ends when the replica stops, and blocking reads with it.
 	reads     context.Context
 	stopReads context.CancelFunc
+
+	// upgrade is how the replica takes part in in-place upgrades;
+	// handover, that the coming stop is one (HandOver); awaiting, that
+	// this process replaced another whose lock it has not seen given up
+	// yet (upgrade.go).
+	upgrade   Upgrade
+	handover  atomic.Bool
+	awaiting  atomic.Bool
+	advertise string
+	changesMu sync.Mutex
+	changes   chan struct{} // closed and replaced on each change of leadership
 }
 
 // New validates cfg and builds a replica; Serve or Run starts it.
@@ -84,14 +95,15 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		kv = router.NewAPILister(client)
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    log,
-		client: client,
-		kv:     kv,
-		router: rt,
-		reg:    prometheus.NewRegistry(),
-		zone:   strings.TrimSuffix(rt.Zone(), "."),
-		kick:   make(chan struct{}, 1),
+		cfg:     cfg,
+		log:     log,
+		client:  client,
+		kv:      kv,
+		router:  rt,
+		reg:     prometheus.NewRegistry(),
+		zone:    strings.TrimSuffix(rt.Zone(), "."),
+		kick:    make(chan struct{}, 1),
+		changes: make(chan struct{}),
 	}
 	s.live.Store(&cfg)
 	s.reads, s.stopReads = context.WithCancel(context.Background())
@@ -147,6 +159,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if addr == "" {
 		addr = ln.Addr().String()
 	}
+	s.advertise = addr
 	prefix := s.router.Prefix()
 	s.elector = newElector(s.client, keys{prefix: prefix}, addr, s.cfg.Election, s.log, s.m, s.leadershipChanged)
 	s.store = newStore(StoreConfig{
@@ -188,6 +201,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Go(func() { s.geo.watch(bg, s.cfg.GeoIP.CheckInterval) })
 		defer s.geo.close()
 	}
+	if s.upgrade.Successor {
+		// Until it gives the lock up, the process this one replaces
+		// leads: the election runs meanwhile, as a standby's.
+		s.awaiting.Store(true)
+		s.elector.keepRegistered.Store(true)
+	}
 	election.Go(func() {
 		// A replica campaigns once its view has synced: it cannot place
 		// a tenant before, and reading a million tenants for the first
@@ -201,26 +220,52 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.elector.Run(elect)
 	})
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() {
+		if !s.serveAfterSync(ctx) {
+			served <- nil
+			return
+		}
+		served <- srv.Serve(ln)
+	}()
 
 	var err error
+	serving := true
 	select {
 	case <-ctx.Done():
 	case err = <-served:
-		err = fmt.Errorf("serve: %w", err)
+		serving = false
+		if err != nil {
+			err = fmt.Errorf("serve: %w", err)
+		}
 	}
-	s.log.Info("stopping: giving up leadership, then draining requests")
-	s.stopReads()
-	stopElect()
-	election.Wait()
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	drained := make(chan error, 1)
-	go func() { drained <- srv.Shutdown(shutdown) }()
-	fresh.closeAll()
-	if e := <-drained; e != nil && !errors.Is(e, http.ErrServerClosed) {
-		s.log.Warn("requests still in flight at shutdown were cut", "error", e.Error())
+	drain := func() {
+		drained := make(chan error, 1)
+		go func() { drained <- srv.Shutdown(shutdown) }()
+		fresh.closeAll()
+		if e := <-drained; e != nil && !errors.Is(e, http.ErrServerClosed) {
+			s.log.Warn("requests still in flight at shutdown were cut", "error", e.Error())
+		}
 	}
+	s.stopReads()
+	if s.handover.Load() {
+		// The upgraded process accepts on the same listener and waits
+		// for the lock: finish the writes in flight while leading, then
+		// give the lock up to it.
+		s.log.Info("handing over to the upgraded process: finishing requests, then giving up leadership")
+		s.elector.keepRegistered.Store(true) // the upgraded process uses the same service
+		s.handOff(srv, ln, fresh, serving, served)
+		drain()
+		stopElect()
+		election.Wait()
+	} else {
+		s.log.Info("stopping: giving up leadership, then draining requests")
+		stopElect()
+		election.Wait()
+		drain()
+	}
+	ln.Close() // when ctx ended before Serve took it
 	s.fwd.close()
 	stopBG()
 	wg.Wait()
@@ -230,6 +275,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // leadershipChanged runs on every change of leadership. It must not block:
 // it may run while a write holds the store.
 func (s *Server) leadershipChanged(st LeaderState) {
+	if s.awaiting.Load() && (st.IsLeader || st.Leader != "" && st.Leader != s.advertise) {
+		// The predecessor gave the lock up: it is gone, or going, and
+		// this process stands for the replica alone.
+		s.awaiting.Store(false)
+		if !s.handover.Load() {
+			s.elector.keepRegistered.Store(false)
+		}
+	}
+	s.changesMu.Lock()
+	close(s.changes)
+	s.changes = make(chan struct{})
+	s.changesMu.Unlock()
 	if st.IsLeader {
 		select {
 		case s.kick <- struct{}{}:
@@ -271,6 +328,7 @@ func (s *Server) reconcileLoop(ctx context.Context) {
 type freshConns struct {
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
+	empty chan struct{} // closed once conns is empty, when waited for
 }
 
 func (f *freshConns) track(c net.Conn, st http.ConnState) {
@@ -280,6 +338,30 @@ func (f *freshConns) track(c net.Conn, st http.ConnState) {
 		f.conns[c] = struct{}{}
 	} else {
 		delete(f.conns, c)
+	}
+	if len(f.conns) == 0 && f.empty != nil {
+		close(f.empty)
+		f.empty = nil
+	}
+}
+
+// wait waits until no connection is fresh, or for at most grace.
+func (f *freshConns) wait(grace time.Duration) {
+	f.mu.Lock()
+	if len(f.conns) == 0 {
+		f.mu.Unlock()
+		return
+	}
+	if f.empty == nil {
+		f.empty = make(chan struct{})
+	}
+	empty := f.empty
+	f.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-empty:
+	case <-t.C:
 	}
 }
 

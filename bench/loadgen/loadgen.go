@@ -8,6 +8,7 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -48,6 +50,12 @@ type Config struct {
 	Rate float64
 	// Started, if set, is called once every connection's loop is running.
 	Started func()
+	// TLS, if set, speaks HTTPS: each connection's handshake, bounded by
+	// Timeout, with this configuration (a failed one counts as "tls").
+	TLS *tls.Config
+	// Answered, if set, counts the requests answered with 2xx as they
+	// are, for a caller that watches the run's progress.
+	Answered *atomic.Int64
 }
 
 // Result is what a run measured. Latencies are of successful requests.
@@ -100,6 +108,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			req:      []byte(req + "\r\n"),
 			fresh:    cfg.NewConnPerRequest,
 			timeout:  cfg.Timeout,
+			tls:      cfg.TLS,
+			answered: cfg.Answered,
 			lat:      make([]time.Duration, 0, 1<<14),
 			failures: map[string]int64{},
 		}
@@ -149,6 +159,8 @@ type worker struct {
 	req      []byte
 	fresh    bool
 	timeout  time.Duration
+	tls      *tls.Config
+	answered *atomic.Int64
 	conn     net.Conn
 	br       *bufio.Reader
 	lat      []time.Duration
@@ -197,6 +209,9 @@ func (w *worker) run(ctx context.Context) {
 			w.failures["status "+strconv.Itoa(status)]++
 		default:
 			w.lat = append(w.lat, time.Since(start))
+			if w.answered != nil {
+				w.answered.Add(1)
+			}
 		}
 	}
 }
@@ -206,6 +221,7 @@ var (
 	// errStopped is a connection cut short by the end of the run: neither
 	// a success nor a failure.
 	errStopped = errors.New("run ended")
+	errTLS     = errors.New("tls")
 )
 
 // do sends one request and reads its response, connecting first when
@@ -221,6 +237,18 @@ func (w *worker) do(ctx context.Context, start time.Time) (int, error) {
 				return 0, errStopped
 			}
 			return 0, fmt.Errorf("%w: %w", errDial, err)
+		}
+		if w.tls != nil {
+			tc := tls.Client(c, w.tls)
+			_ = c.SetDeadline(start.Add(w.timeout))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = c.Close()
+				if ctx.Err() != nil {
+					return 0, errStopped
+				}
+				return 0, fmt.Errorf("%w: %w", errTLS, err)
+			}
+			c = tc
 		}
 		w.conn = c
 		if w.br == nil {
@@ -251,7 +279,11 @@ func (w *worker) drop(reset bool) {
 	if w.conn == nil {
 		return
 	}
-	if tc, ok := w.conn.(*net.TCPConn); ok && reset {
+	raw := w.conn
+	if tc, ok := raw.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if tc, ok := raw.(*net.TCPConn); ok && reset {
 		_ = tc.SetLinger(0)
 	}
 	_ = w.conn.Close()
@@ -269,6 +301,8 @@ func kind(err error) string {
 		return "dial: timeout"
 	case errors.Is(err, errDial):
 		return "dial"
+	case errors.Is(err, errTLS):
+		return "tls"
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):

@@ -16,7 +16,7 @@ var units = []string{"podedge-edge.service", "podedge-dnsd.service", "podedge-le
 // Every unit has what docs/operating.md promises of it.
 func TestUnitsSayWhatTheDocsPromise(t *testing.T) {
 	want := []string{
-		"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+		"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "NotifyAccess=all",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "DynamicUser=yes",
 	}
 	for _, u := range units {
@@ -74,6 +74,16 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 		}
 		paths = append(paths, p)
 	}
+	// The upgrade template, as one of its instances.
+	raw, err := os.ReadFile("podedge-upgrade@.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "podedge-upgrade@edge.service")
+	if err := os.WriteFile(p, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	paths = append(paths, p)
 	out, err := exec.Command(analyze, append([]string{"verify"}, paths...)...).CombinedOutput()
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)

@@ -7,7 +7,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 )
+
+// writeTimeout bounds the wait for room in the socket's queue.
+const writeTimeout = 2 * time.Second
 
 // The states podedge's binaries send.
 const (
@@ -36,6 +40,9 @@ func NotifySocket(path, state string) error {
 		return fmt.Errorf("sd_notify: %w", err)
 	}
 	defer c.Close()
+	// A full queue (nobody reading the socket) must not stall the
+	// service: the state is dropped after a while instead.
+	_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := c.Write([]byte(state)); err != nil {
 		return fmt.Errorf("sd_notify: %w", err)
 	}

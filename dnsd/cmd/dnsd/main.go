@@ -1,6 +1,7 @@
 // Command dnsd is podedge's authoritative DNS server: it answers for the
-// pods and tenants of the platform from Consul, and reloads its
-// configuration file on SIGHUP. See dnsd/README.md.
+// pods and tenants of the platform from Consul, reloads its configuration
+// file on SIGHUP and upgrades its binary in place on SIGUSR2. See
+// dnsd/README.md and docs/operating.md.
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"github.com/podedge/podedge/internal/config"
 	"github.com/podedge/podedge/internal/reload"
 	"github.com/podedge/podedge/internal/sdnotify"
+	"github.com/podedge/podedge/internal/upgrade"
 	"github.com/podedge/podedge/internal/version"
 )
 
@@ -48,6 +50,21 @@ func main() {
 	if err != nil {
 		config.Exit(prog, err)
 	}
+	upg, err := upgrade.New(cfg.PIDFile, 0, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+		os.Exit(1)
+	}
+	defer upg.Stop()
+	srv.SetUpgrade(dnsd.Upgrade{
+		Sockets: upg.Fds,
+		// A process started by an upgrade shares live sockets: it must
+		// not read a query before it can answer it.
+		ServeAfterSync: upg.HasParent(),
+		// Serving: systemd may count the service as started (or, after
+		// an upgrade, follow this process as its main one).
+		OnServing: upg.Ready,
+	})
 	if err := srv.Listen(); err != nil {
 		log.Error("cannot listen", "error", err.Error())
 		os.Exit(1)
@@ -69,14 +86,11 @@ func main() {
 	reloader.Log = log
 	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
 	reloader.Start(ctx)
-	// Listening: systemd may count the service as started. Its stop
-	// begins with the signal.
-	_ = sdnotify.Notify(sdnotify.Ready)
 	go func() {
 		<-ctx.Done()
 		_ = sdnotify.Notify(sdnotify.Stopping)
 	}()
-	if err := srv.Run(ctx, client); err != nil {
+	if err := srv.Run(upg.OnSIGUSR2(ctx, srv.HandOver), client); err != nil {
 		log.Error("dnsd failed", "error", err.Error())
 		os.Exit(1)
 	}

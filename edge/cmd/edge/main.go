@@ -17,11 +17,11 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/cloudflare/tableflip"
 	"github.com/podedge/podedge/edge"
 	"github.com/podedge/podedge/internal/config"
 	"github.com/podedge/podedge/internal/reload"
 	"github.com/podedge/podedge/internal/sdnotify"
+	"github.com/podedge/podedge/internal/upgrade"
 	"github.com/podedge/podedge/internal/version"
 )
 
@@ -49,9 +49,9 @@ func main() {
 	if err != nil {
 		config.Exit(prog, err)
 	}
-	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.PIDFile})
+	upg, err := upgrade.New(cfg.PIDFile, 0, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "%s: upgrades: %s\n", prog, err)
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
 		os.Exit(1)
 	}
 	defer upg.Stop()
@@ -59,18 +59,9 @@ func main() {
 	// A process started by an upgrade shares live sockets: it must not
 	// accept before it can route.
 	opts.ServeAfterSync = upg.HasParent()
-	opts.OnServing = func() {
-		if err := upg.Ready(); err != nil {
-			log.Error("cannot tell the upgrade this process is ready", "error", err.Error())
-		}
-		// Serving: systemd may count the service as started (or, after an
-		// upgrade, follow this process as its main one).
-		state := sdnotify.Ready
-		if upg.HasParent() {
-			state = fmt.Sprintf("MAINPID=%d\n%s", os.Getpid(), sdnotify.Ready)
-		}
-		_ = sdnotify.Notify(state)
-	}
+	// Serving: systemd may count the service as started (or, after an
+	// upgrade, follow this process as its main one).
+	opts.OnServing = upg.Ready
 	e, err := edge.New(cfg, opts)
 	if err != nil {
 		config.Exit(prog, err)
@@ -96,7 +87,7 @@ func main() {
 		<-ctx.Done()
 		_ = sdnotify.Notify(sdnotify.Stopping)
 	}()
-	runCtx := upgradeOnSIGUSR2(ctx, upg, e, log)
+	runCtx := upg.OnSIGUSR2(ctx, e.HandOver)
 	stopCertificates, err := runCertificates(ctx, certs, e)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)

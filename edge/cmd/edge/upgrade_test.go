@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,48 +17,6 @@ import (
 	"github.com/podedge/podedge/internal/consultest"
 	"github.com/podedge/podedge/internal/reload/reloadtest"
 )
-
-// gone reports whether process pid ended: no such process, or a zombie
-// that its new parent (init, after an upgrade) has not reaped.
-func gone(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return true
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	// pid (comm) state ...: the state follows the last ')'.
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
-}
-
-func readPID(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid
-}
-
-// install puts a copy of src at dst by renaming over it, as a package
-// manager does: the running binary's file is left alone.
-func install(t *testing.T, src, dst string) {
-	t.Helper()
-	raw, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := dst + ".new"
-	if err := os.WriteFile(tmp, raw, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // SIGUSR2 upgrades a real edge in place five times in a row under load
 // from a client that opens a connection per request and never retries:
@@ -85,11 +40,7 @@ func TestSIGUSR2UpgradesUnderLoadWithoutAFailedRequest(t *testing.T) {
 	dir := t.TempDir()
 	built := reloadtest.Build(t, ".", "edge")
 	bin := filepath.Join(dir, "edge")
-	install(t, built, bin)
-	broken := filepath.Join(dir, "broken")
-	if err := os.WriteFile(broken, []byte("#!/bin/sh\necho broken >&2\nexit 1\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	reloadtest.Install(t, built, bin)
 	ports := consultest.FreePorts(t, 2)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	pidFile := filepath.Join(dir, "edge.pid")
@@ -98,13 +49,7 @@ func TestSIGUSR2UpgradesUnderLoadWithoutAFailedRequest(t *testing.T) {
 		"drain_delay: 0s\naccess_log:\n  enabled: false\npid_file: %s\n", httpAddr, ports[1], agent.HTTPAddr, pidFile))
 	first := reloadtest.Start(t, bin, "-config", file)
 	first.Notified(t, "READY=1")
-	t.Cleanup(func() {
-		// The process serving last is no child of the test's.
-		if pid := readPID(pidFile); pid > 0 && pid != first.Cmd.Process.Pid {
-			_ = syscall.Kill(pid, syscall.SIGTERM)
-			consultest.WaitFor(t, 30*time.Second, "the last edge to exit", func() bool { return gone(pid) })
-		}
-	})
+	reloadtest.StopLast(t, pidFile, first)
 	get := func() int {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/", nil)
 		req.Host = "t1.example.test"
@@ -130,30 +75,10 @@ func TestSIGUSR2UpgradesUnderLoadWithoutAFailedRequest(t *testing.T) {
 	}()
 
 	// A broken binary: the upgrade fails, the running edge serves on.
-	pid := readPID(pidFile)
-	install(t, broken, bin)
-	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	consultest.WaitFor(t, 90*time.Second, "the failed upgrade to be logged", func() bool {
-		return strings.Contains(first.Log.String(), "upgrade failed; this process keeps serving")
-	})
-	if gone(pid) || readPID(pidFile) != pid {
-		t.Fatalf("a broken binary replaced edge %d", pid)
-	}
-	install(t, built, bin)
-
+	reloadtest.UpgradeFails(t, pidFile, bin, built, first.Log)
 	const upgrades = 5
 	for i := range upgrades {
-		old := readPID(pidFile)
-		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
-			t.Fatal(err)
-		}
-		consultest.WaitFor(t, 60*time.Second, fmt.Sprintf("upgrade %d: a new edge serving and edge %d gone", i+1, old), func() bool {
-			now := readPID(pidFile)
-			return now != 0 && now != old && gone(old) &&
-				strings.Count(first.Log.String(), "the previous process exited") == i+1
-		})
+		reloadtest.Upgrade(t, pidFile, first.Log, i+1)
 	}
 	// The last one serves some more before the load stops.
 	for range 20 {

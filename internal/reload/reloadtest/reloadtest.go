@@ -5,6 +5,7 @@ package reloadtest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -38,6 +39,9 @@ type Proc struct {
 	Log    *consultest.SyncBuffer
 	done   chan error
 	notify *net.UnixConn
+	// states are the datagrams read from notify, in order: read as they
+	// come, so that the process never waits for room in the socket.
+	states chan string
 }
 
 // Start runs bin with args, with a NOTIFY_SOCKET of its own as systemd
@@ -52,6 +56,20 @@ func Start(t testing.TB, bin string, args ...string) *Proc {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.notify.Close() })
+	p.states = make(chan string, 1024)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := p.notify.Read(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case p.states <- string(buf[:n]):
+			default: // nobody waits for that many
+			}
+		}
+	}()
 	p.Cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	p.Cmd.Stderr = p.Log
 	if err := p.Cmd.Start(); err != nil {
@@ -77,13 +95,13 @@ func Start(t testing.TB, bin string, args ...string) *Proc {
 // NOTIFY_SOCKET and checks that it starts with want ("READY=1").
 func (p *Proc) Notified(t testing.TB, want string) {
 	t.Helper()
-	_ = p.notify.SetReadDeadline(time.Now().Add(20 * time.Second))
-	buf := make([]byte, 4096)
-	n, err := p.notify.Read(buf)
-	if err != nil {
-		t.Fatalf("waiting for %s on NOTIFY_SOCKET: %v", want, err)
+	var got string
+	select {
+	case got = <-p.states:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("waiting for %s on NOTIFY_SOCKET: nothing within 20s", want)
 	}
-	if got := string(buf[:n]); !strings.HasPrefix(got, want) {
+	if !strings.HasPrefix(got, want) {
 		t.Fatalf("NOTIFY_SOCKET got %q, want %s", got, want)
 	}
 }
@@ -172,4 +190,106 @@ func KeepAlive(t testing.TB, addr, request string) (check func(when string)) {
 			t.Fatalf("%s: the kept-alive connection answered %d", when, resp.StatusCode)
 		}
 	}
+}
+
+// Gone reports whether process pid ended: no such process, or a zombie
+// that its new parent (init, after an upgrade) has not reaped.
+func Gone(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return true
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ...: the state follows the last ')'.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+// ReadPID reads a PID file; 0 when it is missing or not a number.
+func ReadPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// Install puts a copy of src at dst by renaming over it, as a package
+// manager does: the running binary's file is left alone.
+func Install(t testing.TB, src, dst string) {
+	t.Helper()
+	raw, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Broken writes at path an executable that fails at once, as a broken
+// new binary does.
+func Broken(t testing.TB, path string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte("#!/bin/sh\necho broken >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// StopLast stops, when the test ends, the process pidFile names if it is
+// not first: the one serving after upgrades is no child of the test's.
+func StopLast(t testing.TB, pidFile string, first *Proc) {
+	t.Cleanup(func() {
+		if pid := ReadPID(pidFile); pid > 0 && pid != first.Cmd.Process.Pid {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+			consultest.WaitFor(t, 30*time.Second, "the last process to exit", func() bool { return Gone(pid) })
+		}
+	})
+}
+
+// Upgrade sends SIGUSR2 to the process pidFile names and waits until
+// another one has replaced it in the file and it has exited, and log has
+// counted n processes that saw their previous one exit.
+func Upgrade(t testing.TB, pidFile string, log *consultest.SyncBuffer, n int) {
+	t.Helper()
+	old := ReadPID(pidFile)
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	consultest.WaitFor(t, 60*time.Second, fmt.Sprintf("upgrade %d: a new process serving and %d gone", n, old), func() bool {
+		now := ReadPID(pidFile)
+		return now != 0 && now != old && Gone(old) &&
+			strings.Count(log.String(), "the previous process exited") == n
+	})
+}
+
+// UpgradeFails installs a broken binary at bin, sends SIGUSR2 to the
+// process pidFile names, waits for the failure in log, checks that the
+// process still runs, and puts good back at bin.
+func UpgradeFails(t testing.TB, pidFile, bin, good string, log *consultest.SyncBuffer) {
+	t.Helper()
+	const failed = "upgrade failed; this process keeps serving"
+	pid := ReadPID(pidFile)
+	before := strings.Count(log.String(), failed)
+	broken := bin + ".broken"
+	Broken(t, broken)
+	Install(t, broken, bin)
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	consultest.WaitFor(t, 90*time.Second, "the failed upgrade to be logged", func() bool {
+		return strings.Count(log.String(), failed) > before
+	})
+	if Gone(pid) || ReadPID(pidFile) != pid {
+		t.Fatalf("a broken binary replaced process %d", pid)
+	}
+	Install(t, good, bin)
 }

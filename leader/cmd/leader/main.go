@@ -1,7 +1,8 @@
 // Command leader is podedge's control plane: the HTTP API that registers
 // pods and places tenants. Run several replicas; one, elected with a Consul
 // lock, writes, and the others forward writes to it. SIGHUP reloads the
-// configuration file.
+// configuration file; SIGUSR2 upgrades the binary in place (see
+// docs/operating.md).
 package main
 
 import (
@@ -11,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,6 +19,7 @@ import (
 	"github.com/podedge/podedge/internal/config"
 	"github.com/podedge/podedge/internal/reload"
 	"github.com/podedge/podedge/internal/sdnotify"
+	"github.com/podedge/podedge/internal/upgrade"
 	"github.com/podedge/podedge/internal/version"
 	"github.com/podedge/podedge/leader"
 )
@@ -26,7 +27,6 @@ import (
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
-
 
 func run(args []string) int {
 	cfg, err := parse(args)
@@ -61,21 +61,27 @@ func run(args []string) int {
 	}
 	reloader.Metrics = reload.NewMetrics("leader", srv.Registry())
 	reloader.Log = log
-	ln, err := net.Listen("tcp", cfg.Listen)
+	upg, err := upgrade.New(cfg.PIDFile, 0, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "leader: %s\n", err)
+		return 1
+	}
+	defer upg.Stop()
+	ln, err := upg.Fds.Listen("tcp", cfg.Listen)
 	if err != nil {
 		log.Error("cannot listen", "error", err.Error())
 		return 1
 	}
+	// Serving: systemd may count the service as started (or, after an
+	// upgrade, follow this process as its main one).
+	srv.SetUpgrade(leader.Upgrade{Successor: upg.HasParent(), OnServing: upg.Ready})
 	reloader.Notify = func(state string) { _ = sdnotify.Notify(state) }
 	reloader.Start(ctx)
-	// Listening: systemd may count the service as started. Its stop
-	// begins with the signal.
-	_ = sdnotify.Notify(sdnotify.Ready)
 	go func() {
 		<-ctx.Done()
 		_ = sdnotify.Notify(sdnotify.Stopping)
 	}()
-	if err := srv.Serve(ctx, ln); err != nil {
+	if err := srv.Serve(upg.OnSIGUSR2(ctx, srv.HandOver), ln); err != nil {
 		log.Error("leader stopped", "error", err.Error())
 		return 1
 	}
