@@ -156,7 +156,7 @@ func programs() []program {
 }
 
 // Phases are the measuring phases of a run, in the order they run.
-func Phases() []string { return []string{"http", "failure", "isolation", "dns", "scale"} }
+func Phases() []string { return []string{"http", "https", "failure", "isolation", "dns", "scale"} }
 
 // The names the bench serves, as the platform would.
 const (
@@ -229,6 +229,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		{"consul", h.startConsul},
 		{"platform", h.setUpPlatform},
 		{"http", h.httpPhase},
+		{"https", h.httpsPhase},
 		{"failure", h.failurePhase},
 		{"isolation", h.isolationPhase},
 		{"dns", h.dnsPhase},
