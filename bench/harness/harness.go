@@ -1,6 +1,6 @@
 // Package harness runs podedge's side-by-side load tests (`make bench`): the
 // edge next to nginx, HAProxy and a bare fasthttp forwarder in front of the
-// same two backends, dnsd next to Knot and NSD serving the same records, the
+// same two backends, over HTTP and (without the forwarders) HTTPS, dnsd next to Knot and NSD serving the same records, the
 // edge, nginx and HAProxy while a backend dies, and the edge and dnsd with
 // 100,000 tenants. It starts every process itself (its own Consul included)
 // on free loopback ports, pins the system under test and the load
@@ -67,9 +67,9 @@ type Options struct {
 	// temporary folder, removed at the end unless the run failed.
 	Dir string
 	// ProfileDir, when set, receives CPU profiles of the edge, taken
-	// through its admin listener: one per HTTP workload during the first
-	// round (edge-<workload>.pprof; that round pays the profiler's small
-	// cost), and one of the edge with many tenants during the KV changes
+	// through its admin listener: one per HTTP and HTTPS workload during
+	// the first round (edge-<workload>.pprof, edge-https-<workload>.pprof;
+	// that round pays the profiler's small cost), and one of the edge with many tenants during the KV changes
 	// (edge-scale-changes.pprof). Read them with go tool pprof bin/edge.
 	ProfileDir string
 	// Progress receives a line per step. Nil discards them.
