@@ -363,3 +363,16 @@ func TestRotatedStartsEachRoundOneLater(t *testing.T) {
 		t.Fatal("rotated changed its argument")
 	}
 }
+
+// Profiles are named for their workload, with nothing a path cannot hold.
+func TestProfileNamesAreFileNames(t *testing.T) {
+	for _, w := range append(Workloads(), HTTPSWorkloads()...) {
+		name := profileName("edge-https", w.Name)
+		if strings.ContainsAny(name, "/ ()×,") {
+			t.Errorf("profile name %q of %q", name, w.Name)
+		}
+	}
+	if got := profileName("edge-https", HTTPSWorkloads()[1].Name); got != "edge-https-http2-64-b-64-conns-x-10-streams" {
+		t.Errorf("got %q", got)
+	}
+}
