@@ -69,9 +69,10 @@ func newH2Server(cfg HTTP2, p *Proxy, h fasthttp.RequestHandler, log *slog.Logge
 		MaxUploadBufferPerStream:     int32(cfg.StreamWindow),
 		MaxUploadBufferPerConnection: int32(cfg.ConnectionWindow),
 		IdleTimeout:                  idle,
-		// A client that stops reading is cut off as on HTTP/1.1; each
-		// stream's writes have their own deadline too (h2Stream).
-		WriteByteTimeout: p.Timeouts.ClientWrite,
+		// No WriteByteTimeout: batchConn bounds each write to the client
+		// by timeouts.client_write, so that one that stops reading is cut
+		// off as on HTTP/1.1; each stream's writes have their own
+		// deadline too (h2Stream).
 		// The types are x/net's own constants: a bounded label.
 		CountError: func(errType string) { m.h2Errors.WithLabelValues(errType).Inc() },
 	}
@@ -116,7 +117,11 @@ func (s *h2Server) serveConn(c net.Conn) error {
 	defer s.untrack(c)
 	s.conns.Inc()
 	defer s.conns.Dec()
-	s.srv.ServeConn(c, &http2.ServeConnOpts{BaseConfig: s.base, Handler: &h2Conn{s: s, c: c}})
+	bc := newBatchConn(c, s.p.Timeouts.ClientWrite)
+	s.srv.ServeConn(bc, &http2.ServeConnOpts{BaseConfig: s.base, Handler: &h2Conn{s: s, c: c}})
+	// x/net has closed bc; its last frames (a GOAWAY) may still be on the
+	// way, and fasthttp closes c as soon as this returns.
+	bc.wait()
 	return nil
 }
 

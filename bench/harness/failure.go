@@ -38,12 +38,12 @@ func (h *harness) failurePhase(ctx context.Context) error {
 	var proxies []starter
 	if !h.skip("nginx") {
 		proxies = append(proxies, starter{"nginx", func(ctx context.Context, i int) (*server, error) {
-			return h.startNginx(ctx, fmt.Sprintf("nginx-failure-%d", i))
+			return h.startNginx(ctx, fmt.Sprintf("nginx-failure-%d", i), nil)
 		}})
 	}
 	if !h.skip("haproxy") {
 		proxies = append(proxies, starter{"haproxy", func(ctx context.Context, i int) (*server, error) {
-			return h.startHAProxy(ctx, fmt.Sprintf("haproxy-failure-%d", i))
+			return h.startHAProxy(ctx, fmt.Sprintf("haproxy-failure-%d", i), nil)
 		}})
 	}
 	proxies = append(proxies, starter{"edge", func(ctx context.Context, i int) (*server, error) {

@@ -1,8 +1,9 @@
 // Package harness runs podedge's side-by-side load tests (`make bench`): the
 // edge next to nginx, HAProxy and a bare fasthttp forwarder in front of the
-// same two backends, dnsd next to Knot and NSD serving the same records, the
-// edge, nginx and HAProxy while a backend dies, the edge and dnsd with
-// 100,000 tenants, and sign-ups through the leader with 50 more readers. It starts every process itself (its own Consul included)
+// same two backends, over HTTP and (without the forwarders) HTTPS, dnsd next
+// to Knot and NSD serving the same records, the edge, nginx and HAProxy while
+// a backend dies, the edge and dnsd with 100,000 tenants, and sign-ups
+// through the leader with 50 more readers. It starts every process itself (its own Consul included)
 // on free loopback ports, pins the system under test and the load
 // generators to separate CPUs, alternates the systems round after round and
 // reports medians and ratios as Markdown. bench/README.md explains how to
@@ -71,9 +72,9 @@ type Options struct {
 	// temporary folder, removed at the end unless the run failed.
 	Dir string
 	// ProfileDir, when set, receives CPU profiles of the edge, taken
-	// through its admin listener: one per HTTP workload during the first
-	// round (edge-<workload>.pprof; that round pays the profiler's small
-	// cost), and one of the edge with many tenants during the KV changes
+	// through its admin listener: one per HTTP and HTTPS workload during
+	// the first round (edge-<workload>.pprof, edge-https-<workload>.pprof;
+	// that round pays the profiler's small cost), and one of the edge with many tenants during the KV changes
 	// (edge-scale-changes.pprof). Read them with go tool pprof bin/edge.
 	ProfileDir string
 	// Progress receives a line per step. Nil discards them.
@@ -166,7 +167,9 @@ func programs() []program {
 }
 
 // Phases are the measuring phases of a run, in the order they run.
-func Phases() []string { return []string{"http", "failure", "isolation", "dns", "scale", "signups"} }
+func Phases() []string {
+	return []string{"http", "https", "failure", "isolation", "dns", "scale", "signups"}
+}
 
 // The names the bench serves, as the platform would.
 const (
@@ -240,6 +243,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		{"consul", h.startConsul},
 		{"platform", h.setUpPlatform},
 		{"http", h.httpPhase},
+		{"https", h.httpsPhase},
 		{"failure", h.failurePhase},
 		{"isolation", h.isolationPhase},
 		{"dns", h.dnsPhase},

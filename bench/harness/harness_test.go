@@ -41,6 +41,17 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+	for _, w := range harness.HTTPSWorkloads() {
+		for _, sys := range []string{"nginx", "haproxy", "edge"} {
+			if !peers[sys] {
+				continue
+			}
+			row := find(rep.HTTPS, func(r *harness.HTTPRow) bool { return r.Workload == w.Name && r.System == sys })
+			if row == nil || len(row.Rounds) != 1 || row.Median().RPS <= 0 || row.Median().P99 <= 0 {
+				t.Errorf("%s over HTTPS, %s: no requests measured: %+v", sys, w.Name, row)
+			}
+		}
+	}
 	for _, sys := range []string{"nginx", "haproxy", "edge"} {
 		if !peers[sys] {
 			continue
@@ -103,8 +114,11 @@ func TestSmoke(t *testing.T) {
 	}
 
 	md := rep.Markdown()
+	if peers["nginx"] && !strings.Contains(md, "| edge over HTTP/2 ≥ 1.0× nginx req/s |") {
+		t.Errorf("report lacks the HTTPS targets:\n%s", md)
+	}
 	for _, want := range []string{"#### Targets", "edge ≥ 0.9× bare fasthttp forwarder", "zero failed requests when a backend dies",
-		"#### HTTP", "edge/forwarder", "#### HTTP while a backend dies", "#### DNS", "dnsd+rrl/dnsd", "#### Memory", "#### Scale", "#### Sign-ups through the leader"} {
+		"#### HTTP", "edge/forwarder", "#### HTTPS", "#### HTTP while a backend dies", "#### DNS", "dnsd+rrl/dnsd", "#### Memory", "#### Scale", "#### Sign-ups through the leader"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}

@@ -31,6 +31,11 @@ type Workload struct {
 	// the Go load generator.
 	Host string
 	Rate float64
+	// Proto, for the HTTPS workloads, is "http/1.1" or "h2" (by ALPN),
+	// with Streams requests in flight on each HTTP/2 connection. With
+	// NewConn, every request costs a full TLS handshake.
+	Proto   string
+	Streams int
 }
 
 // Workloads are the four HTTP workloads of the bench; the first is the one
@@ -74,14 +79,14 @@ func (h *harness) httpPhase(ctx context.Context) error {
 	}
 	systems := []*server{h.direct()}
 	if !h.skip("nginx") {
-		s, err := h.startNginx(ctx, "nginx")
+		s, err := h.startNginx(ctx, "nginx", nil)
 		if err != nil {
 			return err
 		}
 		systems = append(systems, s)
 	}
 	if !h.skip("haproxy") {
-		s, err := h.startHAProxy(ctx, "haproxy")
+		s, err := h.startHAProxy(ctx, "haproxy", nil)
 		if err != nil {
 			return err
 		}
@@ -254,6 +259,11 @@ func (h *harness) runLoadgen(ctx context.Context, s *server, w Workload, d time.
 
 // loadgen runs the Go load generator and returns its result and CPU use.
 func (h *harness) loadgen(ctx context.Context, s *server, w Workload, d time.Duration, started func()) (loadgen.Result, float64, error) {
+	return h.loadgenArgs(ctx, s, w, d, started)
+}
+
+// loadgenArgs is loadgen with more arguments for it.
+func (h *harness) loadgenArgs(ctx context.Context, s *server, w Workload, d time.Duration, started func(), more ...string) (loadgen.Result, float64, error) {
 	addrs := s.addrs
 	if len(addrs) == 0 {
 		addrs = []string{s.addr}
@@ -270,6 +280,7 @@ func (h *harness) loadgen(ctx context.Context, s *server, w Workload, d time.Dur
 	if w.NewConn {
 		args = append(args, "-new-conn")
 	}
+	args = append(args, more...)
 	var out bytes.Buffer
 	spec := child.Spec{Name: "loadgen", Stdout: &out, Bin: h.bin("loadgen"), Args: args}
 	if started != nil {

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -110,18 +111,25 @@ func probe(client *http.Client, addr, path string) (int, string, error) {
 
 // probeHost is probe for another tenant's host.
 func probeHost(client *http.Client, addr, hostname, path string) (int, string, error) {
-	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	code, app, _, err := probeURL(client, "http://"+addr+path, hostname)
+	return code, app, err
+}
+
+// probeURL fetches url with Host hostname and returns the status, the
+// X-App-Server that answered and the protocol ("HTTP/1.1", "HTTP/2.0").
+func probeURL(client *http.Client, url, hostname string) (int, string, string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
-		return 0, "", err
+		return 0, "", "", err
 	}
 	req.Host = hostname
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, "", err
+		return 0, "", "", err
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, resp.Header.Get("X-App-Server"), nil
+	return resp.StatusCode, resp.Header.Get("X-App-Server"), resp.Proto, nil
 }
 
 // newProbeClient is an HTTP client for probes, with short timeouts.
@@ -129,18 +137,44 @@ func newProbeClient() *http.Client {
 	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 }
 
+// newTLSProbeClient is a probe client over HTTPS that sends the bench's
+// Host as SNI and trusts the bench's certificate alone, so that a system
+// serving any other fails the probe; h2 offers HTTP/2 by ALPN, otherwise
+// HTTP/1.1 only.
+func newTLSProbeClient(f *tlsFiles, h2 bool) *http.Client {
+	t := &http.Transport{MaxIdleConnsPerHost: 4, ForceAttemptHTTP2: h2,
+		TLSClientConfig: &tls.Config{ServerName: host, RootCAs: f.pool, MinVersion: tls.VersionTLS13}}
+	if !h2 {
+		t.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: t}
+}
+
 // waitServing waits until addr answers 200 for the bench's Host, through
-// both backends.
-func (h *harness) waitServing(ctx context.Context, name, addr string, p *child.Process) error {
-	client := newProbeClient()
-	defer client.CloseIdleConnections()
-	seen := map[string]bool{}
-	return h.waitFor(ctx, h.startWait(), name+" to serve "+host+" from both backends", func() bool {
-		code, app, err := probe(client, addr, "/bytes/1")
-		if err == nil && code == http.StatusOK {
-			seen[app] = true
+// both backends. With tls, it asks over HTTPS, with the Host as SNI and the
+// bench's certificate as the only root, over HTTP/2 and over HTTP/1.1 (by
+// ALPN): both must reach both backends.
+func (h *harness) waitServing(ctx context.Context, name, addr string, tls *tlsFiles, p *child.Process) error {
+	clients := map[string]*http.Client{"": newProbeClient()}
+	scheme, what := "http", name+" to serve "+host+" from both backends"
+	if tls != nil {
+		scheme, what = "https", name+" to serve "+host+" over HTTPS, HTTP/2 and HTTP/1.1, from both backends"
+		clients = map[string]*http.Client{"HTTP/2.0": newTLSProbeClient(tls, true), "HTTP/1.1": newTLSProbeClient(tls, false)}
+	}
+	defer func() {
+		for _, c := range clients {
+			c.CloseIdleConnections()
 		}
-		return len(seen) >= len(h.backends)
+	}()
+	seen := map[string]bool{}
+	return h.waitFor(ctx, h.startWait(), what, func() bool {
+		for want, client := range clients {
+			code, app, proto, err := probeURL(client, scheme+"://"+addr+"/bytes/1", host)
+			if err == nil && code == http.StatusOK && (want == "" || proto == want) {
+				seen[want+" "+app] = true
+			}
+		}
+		return len(seen) >= len(clients)*len(h.backends)
 	}, p)
 }
 

@@ -53,6 +53,6 @@ func fetchProfile(url, path string) error {
 
 // profileName turns a workload's name into a file name.
 func profileName(prefix, workload string) string {
-	r := strings.NewReplacer(" ", "-", "(", "", ")", "", ",", "")
+	r := strings.NewReplacer(" ", "-", "(", "", ")", "", ",", "", "/", "", "×", "x")
 	return prefix + "-" + strings.ToLower(r.Replace(workload))
 }

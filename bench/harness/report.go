@@ -26,7 +26,9 @@ type Report struct {
 
 	// HTTP and DNS hold every round, by workload then system, in the
 	// order they first ran.
-	HTTP     []*HTTPRow
+	HTTP []*HTTPRow
+	// HTTPS holds the HTTPS phase's rounds, the same way.
+	HTTPS    []*HTTPRow
 	DNS      []*DNSRow
 	Failure  []*FailureRow
 	Memory   []MemoryRow
@@ -251,6 +253,7 @@ func (r *Report) Markdown() string {
 
 	r.targets(w)
 	r.httpTables(w)
+	r.httpsTables(w)
 	r.failureTable(w)
 	r.isolationTable(w)
 	r.dnsTables(w)
@@ -330,6 +333,7 @@ func (r *Report) targets(w writef) {
 		ratio := httpRatio(edge, f, rps)
 		w("| edge ≥ 0.9× bare fasthttp forwarder req/s, small responses | %s; medians %.0f vs %.0f | %s |\n", ratio, e.RPS, q.RPS, verdict(ratio.med >= 0.9))
 	}
+	r.httpsTargets(w, verdict)
 	for _, row := range r.Failure {
 		if row.System != "edge" {
 			continue

@@ -49,46 +49,59 @@ func (s *server) stop() {
 
 // edgeSpec names one edge instance: its Consul service ID (and process
 // name), the KV prefix it reads and the public IP DNS hands out for it.
+// With tls, it serves HTTPS with that certificate.
 type edgeSpec struct {
 	name, prefix, publicIP string
+	tls                    *tlsFiles
 }
 
+// unreachableACME is the ACME directory of an edge serving HTTPS in the
+// bench: nothing listens on port 1, so the zone's order fails at once.
+const unreachableACME = "https://127.0.0.1:1/directory"
+
 // startEdge runs an edge of the pod on the server CPUs, with metrics and
-// the access log on, and waits until it serves the bench's Host.
+// the access log on, and waits until it serves the bench's Host. With
+// e.tls, the server's addr is the HTTPS listener.
 func (h *harness) startEdge(ctx context.Context, e edgeSpec) (*server, error) {
-	addrs, err := freePortsAddrs(2)
+	addrs, err := freePortsAddrs(3)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := h.render("edge.yaml.tmpl", e.name+".yaml", map[string]any{"ServiceID": e.name, "Prefix": e.prefix})
+	cfg, err := h.render("edge.yaml.tmpl", e.name+".yaml", map[string]any{"ServiceID": e.name, "Prefix": e.prefix, "TLS": e.tls})
 	if err != nil {
 		return nil, err
+	}
+	args := []string{"-config", cfg, "-pod", pod, "-http", addrs[0], "-admin", addrs[1],
+		"-public-ip", e.publicIP, "-consul", h.consulAddr, "-zone", zone}
+	if e.tls != nil {
+		args = append(args, "-https", addrs[2], "-acme-directory", unreachableACME)
 	}
 	p, err := h.startSpec(child.Spec{
 		Name: e.name, CPUs: h.cpus.Server, Bin: h.bin("edge"),
-		StdoutFile: h.path(e.name + "-access.log"),
-		Args: []string{"-config", cfg, "-pod", pod, "-http", addrs[0], "-admin", addrs[1],
-			"-public-ip", e.publicIP, "-consul", h.consulAddr, "-zone", zone},
+		StdoutFile: h.path(e.name + "-access.log"), Args: args,
 	})
 	if err != nil {
 		return nil, err
 	}
 	s := &server{name: "edge", addr: addrs[0], admin: addrs[1], procs: []*child.Process{p}}
-	if err := h.waitServing(ctx, e.name, s.addr, p); err != nil {
+	if e.tls != nil {
+		s.addr = addrs[2]
+	}
+	if err := h.waitServing(ctx, e.name, s.addr, e.tls, p); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
 // startNginx runs nginx from bench/configs/nginx.conf.tmpl on the server
-// CPUs.
-func (h *harness) startNginx(ctx context.Context, name string) (*server, error) {
+// CPUs; with tls, over HTTPS (HTTP/2 and HTTP/1.1).
+func (h *harness) startNginx(ctx context.Context, name string, tls *tlsFiles) (*server, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	cfg, err := h.render("nginx.conf.tmpl", name+".conf", map[string]any{
-		"Dir": h.path(name), "User": rootUser(), "Listen": addr, "Host": host, "Backends": h.backendAddrs(),
+		"Dir": h.path(name), "User": rootUser(), "Listen": addr, "Host": host, "Backends": h.backendAddrs(), "TLS": tls,
 	})
 	if err != nil {
 		return nil, err
@@ -106,21 +119,22 @@ func (h *harness) startNginx(ctx context.Context, name string) (*server, error) 
 	}
 	// nginx stops at once on SIGTERM; its workers go with the master.
 	s := &server{name: "nginx", addr: addr, procs: []*child.Process{p}}
-	if err := h.waitServing(ctx, name, addr, p); err != nil {
+	if err := h.waitServing(ctx, name, addr, tls, p); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
 // startHAProxy runs HAProxy from bench/configs/haproxy.cfg.tmpl on the
-// server CPUs, its access log on standard output.
-func (h *harness) startHAProxy(ctx context.Context, name string) (*server, error) {
+// server CPUs, its access log on standard output; with tls, over HTTPS
+// (HTTP/2 and HTTP/1.1).
+func (h *harness) startHAProxy(ctx context.Context, name string, tls *tlsFiles) (*server, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	cfg, err := h.render("haproxy.cfg.tmpl", name+".cfg", map[string]any{
-		"Listen": addr, "Host": host, "Backends": h.backendAddrs(),
+		"Listen": addr, "Host": host, "Backends": h.backendAddrs(), "TLS": tls,
 	})
 	if err != nil {
 		return nil, err
@@ -135,7 +149,7 @@ func (h *harness) startHAProxy(ctx context.Context, name string) (*server, error
 		return nil, err
 	}
 	s := &server{name: "haproxy", addr: addr, procs: []*child.Process{p}}
-	if err := h.waitServing(ctx, name, addr, p); err != nil {
+	if err := h.waitServing(ctx, name, addr, tls, p); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -155,7 +169,7 @@ func (h *harness) startForwarder(ctx context.Context, bin string) (*server, erro
 		return nil, err
 	}
 	s := &server{name: bin, addr: addr, procs: []*child.Process{p}}
-	if err := h.waitServing(ctx, bin, addr, p); err != nil {
+	if err := h.waitServing(ctx, bin, addr, nil, p); err != nil {
 		return nil, err
 	}
 	return s, nil

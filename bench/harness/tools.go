@@ -16,7 +16,7 @@ type Tool struct {
 	// Name is the program; Package the Debian package installing it.
 	Name, Package string
 	// Peer names the system it belongs to ("nginx", "knot", ...); empty
-	// for a tool every run needs (wrk, dnsperf, taskset).
+	// for a tool every run needs (wrk, h2load, dnsperf, taskset).
 	Peer string
 }
 
@@ -27,6 +27,7 @@ func Tools() []Tool {
 		{Name: "nginx", Package: "nginx-light", Peer: "nginx"},
 		{Name: "haproxy", Package: "haproxy", Peer: "haproxy"},
 		{Name: "wrk", Package: "wrk"},
+		{Name: "h2load", Package: "nghttp2-client"},
 		{Name: "knotd", Package: "knot", Peer: "knot"},
 		{Name: "nsd", Package: "nsd", Peer: "nsd"},
 		{Name: "dnsperf", Package: "dnsperf"},
@@ -36,7 +37,7 @@ func Tools() []Tool {
 
 // InstallCommand is the one command that installs every package the bench
 // needs, as bench/README.md gives it.
-const InstallCommand = "apt-get install -y nginx-light haproxy wrk knot nsd dnsperf"
+const InstallCommand = "apt-get install -y nginx-light haproxy wrk nghttp2-client knot nsd dnsperf"
 
 // LookTool returns the path of the program name, searching PATH and then
 // the sbin folders Debian installs daemons into, which a user's PATH often

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bufio"
 	"net/http"
 	"net/http/httptest"
 	"net/http/pprof"
@@ -75,6 +76,42 @@ func TestParseDnsperf(t *testing.T) {
 	}
 }
 
+func TestParseH2load(t *testing.T) {
+	out := `starting benchmark...
+finished in 10.00s, 47267.10 req/s, 3.21MB/s
+requests: 472671 total, 472671 started, 472671 done, 472660 succeeded, 11 failed, 3 errored, 1 timeout
+status codes: 472660 2xx, 0 3xx, 7 4xx, 0 5xx
+TLS Protocol: TLSv1.3
+Application protocol: h2
+`
+	r, err := parseH2load(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RPS != 47267.10 || r.Errors != 11 || r.Failures["status 4xx"] != 7 || r.Failures["errored"] != 3 || r.Failures["timeout"] != 1 || len(r.Failures) != 3 {
+		t.Fatalf("parsed %+v", r)
+	}
+	if _, err := parseH2load("starting benchmark...\n"); err == nil {
+		t.Fatal("no error without a summary")
+	}
+	lines := "1700000000000000\t200\t900\n1700000000000001\t502\t1\n"
+	for i := 0; i < 98; i++ {
+		lines += "1700000000000002\t200\t100\n"
+	}
+	lines += "1700000000000003\t200\t5000\n"
+	p50, p99, mx, err := h2loadLatencies(bufio.NewReader(strings.NewReader(lines)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 100 answers of 2xx: 98 of 100 µs, one of 900, one of 5000.
+	if p50 != 100*time.Microsecond || p99 != 5*time.Millisecond || mx != 5*time.Millisecond {
+		t.Fatalf("p50 %s p99 %s max %s", p50, p99, mx)
+	}
+	if _, _, _, err := h2loadLatencies(bufio.NewReader(strings.NewReader(""))); err == nil {
+		t.Fatal("no error for an empty log")
+	}
+}
+
 func TestLineWatch(t *testing.T) {
 	calls := 0
 	w := &lineWatch{line: "started", fn: func() { calls++ }}
@@ -100,6 +137,15 @@ func sampleReport() *Report {
 		r.addDNS("mix", "dnsd", DNSResult{QPS: 90000 * slow, ServerCPU: 0.9, ClientCPU: 0.95})
 		r.addDNS("mix", "nsd", DNSResult{QPS: 80000 * slow, ServerCPU: 0.8, ClientCPU: 0.95})
 		r.addDNS("mix", "knot", DNSResult{QPS: 120000 * slow, ServerCPU: 0.9})
+	}
+	for _, slow := range []float64{1, 0.5} {
+		wl := HTTPSWorkloads()
+		r.addHTTPS(wl[0].Name, "nginx", HTTPResult{RPS: 40000 * slow, ServerCPU: 1})
+		r.addHTTPS(wl[0].Name, "edge", HTTPResult{RPS: 44000 * slow, ServerCPU: 1})
+		r.addHTTPS(wl[1].Name, "nginx", HTTPResult{RPS: 30000 * slow, ServerCPU: 1})
+		r.addHTTPS(wl[1].Name, "edge", HTTPResult{RPS: 30000 * slow, ServerCPU: 0.9})
+		r.addHTTPS(wl[2].Name, "nginx", HTTPResult{RPS: 2000 * slow, ServerCPU: 1, ClientCPU: 0.95})
+		r.addHTTPS(wl[2].Name, "edge", HTTPResult{RPS: 1900 * slow, ServerCPU: 0.9, ClientCPU: 0.95})
 	}
 	r.addFailure("edge", FailureResult{Requests: 1000, Failed: 2, Failures: map[string]int64{"status 502": 2}})
 	r.addFailure("edge", FailureResult{Requests: 1000})
@@ -128,6 +174,14 @@ func TestMarkdownStatesEveryTarget(t *testing.T) {
 		"| dnsd/Knot | 0.75× (0.75–0.75) | 1.33× (1.33–1.33) |",
 		"so their throughput is the client's ceiling rather than the server's; compare CPU per query instead: dnsd, nsd.",
 		"on CPU 0; the load generator and Consul on CPU 1",
+		"| edge over HTTP/2 ≥ 1.0× nginx req/s | 1.00× (1.00–1.00); medians 22500 vs 22500 | met |",
+		"| edge over HTTP/2: CPU per request ≤ nginx's | 0.90× (0.90–0.90); medians 45.0 vs 50.0 µs | met |",
+		"| edge over HTTP/1.1 over TLS ≥ 1.2× nginx req/s | 1.10× (1.10–1.10); medians 33000 vs 30000 | **missed** |",
+		"| edge new TLS 1.3 connections/s ≥ 1.0× nginx's | 0.95× (0.95–0.95); medians 1425 vs 1500 | **missed** |",
+		// The Go load generator was saturated: the cost per handshake decides.
+		"| the same by CPU per request, the load generator being the bottleneck: edge's ≤ nginx's | 0.95× (0.95–0.95)",
+		"#### HTTPS",
+		"| " + HTTPSWorkloads()[1].Name + " | 1.00× (1.00–1.00) · p99 0.00 · CPU 0.90 | – |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -307,5 +361,18 @@ func TestRotatedStartsEachRoundOneLater(t *testing.T) {
 	}
 	if strings.Join(systems, "") != "abc" {
 		t.Fatal("rotated changed its argument")
+	}
+}
+
+// Profiles are named for their workload, with nothing a path cannot hold.
+func TestProfileNamesAreFileNames(t *testing.T) {
+	for _, w := range append(Workloads(), HTTPSWorkloads()...) {
+		name := profileName("edge-https", w.Name)
+		if strings.ContainsAny(name, "/ ()×,") {
+			t.Errorf("profile name %q of %q", name, w.Name)
+		}
+	}
+	if got := profileName("edge-https", HTTPSWorkloads()[1].Name); got != "edge-https-http2-64-b-64-conns-x-10-streams" {
+		t.Errorf("got %q", got)
 	}
 }

@@ -1,8 +1,9 @@
 // Package loadgen is the HTTP/1.1 load generator of the bench for what wrk
-// cannot do: open a new connection for every request, and count every
-// failed request, by kind, while an app server dies. It speaks just enough
-// HTTP/1.1 (Content-Length, chunked and close-delimited bodies) and never
-// retries: a failure is counted where it happens.
+// cannot do: open a new connection for every request (also over TLS: a
+// full handshake per request), and count every failed request, by kind,
+// while an app server dies. It speaks just enough HTTP/1.1 (Content-Length,
+// chunked and close-delimited bodies) and never retries: a failure is
+// counted where it happens.
 package loadgen
 
 import (
@@ -48,14 +49,15 @@ type Config struct {
 	// sends at once and does not catch up). Zero sends as fast as the
 	// server answers.
 	Rate float64
-	// Started, if set, is called once every connection's loop is running.
-	Started func()
-	// TLS, if set, speaks HTTPS: each connection's handshake, bounded by
-	// Timeout, with this configuration (a failed one counts as "tls").
+	// TLS, if set, speaks HTTPS with it: each connection's handshake is
+	// part of the first request it carries. Set ServerName (SNI), and
+	// leave ClientSessionCache nil so that every handshake is a full one.
 	TLS *tls.Config
 	// Answered, if set, counts the requests answered with 2xx as they
-	// are, for a caller that watches the run's progress.
+	// come, for a caller watching a run in progress.
 	Answered *atomic.Int64
+	// Started, if set, is called once every connection's loop is running.
+	Started func()
 }
 
 // Result is what a run measured. Latencies are of successful requests.
@@ -105,11 +107,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		w := &worker{
 			addr:     addr,
+			tls:      cfg.TLS,
+			answered: cfg.Answered,
 			req:      []byte(req + "\r\n"),
 			fresh:    cfg.NewConnPerRequest,
 			timeout:  cfg.Timeout,
-			tls:      cfg.TLS,
-			answered: cfg.Answered,
 			lat:      make([]time.Duration, 0, 1<<14),
 			failures: map[string]int64{},
 		}
@@ -155,16 +157,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 // worker is one connection's loop. Nothing in it is shared.
 type worker struct {
-	addr     string
-	req      []byte
-	fresh    bool
-	timeout  time.Duration
-	tls      *tls.Config
-	answered *atomic.Int64
-	conn     net.Conn
-	br       *bufio.Reader
-	lat      []time.Duration
-	failures map[string]int64
+	addr    string
+	tls     *tls.Config
+	req     []byte
+	fresh   bool
+	timeout time.Duration
+	// conn is what requests are written to; raw is the TCP connection
+	// under it (the same without TLS).
+	conn, raw net.Conn
+	br        *bufio.Reader
+	lat       []time.Duration
+	failures  map[string]int64
+	answered  *atomic.Int64
 	// interval paces a run with a Rate; offset is this connection's
 	// place in it.
 	interval, offset time.Duration
@@ -218,10 +222,10 @@ func (w *worker) run(ctx context.Context) {
 
 var (
 	errDial = errors.New("dial")
+	errTLS  = errors.New("tls handshake")
 	// errStopped is a connection cut short by the end of the run: neither
 	// a success nor a failure.
 	errStopped = errors.New("run ended")
-	errTLS     = errors.New("tls")
 )
 
 // do sends one request and reads its response, connecting first when
@@ -238,26 +242,27 @@ func (w *worker) do(ctx context.Context, start time.Time) (int, error) {
 			}
 			return 0, fmt.Errorf("%w: %w", errDial, err)
 		}
+		w.conn, w.raw = c, c
+		if err := c.SetDeadline(start.Add(w.timeout)); err != nil {
+			return 0, err
+		}
 		if w.tls != nil {
 			tc := tls.Client(c, w.tls)
-			_ = c.SetDeadline(start.Add(w.timeout))
+			w.conn = tc
 			if err := tc.HandshakeContext(ctx); err != nil {
-				_ = c.Close()
 				if ctx.Err() != nil {
 					return 0, errStopped
 				}
 				return 0, fmt.Errorf("%w: %w", errTLS, err)
 			}
-			c = tc
 		}
-		w.conn = c
 		if w.br == nil {
-			w.br = bufio.NewReaderSize(c, 16<<10)
+			w.br = bufio.NewReaderSize(w.conn, 16<<10)
 		} else {
-			w.br.Reset(c)
+			w.br.Reset(w.conn)
 		}
 	}
-	if err := w.conn.SetDeadline(start.Add(w.timeout)); err != nil {
+	if err := w.raw.SetDeadline(start.Add(w.timeout)); err != nil {
 		return 0, err
 	}
 	if _, err := w.conn.Write(w.req); err != nil {
@@ -279,15 +284,13 @@ func (w *worker) drop(reset bool) {
 	if w.conn == nil {
 		return
 	}
-	raw := w.conn
-	if tc, ok := raw.(*tls.Conn); ok {
-		raw = tc.NetConn()
-	}
-	if tc, ok := raw.(*net.TCPConn); ok && reset {
+	if tc, ok := w.raw.(*net.TCPConn); ok && reset {
 		_ = tc.SetLinger(0)
 	}
-	_ = w.conn.Close()
-	w.conn = nil
+	// Closing the TCP connection, not the TLS one: no close_notify alert,
+	// as for a reset.
+	_ = w.raw.Close()
+	w.conn, w.raw = nil, nil
 }
 
 // kind names the failure err is.
@@ -301,6 +304,8 @@ func kind(err error) string {
 		return "dial: timeout"
 	case errors.Is(err, errDial):
 		return "dial"
+	case errors.Is(err, errTLS) && errors.As(err, &ne) && ne.Timeout():
+		return "tls: timeout"
 	case errors.Is(err, errTLS):
 		return "tls"
 	case errors.As(err, &ne) && ne.Timeout():

@@ -3,7 +3,14 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
+	"math/big"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -72,6 +79,90 @@ func TestNewConnectionPerRequest(t *testing.T) {
 	if n := ln.n.Load(); n < res.Requests || n > res.Requests+2 {
 		t.Fatalf("%d connections for %d requests", n, res.Requests)
 	}
+}
+
+// A TLS run with a new connection per request makes a full handshake, with
+// the Host as SNI, for every request.
+func TestNewTLSConnectionPerRequest(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := selfSigned(t, "acme.example.test")
+	var full atomic.Int64
+	var sni atomic.Value
+	tl := tls.NewListener(ln, &tls.Config{GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		// Resumed handshakes ask for no certificate.
+		full.Add(1)
+		sni.Store(hello.ServerName)
+		return &cert, nil
+	}})
+	srv := backend.New(backend.Config{Name: "app-test", Pod: "pod-1"})
+	go srv.Serve(tl)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	res, err := Run(context.Background(), Config{Addrs: []string{ln.Addr().String()}, Host: "acme.example.test", Path: "/bytes/64", Conns: 2,
+		Duration: 200 * time.Millisecond, NewConnPerRequest: true,
+		TLS: &tls.Config{ServerName: "acme.example.test", MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests == 0 || res.Failed != 0 {
+		t.Fatalf("requests %d, failed %d %v", res.Requests, res.Failed, res.Failures)
+	}
+	if n := full.Load(); n < res.Requests || n > res.Requests+2 {
+		t.Fatalf("%d full handshakes for %d requests", n, res.Requests)
+	}
+	if got := sni.Load(); got != "acme.example.test" {
+		t.Fatalf("SNI %q", got)
+	}
+}
+
+// A handshake the server refuses is a "tls" failure.
+func TestRefusedHandshakesAreTLSFailures(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := tls.NewListener(ln, &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return nil, io.ErrUnexpectedEOF
+	}})
+	defer tl.Close()
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.(*tls.Conn).Handshake()
+			}()
+		}
+	}()
+	res, err := Run(context.Background(), Config{Addrs: []string{ln.Addr().String()}, Conns: 1, Duration: 50 * time.Millisecond,
+		TLS: &tls.Config{ServerName: "acme.example.test", InsecureSkipVerify: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failures["tls"] == 0 || len(res.Failures) != 1 {
+		t.Fatalf("failures %v", res.Failures)
+	}
+}
+
+// selfSigned is an ECDSA P-256 certificate for name.
+func selfSigned(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func TestFailuresAreCountedByKind(t *testing.T) {
