@@ -24,7 +24,6 @@ import (
 
 const prog = "dnsd"
 
-
 func main() {
 	cfg, err := parse(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {

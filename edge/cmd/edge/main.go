@@ -101,25 +101,24 @@ func main() {
 	}
 }
 
-
 // parse reads the flags and the configuration file; flags override the file
 // only when given.
 func parse(args []string) (edge.Config, error) {
 	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var (
-		configFile  = fs.String("config", "", "YAML configuration `file` (see configs/edge.yaml)")
-		consul      = fs.String("consul", "", "Consul agent HTTP `address` (consul.address)")
-		zone        = fs.String("zone", "", "DNS `zone` tenants live in (zone)")
-		pod         = fs.String("pod", "", "`pod` this edge serves (pod)")
-		httpAddr    = fs.String("http", "", "plain-HTTP listener `host:port` (http)")
-		httpsAddr   = fs.String("https", "", "HTTPS listener `host:port`, used when TLS is enabled (https)")
-		admin       = fs.String("admin", "", "admin listener `host:port` for /healthz, /metrics, /debug/ (admin)")
-		publicIP    = fs.String("public-ip", "", "IPv4 `address` DNS hands out for this edge (public_ip)")
-		acmeDir     = fs.String("acme-directory", "", "ACME directory `URL`, used when TLS is enabled (acme.directory)")
-		acmeCA      = fs.String("acme-ca", "", "PEM `file` of roots to trust for the ACME server, used when TLS is enabled (acme.ca)")
-		acmeEmail   = fs.String("acme-email", "", "contact `address` of the ACME account, used when TLS is enabled (acme.email)")
-		_ = fs.Bool("version", false, "print the version and exit")
+		configFile = fs.String("config", "", "YAML configuration `file` (see configs/edge.yaml)")
+		consul     = fs.String("consul", "", "Consul agent HTTP `address` (consul.address)")
+		zone       = fs.String("zone", "", "DNS `zone` tenants live in (zone)")
+		pod        = fs.String("pod", "", "`pod` this edge serves (pod)")
+		httpAddr   = fs.String("http", "", "plain-HTTP listener `host:port` (http)")
+		httpsAddr  = fs.String("https", "", "HTTPS listener `host:port`, used when TLS is enabled (https)")
+		admin      = fs.String("admin", "", "admin listener `host:port` for /healthz, /metrics, /debug/ (admin)")
+		publicIP   = fs.String("public-ip", "", "IPv4 `address` DNS hands out for this edge (public_ip)")
+		acmeDir    = fs.String("acme-directory", "", "ACME directory `URL`, used when TLS is enabled (acme.directory)")
+		acmeCA     = fs.String("acme-ca", "", "PEM `file` of roots to trust for the ACME server, used when TLS is enabled (acme.ca)")
+		acmeEmail  = fs.String("acme-email", "", "contact `address` of the ACME account, used when TLS is enabled (acme.email)")
+		_          = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := config.ParseFlags(fs, args, "usage: edge [flags]"); err != nil {
 		return edge.Config{}, err
