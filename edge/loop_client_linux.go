@@ -49,8 +49,6 @@ type clientConn struct {
 	peerClosed bool
 	// queued: out waits in the loop's clientWrites.
 	queued bool
-	// fresh: no request has begun on the connection yet.
-	fresh bool
 }
 
 func (c *clientConn) Event(ev evloop.Events) {
@@ -206,7 +204,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	}
 	ex.head = h.IsHead()
 	c.closeAfter = h.ConnectionClose()
-	c.ex, c.state, c.fresh = ex, clientExchange, false
+	c.ex, c.state = ex, clientExchange
 	l.ev.Cancel(c.timer)
 
 	if l.s.hook != nil && l.s.hook(ctx) {

@@ -239,12 +239,13 @@ func (l *edgeLoop) run() {
 	}
 }
 
-// stopAccepting closes the listening socket and the idle client
-// connections; the others close after their exchange. A connection that
-// has sent no request yet is not idle: it was accepted moments ago, and
-// its request may be in flight (an upgrade hands the socket on while
-// clients connect). It gets freshGrace to send it, answered with
-// Connection: close.
+// stopAccepting closes the listening socket; the client connections close
+// after their exchange, answered with Connection: close. One between two
+// requests is not closed at once: its client may be sending the next one
+// (a kept-alive client that finds the connection closed under a request
+// it sent counts a failure), and one accepted moments ago may have its
+// first in flight (an upgrade hands the socket on while clients connect).
+// Each gets freshGrace to send it.
 func (l *edgeLoop) stopAccepting() {
 	l.draining = true
 	if l.lfd >= 0 {
@@ -257,16 +258,12 @@ func (l *edgeLoop) stopAccepting() {
 		l.lfd = -1
 	}
 	for _, c := range l.clientsIdle() {
-		if c.fresh {
-			l.ev.Schedule(c.timer, freshGrace)
-			continue
-		}
-		l.dropClient(c)
+		l.ev.Schedule(c.timer, freshGrace)
 	}
 }
 
-// freshGrace is how long a drain waits for the first request of a
-// connection accepted just before it.
+// freshGrace is how long a drain waits for the next request of a
+// connection between two, or the first of one accepted just before it.
 const freshGrace = time.Second
 
 // clientsIdle lists the client connections between requests.
@@ -303,7 +300,7 @@ func (l *edgeLoop) accept() {
 			continue
 		}
 		l.s.opened()
-		c.state, c.fresh = clientIdle, true
+		c.state = clientIdle
 		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
 	}
 }
