@@ -79,15 +79,9 @@ func (s *Store) Repair(ctx context.Context, repairs []repair) error {
 				}
 				changes = append(changes, c)
 			}
-			next, err := s.logChanges(tx, lh, changes...)
-			if err != nil {
+			if _, err := s.commitLogged(ctx, session, tx, lh, changes...); err != nil {
 				return err
 			}
-			res, err := s.commit(ctx, session, tx)
-			if err != nil {
-				return err
-			}
-			s.logCommitted(next, res)
 			// The seats and the domain index count what the view holds:
 			// the next write reconciles them with it first.
 			s.reconciled = ""

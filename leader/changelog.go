@@ -93,6 +93,21 @@ func (s *Store) logChanges(tx *txn, lh *logHead, changes ...changelog.Change) (c
 
 // logCommitted records the head a committed transaction wrote, and the
 // names it wrote for the auditor.
+// commitLogged appends changes to the log in tx, commits tx and, once it
+// committed, makes the log's new head the one the next write builds on.
+func (s *Store) commitLogged(ctx context.Context, session string, tx *txn, lh *logHead, changes ...changelog.Change) (committed, error) {
+	next, err := s.logChanges(tx, lh, changes...)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.commit(ctx, session, tx)
+	if err != nil {
+		return nil, err
+	}
+	s.logCommitted(next, res)
+	return res, nil
+}
+
 func (s *Store) logCommitted(next changelog.Head, res committed) {
 	if s.logHead == nil {
 		return

@@ -125,15 +125,9 @@ func (s *Store) SetLimits(ctx context.Context, name string, limits *router.Limit
 		}
 		tx := newTxn("set_limits", s.keys, session)
 		tx.cas(kv.Key, kv.ModifyIndex, value, nil)
-		next, err := s.logChanges(tx, lh, tenantChange(name, value))
-		if err != nil {
+		if _, err := s.commitLogged(ctx, session, tx, lh, tenantChange(name, value)); err != nil {
 			return err
 		}
-		res, err := s.commit(ctx, session, tx)
-		if err != nil {
-			return err
-		}
-		s.logCommitted(next, res)
 		out = t
 		return nil
 	})

@@ -269,11 +269,7 @@ func (s *Store) signupTxn(ctx context.Context, session string, batch []*signupRe
 		tx.checkIndex(s.keys.pod(pod), e.podIndex, nil)
 		tx.cas(s.keys.seats(pod), e.seatsIdx, seatsValue(e.seats+n), nil)
 	}
-	next, err := s.logChanges(tx, lh, changes...)
-	if err != nil {
-		return nil, nil, err
-	}
-	res, err := s.commit(ctx, session, tx)
+	res, err := s.commitLogged(ctx, session, tx, lh, changes...)
 	if err != nil {
 		if r, ok := errors.AsType[*refused](err); ok {
 			if r.err.Error() == conflict("tenant %q already exists", r.req.su.Name).Error() {
@@ -284,7 +280,6 @@ func (s *Store) signupTxn(ctx context.Context, session string, batch []*signupRe
 		}
 		return nil, nil, err
 	}
-	s.logCommitted(next, res)
 	for pod, n := range taken {
 		e := pods[pod]
 		e.seats += n

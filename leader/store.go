@@ -314,15 +314,10 @@ func (s *Store) PutPod(ctx context.Context, p router.Pod) (created bool, index u
 		}
 		t := newTxn("put_pod", s.keys, session)
 		t.cas(s.keys.pod(p.Name), index, value, nil)
-		next, err := s.logChanges(t, lh, podChange(p.Name, value))
+		res, err := s.commitLogged(ctx, session, t, lh, podChange(p.Name, value))
 		if err != nil {
 			return err
 		}
-		res, err := s.commit(ctx, session, t)
-		if err != nil {
-			return err
-		}
-		s.logCommitted(next, res)
 		created = index == 0
 		if e == nil {
 			e = &podEntry{}
@@ -367,15 +362,9 @@ func (s *Store) DeletePod(ctx context.Context, name string) (uint64, error) {
 		}
 		// No tenant may be placed in the pod meanwhile: the seat count
 		// guards that, as it is part of every placement.
-		next, err := s.logChanges(t, lh, podChange(name, nil))
-		if err != nil {
+		if _, err := s.commitLogged(ctx, session, t, lh, podChange(name, nil)); err != nil {
 			return err
 		}
-		res, err := s.commit(ctx, session, t)
-		if err != nil {
-			return err
-		}
-		s.logCommitted(next, res)
 		delete(pods, name)
 		return nil
 	})

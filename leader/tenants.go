@@ -119,15 +119,10 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) (uint64, error) {
 				tx.deleteCAS(o.Key, o.ModifyIndex, nil)
 			}
 		}
-		next, err := s.logChanges(tx, lh, tenantChange(name, nil))
+		res, err := s.commitLogged(ctx, session, tx, lh, tenantChange(name, nil))
 		if err != nil {
 			return err
 		}
-		res, err := s.commit(ctx, session, tx)
-		if err != nil {
-			return err
-		}
-		s.logCommitted(next, res)
 		s.applySeats(pods, res, map[string]int{t.Pod: -1})
 		return nil
 	})
@@ -178,15 +173,10 @@ func (s *Store) MoveTenant(ctx context.Context, name, pod string) (router.Tenant
 		tx.checkIndex(s.keys.pod(pod), dst.podIndex, nil)
 		tx.cas(s.keys.seats(pod), dst.seatsIdx, seatsValue(dst.seats+1), nil)
 		s.releaseSeat(tx, pods, from)
-		next, err := s.logChanges(tx, lh, tenantChange(name, value))
+		res, err := s.commitLogged(ctx, session, tx, lh, tenantChange(name, value))
 		if err != nil {
 			return err
 		}
-		res, err := s.commit(ctx, session, tx)
-		if err != nil {
-			return err
-		}
-		s.logCommitted(next, res)
 		s.applySeats(pods, res, map[string]int{pod: +1, from: -1})
 		moved = t
 		return nil
@@ -240,15 +230,9 @@ func (s *Store) AddDomain(ctx context.Context, name, domain string) (router.Tena
 			idx = owner.ModifyIndex
 		}
 		tx.cas(s.keys.domain(domain), idx, []byte(name), nil)
-		next, err := s.logChanges(tx, lh, changes...)
-		if err != nil {
+		if _, err := s.commitLogged(ctx, session, tx, lh, changes...); err != nil {
 			return err
 		}
-		res, err := s.commit(ctx, session, tx)
-		if err != nil {
-			return err
-		}
-		s.logCommitted(next, res)
 		out = t
 		return nil
 	})
@@ -280,15 +264,9 @@ func (s *Store) RemoveDomain(ctx context.Context, name, domain string) (uint64, 
 		if o := owners[s.keys.domain(domain)]; o != nil && string(o.Value) == name {
 			tx.deleteCAS(o.Key, o.ModifyIndex, nil)
 		}
-		next, err := s.logChanges(tx, lh, tenantChange(name, value))
-		if err != nil {
+		if _, err := s.commitLogged(ctx, session, tx, lh, tenantChange(name, value)); err != nil {
 			return err
 		}
-		res, err := s.commit(ctx, session, tx)
-		if err != nil {
-			return err
-		}
-		s.logCommitted(next, res)
 		return nil
 	})
 }
