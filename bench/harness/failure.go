@@ -130,3 +130,33 @@ func kinds(m map[string]int64) string {
 	}
 	return "(" + strings.Join(parts, ", ") + ")"
 }
+
+func (r *Report) failureTable(w writef) {
+	if len(r.Failure) == 0 {
+		return
+	}
+	w("#### HTTP while a backend dies\n\nOne of the two backends is killed (SIGKILL) a third of the way into a %s run of small responses over 64 keep-alive connections (the Go load generator, which never retries). Each run starts a fresh proxy.\n\n", r.FailureDuration)
+	w("| proxy | requests per run | failed, each run | how they failed (all runs) | passive health as configured |\n| --- | ---: | --- | --- | --- |\n")
+	health := map[string]string{
+		"nginx":   "nginx defaults: max_fails=1 fail_timeout=10s; proxy_next_upstream error timeout (a GET that fails is tried on the other server)",
+		"haproxy": "no checks, so no passive health; retries 3, option redispatch 1 (a refused connection is retried on the other server)",
+		"edge":    "edge defaults: 3 failures eject for 5 s (doubling), 2 retries on another app server, Consul's 1 s check",
+	}
+	for _, row := range r.Failure {
+		var failed []string
+		all := map[string]int64{}
+		for _, rr := range row.Rounds {
+			failed = append(failed, fmt.Sprint(rr.Failed))
+			for k, v := range rr.Failures {
+				all[k] += v
+			}
+		}
+		reqs := median(row.Rounds, func(f FailureResult) float64 { return float64(f.Requests) })
+		how := strings.Trim(kinds(all), "()")
+		if how == "" {
+			how = "–"
+		}
+		w("| %s | %.0f | %s | %s | %s |\n", row.System, reqs, strings.Join(failed, ", "), how, health[row.System])
+	}
+	w("\n")
+}

@@ -459,36 +459,6 @@ func (r *Report) clientBoundNote(w writef, runs []string, unit string) {
 		clientBound*100, unit, strings.Join(runs, ", "))
 }
 
-func (r *Report) failureTable(w writef) {
-	if len(r.Failure) == 0 {
-		return
-	}
-	w("#### HTTP while a backend dies\n\nOne of the two backends is killed (SIGKILL) a third of the way into a %s run of small responses over 64 keep-alive connections (the Go load generator, which never retries). Each run starts a fresh proxy.\n\n", r.FailureDuration)
-	w("| proxy | requests per run | failed, each run | how they failed (all runs) | passive health as configured |\n| --- | ---: | --- | --- | --- |\n")
-	health := map[string]string{
-		"nginx":   "nginx defaults: max_fails=1 fail_timeout=10s; proxy_next_upstream error timeout (a GET that fails is tried on the other server)",
-		"haproxy": "no checks, so no passive health; retries 3, option redispatch 1 (a refused connection is retried on the other server)",
-		"edge":    "edge defaults: 3 failures eject for 5 s (doubling), 2 retries on another app server, Consul's 1 s check",
-	}
-	for _, row := range r.Failure {
-		var failed []string
-		all := map[string]int64{}
-		for _, rr := range row.Rounds {
-			failed = append(failed, fmt.Sprint(rr.Failed))
-			for k, v := range rr.Failures {
-				all[k] += v
-			}
-		}
-		reqs := median(row.Rounds, func(f FailureResult) float64 { return float64(f.Requests) })
-		how := strings.Trim(kinds(all), "()")
-		if how == "" {
-			how = "–"
-		}
-		w("| %s | %.0f | %s | %s | %s |\n", row.System, reqs, strings.Join(failed, ", "), how, health[row.System])
-	}
-	w("\n")
-}
-
 func (r *Report) dnsTables(w writef) {
 	if len(r.DNS) == 0 {
 		return
@@ -558,34 +528,6 @@ func (r *Report) memoryTable(w writef) {
 	w("| phase | system | peak RSS |\n| --- | --- | ---: |\n")
 	for _, m := range r.Memory {
 		w("| %s | %s | %s |\n", m.Phase, m.System, mib(m.PeakKiB))
-	}
-	w("\n")
-}
-
-func (r *Report) scaleTables(w writef) {
-	s := r.Scale
-	if s == nil {
-		return
-	}
-	few := s.Change[0].Tenants
-	w("#### Scale: %d tenants\n\n", s.Tenants)
-	w("Writing them to Consul (transactions of %d sets, %d in flight) took %s. From its start, the edge served them all after %s and dnsd after %s.\n\n",
-		txnOps, txnWorkers, s.Write.Round(time.Millisecond), s.EdgeStart.Round(time.Millisecond), s.DnsdStart.Round(time.Millisecond))
-	w("| | %d tenants | %d tenants |\n| --- | ---: | ---: |\n", few, s.Tenants)
-	w("| KV write of a new tenant → edge routes it (median / max) | %s / %s | %s / %s |\n",
-		ms(s.Change[0].EdgeMedian), ms(s.Change[0].EdgeMax), ms(s.Change[1].EdgeMedian), ms(s.Change[1].EdgeMax))
-	w("| KV write of a new tenant → dnsd answers it (median / max) | %s / %s | %s / %s |\n",
-		ms(s.Change[0].DnsdMedian), ms(s.Change[0].DnsdMax), ms(s.Change[1].DnsdMedian), ms(s.Change[1].DnsdMax))
-	w("| edge RSS after the load (peak) | %s (%s) | %s (%s) |\n", mib(s.RSS[0].EdgeRSS), mib(s.RSS[0].EdgePeak), mib(s.RSS[1].EdgeRSS), mib(s.RSS[1].EdgePeak))
-	w("| dnsd RSS after the load (peak) | %s (%s) | %s (%s) |\n", mib(s.RSS[0].DnsdRSS), mib(s.RSS[0].DnsdPeak), mib(s.RSS[1].DnsdRSS), mib(s.RSS[1].DnsdPeak))
-	w("| Snapshot.Lookup of a tenant host | %.1f ns, %.0f allocs | %.1f ns, %.0f allocs |\n", s.Lookup[0].NsPerOp, s.Lookup[0].Allocs, s.Lookup[1].NsPerOp, s.Lookup[1].Allocs)
-	a, b := r.http(scaleWorkload, tenantsLabel(few)), r.http(scaleWorkload, tenantsLabel(s.Tenants))
-	if a != nil && b != nil {
-		w("| edge req/s, small responses (p99) | %.0f (%s) | %.0f (%s) |\n", a.Median().RPS, ms(a.Median().P99), b.Median().RPS, ms(b.Median().P99))
-	}
-	c, d := r.dns(scaleWorkload, tenantsLabel(few)), r.dns(scaleWorkload, tenantsLabel(s.Tenants))
-	if c != nil && d != nil {
-		w("| dnsd queries/s, the mix | %.0f | %.0f |\n", c.Median().QPS, d.Median().QPS)
 	}
 	w("\n")
 }

@@ -320,3 +320,31 @@ func lookupCost(n int, d time.Duration) LookupResult {
 	allocs := testing.AllocsPerRun(1000, func() { snap.Lookup(hosts[0]) })
 	return LookupResult{Tenants: n, NsPerOp: ns, Allocs: allocs}
 }
+
+func (r *Report) scaleTables(w writef) {
+	s := r.Scale
+	if s == nil {
+		return
+	}
+	few := s.Change[0].Tenants
+	w("#### Scale: %d tenants\n\n", s.Tenants)
+	w("Writing them to Consul (transactions of %d sets, %d in flight) took %s. From its start, the edge served them all after %s and dnsd after %s.\n\n",
+		txnOps, txnWorkers, s.Write.Round(time.Millisecond), s.EdgeStart.Round(time.Millisecond), s.DnsdStart.Round(time.Millisecond))
+	w("| | %d tenants | %d tenants |\n| --- | ---: | ---: |\n", few, s.Tenants)
+	w("| KV write of a new tenant → edge routes it (median / max) | %s / %s | %s / %s |\n",
+		ms(s.Change[0].EdgeMedian), ms(s.Change[0].EdgeMax), ms(s.Change[1].EdgeMedian), ms(s.Change[1].EdgeMax))
+	w("| KV write of a new tenant → dnsd answers it (median / max) | %s / %s | %s / %s |\n",
+		ms(s.Change[0].DnsdMedian), ms(s.Change[0].DnsdMax), ms(s.Change[1].DnsdMedian), ms(s.Change[1].DnsdMax))
+	w("| edge RSS after the load (peak) | %s (%s) | %s (%s) |\n", mib(s.RSS[0].EdgeRSS), mib(s.RSS[0].EdgePeak), mib(s.RSS[1].EdgeRSS), mib(s.RSS[1].EdgePeak))
+	w("| dnsd RSS after the load (peak) | %s (%s) | %s (%s) |\n", mib(s.RSS[0].DnsdRSS), mib(s.RSS[0].DnsdPeak), mib(s.RSS[1].DnsdRSS), mib(s.RSS[1].DnsdPeak))
+	w("| Snapshot.Lookup of a tenant host | %.1f ns, %.0f allocs | %.1f ns, %.0f allocs |\n", s.Lookup[0].NsPerOp, s.Lookup[0].Allocs, s.Lookup[1].NsPerOp, s.Lookup[1].Allocs)
+	a, b := r.http(scaleWorkload, tenantsLabel(few)), r.http(scaleWorkload, tenantsLabel(s.Tenants))
+	if a != nil && b != nil {
+		w("| edge req/s, small responses (p99) | %.0f (%s) | %.0f (%s) |\n", a.Median().RPS, ms(a.Median().P99), b.Median().RPS, ms(b.Median().P99))
+	}
+	c, d := r.dns(scaleWorkload, tenantsLabel(few)), r.dns(scaleWorkload, tenantsLabel(s.Tenants))
+	if c != nil && d != nil {
+		w("| dnsd queries/s, the mix | %.0f | %.0f |\n", c.Median().QPS, d.Median().QPS)
+	}
+	w("\n")
+}
