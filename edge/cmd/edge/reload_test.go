@@ -2,16 +2,12 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/podedge/podedge/internal/consultest"
 	"github.com/podedge/podedge/internal/reload/reloadtest"
 )
@@ -25,19 +21,11 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the binary against Consul")
 	}
-	agent := consultest.Start(t)
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	agent := podOne(t, func(r *http.Request) {
 		if r.URL.Path == "/slow" {
 			time.Sleep(400 * time.Millisecond)
 		}
-		_, _ = w.Write([]byte("ok"))
-	}))
-	t.Cleanup(app.Close)
-	host, port, _ := net.SplitHostPort(strings.TrimPrefix(app.URL, "http://"))
-	portN, _ := strconv.Atoi(port)
-	agent.Put(t, "podedge/pods/pod-1", `{"name":"pod-1","region":"eu","lat":53.3,"lon":-6.2,"capacity":100}`)
-	agent.Put(t, "podedge/tenants/t1", `{"name":"t1","pod":"pod-1"}`)
-	agent.App(t, "app-1", "pod-1", host, portN, api.HealthPassing)
+	})
 
 	ports := consultest.FreePorts(t, 3)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])

@@ -3,16 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/podedge/podedge/bench/loadgen"
 	"github.com/podedge/podedge/internal/consultest"
 	"github.com/podedge/podedge/internal/reload/reloadtest"
@@ -26,16 +21,7 @@ func TestSIGUSR2UpgradesUnderLoadWithoutAFailedRequest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the binary against Consul, under load")
 	}
-	agent := consultest.Start(t)
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte("ok"))
-	}))
-	t.Cleanup(app.Close)
-	host, port, _ := net.SplitHostPort(strings.TrimPrefix(app.URL, "http://"))
-	portN, _ := strconv.Atoi(port)
-	agent.Put(t, "podedge/pods/pod-1", `{"name":"pod-1","region":"eu","lat":53.3,"lon":-6.2,"capacity":100}`)
-	agent.Put(t, "podedge/tenants/t1", `{"name":"t1","pod":"pod-1"}`)
-	agent.App(t, "app-1", "pod-1", host, portN, api.HealthPassing)
+	agent := podOne(t, nil)
 
 	dir := t.TempDir()
 	built := reloadtest.Build(t, ".", "edge")
