@@ -23,28 +23,11 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// h2Get sends a request through c to the harness for host and returns the
-// response with its body read.
+// h2Do sends a request through c to the harness's TLS listener for host
+// and returns the response with its body read.
 func h2Do(t testing.TB, c *http.Client, method, addr, host, path string, body io.Reader, hdr map[string]string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, "https://"+addr+path, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Host = host
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s%s: %v", method, host, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s%s: reading body: %v", method, host, path, err)
-	}
-	return resp, string(b)
+	return send(t, c, method, "https://"+addr+path, host, body, hdr)
 }
 
 // Requests on one HTTP/2 connection go where their :authority says, through

@@ -212,7 +212,15 @@ func client(t testing.TB) *http.Client {
 // and body.
 func do(t testing.TB, c *http.Client, method, addr, host, path string, body io.Reader, hdr map[string]string) (int, http.Header, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+addr+path, body)
+	resp, b := send(t, c, method, "http://"+addr+path, host, body, hdr)
+	return resp.StatusCode, resp.Header, b
+}
+
+// send sends method to url with Host host and the headers hdr, and returns
+// the response with its body read.
+func send(t testing.TB, c *http.Client, method, url, host string, body io.Reader, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,14 +230,14 @@ func do(t testing.TB, c *http.Client, method, addr, host, path string, body io.R
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s%s: %v", method, host, path, err)
+		t.Fatalf("%s %s %s: %v", method, host, url, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("%s %s%s: reading body: %v", method, host, path, err)
+		t.Fatalf("%s %s %s: reading body: %v", method, host, url, err)
 	}
-	return resp.StatusCode, resp.Header, string(b)
+	return resp, string(b)
 }
 
 // tryGet is do for concurrent loops: errors are returned, not fatal.
