@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"github.com/podedge/podedge/internal/evloop"
 	"github.com/podedge/podedge/internal/h1"
 	"github.com/podedge/podedge/router"
 	"github.com/valyala/fasthttp"
@@ -14,14 +13,14 @@ import (
 // for an exchange that waits no more; it is ignored.
 func (l *edgeLoop) slotFreed(ex *loopExchange) {
 	c := ex.c
-	if c == nil || c.closed || c.ex != ex || c.state != clientQueued || ex.x == nil {
+	if c == nil || c.Closed() || c.ex != ex || c.state != clientQueued || ex.x == nil {
 		return
 	}
 	if !ex.x.adm.slotTaken() {
 		return
 	}
 	c.state = clientExchange
-	l.ev.Cancel(c.timer)
+	c.Cancel()
 	l.p.cur().budget.request(l.ev.Now())
 	l.nextAttempt(ex)
 }
@@ -61,7 +60,7 @@ func (l *edgeLoop) sendResponse(ex *loopExchange, body bool) {
 		// A large body goes out now, after its head, rather than be
 		// copied whole to wait for the round's end; what the socket does
 		// not take waits, and a failure shows at the next flush.
-		_ = evloop.WriteThrough(c.fd, &c.out, b)
+		_ = c.WriteThrough(&c.out, b)
 		return
 	}
 	c.out = append(c.out, b...)
@@ -100,14 +99,14 @@ func (l *edgeLoop) endExchange(ex *loopExchange) {
 		l.releaseUpstream(ex.up)
 		ex.up = nil
 	}
-	if !c.closed && ex.reqLen > 0 {
+	if !c.Closed() && ex.reqLen > 0 {
 		c.in = c.in[:copy(c.in, c.in[ex.reqLen:])]
 	}
 	c.scan.Reset()
 	c.ex = nil
 	c.state = clientSending
 	l.release(ex)
-	if !c.closed && !c.queued {
+	if !c.Closed() && !c.queued {
 		c.queued = true
 		l.clientWrites = append(l.clientWrites, c)
 	}
