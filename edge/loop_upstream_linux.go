@@ -22,8 +22,8 @@ type upConn struct {
 	evloop.Conn
 	l     *edgeLoop
 	u     *upstream
-	in    []byte // received and not yet relayed
-	out   []byte // the request, still to send
+	in    []byte        // received and not yet relayed
+	out   []byte        // the request, still to send
 	ex    *loopExchange // the exchange in flight; nil while idle
 	state upState
 	// skip is the length of the final head at the start of in, parsed

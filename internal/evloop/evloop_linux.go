@@ -42,15 +42,16 @@ type Loop struct {
 	raw      syscall.RawConn
 	handlers []entry // by descriptor
 	events   []unix.EpollEvent
-	// Connections that asked for a Readable event next round (Conn.Again),
-	// and the list being delivered.
-	again, againRunning []*Conn
-	listener            *Listener
+	listener *Listener
 	wheel    wheel
 	roundEnd func()
 	now      time.Time
 	closing  sync.Once
 	closed   atomic.Bool
+
+	// Connections that asked for a Readable event next round (Conn.Again),
+	// and the list being delivered.
+	again, againRunning []*Conn
 
 	// Functions posted from other goroutines, and the eventfd that wakes
 	// the loop to run them.
@@ -214,16 +215,6 @@ func (l *Loop) add(fd int, h Handler, c *Conn, events uint32) error {
 	}
 	l.handlers[fd] = entry{h: h, c: c}
 	return nil
-}
-
-// Drop is the end of a descriptor the loop watched: its timer t (nil for
-// none) is cancelled, its handler forgotten, and fd closed.
-func (l *Loop) Drop(fd int, t *Timer) {
-	if t != nil {
-		l.Cancel(t)
-	}
-	l.Remove(fd)
-	unix.Close(fd)
 }
 
 // Remove forgets fd's handler; call it before closing fd. The close takes fd
