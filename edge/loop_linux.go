@@ -83,7 +83,34 @@ func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, lo
 		}
 	}
 	s.handoff = newHandoffListener(s.addr)
+	p.reclaimIdle = s.reclaimIdle
 	return s, nil
+}
+
+// reclaimIdle closes every loop's idle connections to u, and waits for
+// them to be closed, up to timeouts.dial: fasthttp's path needs one of
+// the connections limits.max_conns_per_endpoint allows, and the loops
+// hold them idle.
+func (s *loopServer) reclaimIdle(u *upstream) {
+	var wg sync.WaitGroup
+	for _, l := range s.loops {
+		wg.Add(1)
+		l.ev.Post(func() {
+			l.closeIdle(u)
+			wg.Done()
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(s.p.cur().Timeouts.Dial)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C: // a loop that has ended runs no more posts
+	}
 }
 
 // opened and closed count a client connection in and out, for the drain and

@@ -13,7 +13,8 @@ import (
 
 // upConn is a loop's connection to an endpoint. Each loop keeps its own
 // pool of them per endpoint (edgeLoop.idle), so that nothing is shared
-// between loops but the count against limits.max_conns_per_endpoint.
+// between loops but the count against limits.max_conns_per_endpoint, which
+// fasthttp's pool shares too (upstream.open).
 //
 // Its socket and timer are evloop.Conn's; how far its exchange has gone is
 // its state. The request is all sent once out is empty: an endpoint may
@@ -127,6 +128,7 @@ func (l *edgeLoop) upstreamConn(u *upstream) (*upConn, error) {
 	if list := l.idle[u]; len(list) > 0 {
 		up := list[len(list)-1]
 		l.idle[u] = list[:len(list)-1]
+		u.loopIdle.Add(-1)
 		up.reused = true
 		up.Cancel()
 		return up, nil
@@ -134,22 +136,27 @@ func (l *edgeLoop) upstreamConn(u *upstream) (*upConn, error) {
 	if !u.ap.IsValid() {
 		return nil, &DialError{Addr: u.addr, Err: errNotIPPort}
 	}
-	if int(u.loopConns.Load()) >= l.p.cur().Limits.MaxConnsPerEndpoint {
-		return nil, errNoFreeConns
+	if !u.take() {
+		// fasthttp's pool may be what holds them, idle: they go first.
+		u.hc.CloseIdleConnections()
+		if !u.take() {
+			return nil, errNoFreeConns
+		}
 	}
 	fd, connecting, err := evloop.Connect(u.ap)
 	if err != nil {
+		u.give()
 		return nil, &DialError{Addr: u.addr, Err: err}
 	}
 	up := &upConn{l: l, u: u}
 	if err := l.ev.Open(&up.Conn, fd, up, up.timedOut); err != nil {
+		u.give()
 		return nil, &DialError{Addr: u.addr, Err: err}
 	}
 	up.state = upIdle
 	if connecting {
 		up.state = upConnecting
 	}
-	u.loopConns.Add(1)
 	return up, nil
 }
 
@@ -504,6 +511,7 @@ func (l *edgeLoop) releaseUpstream(up *upConn) {
 	}
 	up.in, up.out, up.skip = up.in[:0], up.out[:0], 0
 	up.state = upIdle
+	up.u.loopIdle.Add(1)
 	l.idle[up.u] = append(l.idle[up.u], up)
 	up.Schedule(l.p.cur().Timeouts.UpstreamKeepalive)
 }
@@ -514,8 +522,9 @@ func (l *edgeLoop) dropUpstream(up *upConn) {
 		return
 	}
 	up.Close()
-	up.u.loopConns.Add(-1)
+	up.u.give()
 	if up.state == upIdle {
+		up.u.loopIdle.Add(-1)
 		list := slices.DeleteFunc(l.idle[up.u], func(o *upConn) bool { return o == up })
 		if len(list) == 0 {
 			delete(l.idle, up.u)

@@ -80,6 +80,10 @@ type Proxy struct {
 	tunnels   tunnelSet
 	// epoch is the origin of the rate limiters' clock.
 	epoch time.Time
+	// reclaimIdle closes the event loops' idle connections to an
+	// endpoint, for fasthttp's path when they hold its every connection;
+	// set by listenLoops before anything is served.
+	reclaimIdle func(*upstream)
 }
 
 // view is a snapshot with what the proxy derives from it once per publish.
