@@ -251,8 +251,11 @@ func (l *edgeLoop) run() {
 		l.s.log.Error("event loop failed; its connections are closed", "error", err.Error())
 	}
 	for fd := range l.ev.Descriptors() {
-		if _, ok := l.ev.Handler(fd).(*clientConn); ok {
+		switch h := l.ev.Handler(fd).(type) {
+		case *clientConn:
 			l.s.closed()
+		case *upConn:
+			l.dropUpstream(h) // out of the endpoint's count too
 		}
 	}
 	l.ev.CloseAll()
