@@ -82,12 +82,7 @@ func TestAgainYieldsTheLoop(t *testing.T) {
 		t.Fatalf("wrote %d bytes of %d: %v", n, sent, err)
 	}
 	unix.Shutdown(a[1], unix.SHUT_WR)
-	done := make(chan error, 1)
-	go func() { done <- l.Run() }()
-	defer func() {
-		l.Close()
-		<-done
-	}()
+	runLoop(t, l)
 
 	var order []string
 	deadline := time.After(10 * time.Second)
@@ -164,12 +159,7 @@ func TestListenerPauseAndClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- l.Run() }()
-	defer func() {
-		l.Close()
-		<-done
-	}()
+	runLoop(t, l)
 	paused := make(chan error, 1)
 	l.Post(func() { paused <- l.Listener().Pause(50*time.Millisecond, nil) })
 	if err := <-paused; err != nil {
@@ -216,4 +206,14 @@ func openPair(t *testing.T) [2]int {
 	}
 	t.Cleanup(func() { unix.Close(fds[1]) })
 	return fds
+}
+
+// runLoop runs l until the test ends.
+func runLoop(t *testing.T, l *Loop) {
+	done := make(chan error, 1)
+	go func() { done <- l.Run() }()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
 }
