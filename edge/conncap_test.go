@@ -119,3 +119,26 @@ func TestConnCapIsSharedByEveryPool(t *testing.T) {
 		}
 	})
 }
+
+// An app server registered by name (not ip:port) gets the same answer on
+// both paths, since the edge makes no name lookups: 502, and nothing is
+// sent to it.
+func TestEndpointByNameIsRefusedOnBothPaths(t *testing.T) {
+	forEngines(t, func(t *testing.T, engine string) {
+		app := newConnCounter(t)
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(app.srv.URL, "http://"))
+		st := router.State{
+			Pods:    []router.Pod{{Name: "pod-1", Capacity: 10}},
+			Tenants: []router.Tenant{{Name: "acme", Pod: "pod-1"}},
+			Apps: []router.Endpoint{{ID: "app", Node: "n", Pod: "pod-1",
+				Addr: "localhost:" + port, Weight: 1, Passing: true}},
+		}
+		h := newHarnessOn(t, engine, &Proxy{}, st)
+		if code, _, _ := do(t, client(t), "GET", h.addr, "acme.example.test", "/", nil, nil); code != http.StatusBadGateway {
+			t.Fatalf("an endpoint by name: %d, want 502", code)
+		}
+		if n := app.mostAtOnce(); n != 0 {
+			t.Fatalf("the app server was reached (%d connections)", n)
+		}
+	})
+}

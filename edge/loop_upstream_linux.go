@@ -64,9 +64,6 @@ func (up *upConn) Event(ev evloop.Events) {
 // to its other connections, and goes on next round.
 const relayShare = 256 << 10
 
-// errNotIPPort is an endpoint whose address the loop cannot connect to
-// without a name lookup, which it does not make.
-var errNotIPPort = errors.New("endpoint address is not ip:port")
 
 // nextAttempt sends the request to the next endpoint the pool picks.
 func (l *edgeLoop) nextAttempt(ex *loopExchange) {

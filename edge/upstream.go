@@ -72,6 +72,11 @@ func (u *upstream) statsFor(pod string) *upstreamStats {
 // dial opens a connection to the endpoint, wrapping any failure in a
 // DialError: nothing was sent, so the request may go elsewhere.
 func (u *upstream) dial(addr string) (net.Conn, error) {
+	if u.p.Dial == nil && !u.ap.IsValid() {
+		// As on the loops, which make no name lookups: one answer for an
+		// endpoint registered by name, whichever path its request takes.
+		return nil, &DialError{Addr: addr, Err: errNotIPPort}
+	}
 	if !u.take() {
 		// The loops' idle connections may be what holds them.
 		if u.loopIdle.Load() > 0 && u.p.reclaimIdle != nil {
