@@ -70,12 +70,6 @@ func (l *edgeLoop) sendResponse(ex *loopExchange, body bool) {
 // written at once rather than copied to the client's output.
 const writeThroughBytes = 16 << 10
 
-// noBody reports whether a response with status has no body whatever its
-// head says (RFC 9110, sections 6.4.1).
-func noBody(status int) bool {
-	return status < 200 || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified
-}
-
 // finish ends an exchange whose response is buffered, or which failed with
 // err before its response began: the proxy's end path readies the response
 // (the error's, after err), which then goes to the client.

@@ -64,7 +64,6 @@ func (up *upConn) Event(ev evloop.Events) {
 // to its other connections, and goes on next round.
 const relayShare = 256 << 10
 
-
 // nextAttempt sends the request to the next endpoint the pool picks.
 func (l *edgeLoop) nextAttempt(ex *loopExchange) {
 	x := ex.x
@@ -309,7 +308,7 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 	ex.x.upStatus = status
 	up.Schedule(l.p.cur().Timeouts.ResponseHeader)
 	cl := resp.Header.ContentLength()
-	if ex.head || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+	if ex.head || noBody(status) {
 		cl = 0
 	}
 	if cl >= 0 && cl <= l.p.cur().Limits.BufferBytes {

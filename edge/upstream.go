@@ -300,7 +300,7 @@ func (u *upstream) exchangeOn(x *exchange, cc any, conn net.Conn, req *fasthttp.
 		x.tunnel = tunnelConn{conn: conn, br: br, release: func() { u.hc.ReleaseReader(br); u.conns.close(cc) }}
 		return false, nil
 	}
-	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+	if req.Header.IsHead() || noBody(status) {
 		resp.SkipBody = true
 		u.done(cc, br, closeConn)
 		return false, nil
