@@ -85,10 +85,13 @@ func (e *clientError) Unwrap() error { return e.err }
 
 // Errors that end a request before any endpoint is tried, or after all failed.
 var (
-	errUnknownHost  = errors.New("no tenant for this host")
-	errNoEndpoint   = errors.New("no usable endpoint in the pod")
-	errLoop         = errors.New("request already forwarded by an edge; refusing to forward it again")
-	errNoFreeConns  = errors.New("connection limit to the endpoint reached")
+	errUnknownHost = errors.New("no tenant for this host")
+	errNoEndpoint  = errors.New("no usable endpoint in the pod")
+	errLoop        = errors.New("request already forwarded by an edge; refusing to forward it again")
+	errNoFreeConns = errors.New("connection limit to the endpoint reached")
+	// errNotIPPort is an endpoint registered by name: the edge makes no
+	// name lookups on its data paths.
+	errNotIPPort    = errors.New("endpoint address is not ip:port")
 	errBodyTooLarge = errors.New("request body larger than limits.max_body_bytes")
 	errConnect      = errors.New("CONNECT is not proxied")
 	errNoRegistry   = errors.New("endpoint has no connection pool: the router was not given Proxy.Registry")

@@ -212,3 +212,9 @@ func (x *exchange) reset() {
 	x.stream = respStream{}
 	x.tunnel = tunnelConn{}
 }
+
+// noBody reports whether a response with status has no body whatever its
+// head says (RFC 9110, section 6.4.1): the one list every path uses.
+func noBody(status int) bool {
+	return status < 200 || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified
+}

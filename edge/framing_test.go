@@ -83,6 +83,8 @@ func TestAmbiguousFramingIsRefused(t *testing.T) {
 		{"line without a colon", "GET /x HTTP/1.1\r\n" + host + "X-A\r\n\r\n", 400},
 		{"transfer coding identity", "POST /x HTTP/1.1\r\n" + host + "Transfer-Encoding: identity\r\nContent-Length: 51\r\n\r\n" + smuggled, 501},
 		{"transfer coding gzip then chunked", "POST /x HTTP/1.1\r\n" + host + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + smuggled, 501},
+		{"a Host with two ports", "GET /x HTTP/1.1\r\nHost: acme.example.test:80:80\r\n\r\n", 400},
+		{"a Host port that is no number", "GET /x HTTP/1.1\r\nHost: acme.example.test:http\r\n\r\n", 400},
 		{"chunked twice in one line", "POST /x HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n" + smuggled, 501},
 	}
 	forEngines(t, func(t *testing.T, engine string) {

@@ -138,7 +138,7 @@ func (st *h2Stream) writeResponse(s *h2Server, w http.ResponseWriter, r *http.Re
 		if n := resp.Header.ContentLength(); n >= 0 {
 			hdr["Content-Length"] = []string{strconv.Itoa(n)}
 		}
-	case status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified:
+	case !noBody(status):
 		hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
 	default:
 		body = nil

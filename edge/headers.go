@@ -28,6 +28,11 @@ const (
 	hRequestID
 	hVia
 	hExpect
+	// hUnderscored: a name that is one of the above with underscores for
+	// its dashes (X_Forwarded_For). Gateways that map names to variables
+	// (CGI, WSGI, Rack: HTTP_X_FORWARDED_FOR) read it as the header itself,
+	// so it would pass a client's value under the edge's name.
+	hUnderscored
 
 	// hopByHop are the hop-by-hop headers of RFC 9110 section 7.6.1 and
 	// RFC 2616 section 13.5.1, plus Proxy-Connection, which old clients
@@ -85,7 +90,43 @@ func headerBit(k []byte) uint32 {
 			return 1 << i
 		}
 	}
+	if bytes.IndexByte(k, '_') >= 0 {
+		for _, i := range cands {
+			if sameButUnderscores(k, headerNames[i]) {
+				return hUnderscored
+			}
+		}
+	}
 	return 0
+}
+
+// sameButUnderscores reports whether k is name, of the same length, with
+// any of its dashes written as underscores, case aside.
+func sameButUnderscores(k []byte, name string) bool {
+	for i := range len(k) {
+		c, n := k[i], name[i]
+		if c == '_' && n == '-' {
+			continue
+		}
+		if c|0x20 != n|0x20 || c == '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// delUnderscored deletes the headers of h whose names are the edge's own
+// with underscores for dashes (hUnderscored), whoever sent them.
+func delUnderscored(h *fasthttp.RequestHeader) {
+	var names [][]byte
+	for k := range h.All() {
+		if headerBit(k) == hUnderscored {
+			names = append(names, append([]byte(nil), k...))
+		}
+	}
+	for _, k := range names {
+		h.DelBytes(k)
+	}
 }
 
 // Indexes into headerNames by name length.

@@ -174,6 +174,7 @@ func TestHeaderNamesReadOffTheRawHead(t *testing.T) {
 		"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nTrailer: x\r\nForwarded: for=1.2.3.4\r\nProxy-Authorization: b\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nX-Note: a\r\n\tConnection: folded\r\nX-Forwarded-Host: h\r\nX-Forwarded-Proto: https\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX_Custom: kept\r\n\r\n",
 	}
 	responses := []string{
 		"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: a=1\r\n\r\n",
@@ -212,4 +213,34 @@ func TestHeaderNamesReadOffTheRawHead(t *testing.T) {
 		}
 		check(head, scanKeys(h.PeekKeys()), headKeys([]byte(head)))
 	}
+}
+
+// A header named as one the edge sets or removes, with underscores for its
+// dashes, never reaches the app server: a gateway that maps names to
+// variables (HTTP_X_FORWARDED_FOR) would read it as the edge's own. Other
+// names with underscores pass, as RFC 9110 allows.
+func TestUnderscoredNamesOfTheEdgesHeadersDropped(t *testing.T) {
+	forEngines(t, func(t *testing.T, engine string) {
+		a := newBackend(t, "a", nil)
+		h := newHarnessOn(t, engine, &Proxy{}, onePod(a))
+		conn := rawConn(t, h.addr)
+		_, _ = conn.Write([]byte("GET / HTTP/1.1\r\nHost: acme.example.test\r\n" +
+			"X_Forwarded_For: 6.6.6.6\r\nx_forwarded_proto: gopher\r\nX-Forwarded_Host: evil.test\r\n" +
+			"X_Request_Id: spoofed\r\nProxy_Connection: x\r\nX_Custom_Name: kept\r\n\r\n"))
+		if resp := readResponse(t, conn, "GET"); resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		got := a.lastRequest().Header
+		for name := range got {
+			if strings.Contains(name, "_") && !strings.EqualFold(name, "X_Custom_Name") {
+				t.Errorf("the app server received %s: %q", name, got[name])
+			}
+		}
+		if got.Get("X_Custom_Name") != "kept" {
+			t.Errorf("X_Custom_Name: %q, want it passed on", got.Get("X_Custom_Name"))
+		}
+		if xff := got.Get("X-Forwarded-For"); strings.Contains(xff, "6.6.6.6") {
+			t.Errorf("X-Forwarded-For %q", xff)
+		}
+	})
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/podedge/podedge/internal/evloop"
 	"github.com/podedge/podedge/internal/h1"
 	"github.com/valyala/fasthttp"
-	"golang.org/x/sys/unix"
 )
 
 // The loop's client connections: reading requests, their timers and states,
@@ -27,38 +26,31 @@ const (
 	clientSending                     // its response is going out
 )
 
-// clientConn is a client's connection while the loop holds it.
+// clientConn is a client's connection while the loop holds it. Its
+// socket, timer, end of file and unread data are evloop.Conn's; where it is
+// between requests is its state.
 type clientConn struct {
+	evloop.Conn
 	l     *edgeLoop
-	fd    int
 	in    []byte // received and not yet served
 	out   []byte // still to send
-	timer *evloop.Timer
 	addrs connAddrs
 	state clientState
 	// scan checks the request head as it arrives, from where it stopped.
 	scan h1.HeadScanner
 	ex   *loopExchange // the exchange in flight
-	// eof: the client sent all it will; closeAfter: close once out is sent.
-	eof, closeAfter, closed bool
-	// unread: data is waiting in the socket that was left there while an
-	// exchange was in flight and in was full enough.
-	unread bool
-	// peerClosed: epoll said the client closed; its end of file is still
-	// to be read.
-	peerClosed bool
+	// closeAfter: the connection closes once out is sent (Connection:
+	// close, either way, or a refusal).
+	closeAfter bool
 	// queued: out waits in the loop's clientWrites.
 	queued bool
 }
 
 func (c *clientConn) Event(ev evloop.Events) {
-	if ev.Has(evloop.Writable) && !c.closed {
+	if ev.Has(evloop.Writable) && !c.Closed() {
 		c.l.flushClient(c)
 	}
-	if ev.Has(evloop.PeerClosed) {
-		c.peerClosed = true
-	}
-	if ev.Has(evloop.Readable) && !c.closed {
+	if c.Pending() { // not taken by the flush already
 		c.l.readClient(c)
 	}
 }
@@ -69,18 +61,14 @@ const maxPipelined = 64 << 10
 
 func (l *edgeLoop) readClient(c *clientConn) {
 	if c.ex != nil && len(c.in) >= maxPipelined {
-		c.unread = true
-		return
+		return // the rest stays pending in the socket (flushClient reads it)
 	}
-	c.unread = false
 	if c.in == nil {
 		c.in = l.borrow()
 	}
-	_, err := evloop.ReadInto(c.fd, &c.in, l.p.cur().Limits.MaxHeaderBytes+l.p.cur().Limits.BufferBytes+maxPipelined, c.peerClosed)
+	_, err := c.Read(&c.in, l.p.cur().Limits.MaxHeaderBytes+l.p.cur().Limits.BufferBytes+maxPipelined)
 	switch err {
-	case nil:
-	case evloop.ErrBufferFull:
-		c.unread = true
+	case nil, evloop.ErrBufferFull:
 	case io.EOF:
 		if c.ex != nil {
 			// The client left while its request was being served: as
@@ -90,7 +78,6 @@ func (l *edgeLoop) readClient(c *clientConn) {
 			l.dropClient(c)
 			return
 		}
-		c.eof = true
 	default:
 		l.dropClient(c)
 		return
@@ -103,9 +90,9 @@ func (l *edgeLoop) readClient(c *clientConn) {
 // serveClient starts on the next request in c.in, if it is complete and the
 // connection is free for it.
 func (l *edgeLoop) serveClient(c *clientConn) {
-	for !c.closed && c.ex == nil && len(c.out) == 0 && !c.closeAfter {
+	for !c.Closed() && c.ex == nil && len(c.out) == 0 && !c.closeAfter {
 		if len(c.in) == 0 {
-			if c.eof {
+			if c.EOF() {
 				l.dropClient(c)
 			}
 			return
@@ -129,7 +116,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 			c.in = c.in[:copy(c.in, c.in[n:])]
 		}
 		if len(c.in) == 0 || len(c.in) == 1 && c.in[0] == '\r' {
-			if c.eof {
+			if c.EOF() {
 				l.dropClient(c)
 			}
 			return false
@@ -205,7 +192,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	ex.head = h.IsHead()
 	c.closeAfter = h.ConnectionClose()
 	c.ex, c.state = ex, clientExchange
-	l.ev.Cancel(c.timer)
+	c.Cancel()
 
 	if l.s.hook != nil && l.s.hook(ctx) {
 		l.sendOwn(ex)
@@ -218,7 +205,7 @@ func (l *edgeLoop) startRequest(c *clientConn) bool {
 	if err == errSlotWait {
 		ex.pool = pool
 		c.state = clientQueued
-		l.ev.Schedule(c.timer, p.cur().TenantLimits.QueueTimeout)
+		c.Schedule(p.cur().TenantLimits.QueueTimeout)
 		return false
 	}
 	if err == nil && x.upgrade {
@@ -257,7 +244,7 @@ func (l *edgeLoop) checkStartLine(line []byte) error {
 // that stopped sending (eof) with half a request gets 400, as on fasthttp's
 // path, and the connection ends.
 func (l *edgeLoop) awaitRequest(c *clientConn, part clientState) {
-	if c.eof {
+	if c.EOF() {
 		l.refuse(c, fasthttp.StatusBadRequest, errIncomplete)
 		return
 	}
@@ -266,9 +253,9 @@ func (l *edgeLoop) awaitRequest(c *clientConn, part clientState) {
 	}
 	c.state = part
 	if part == clientHead {
-		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientHeader)
+		c.Schedule(l.p.cur().Timeouts.ClientHeader)
 	} else {
-		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientBody)
+		c.Schedule(l.p.cur().Timeouts.ClientBody)
 	}
 }
 
@@ -301,20 +288,20 @@ func (l *edgeLoop) refuse(c *clientConn, status int, err error) {
 // flushClient sends what c.out holds; the rest waits for room in the socket,
 // under the write timeout.
 func (l *edgeLoop) flushClient(c *clientConn) {
-	if err := evloop.Flush(c.fd, &c.out); err != nil {
+	if err := c.Flush(&c.out); err != nil {
 		l.dropClient(c)
 		return
 	}
 	if len(c.out) > 0 {
-		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientWrite)
+		c.Schedule(l.p.cur().Timeouts.ClientWrite)
 		return
 	}
 	if ex := c.ex; ex != nil {
 		// A streamed response: its endpoint may go on.
-		l.ev.Cancel(c.timer)
-		if ex.up != nil && ex.up.paused {
-			ex.up.paused = false
-			l.readUpstream(ex.up)
+		c.Cancel()
+		if up := ex.up; up != nil && up.state == upPaused {
+			up.state = upBody
+			l.readUpstream(up)
 		}
 		return
 	}
@@ -328,18 +315,18 @@ func (l *edgeLoop) flushClient(c *clientConn) {
 		return
 	}
 	c.state = clientIdle
-	l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
+	c.Schedule(l.p.cur().Timeouts.ClientIdle)
 	l.giveBack(c.out)
 	c.out = nil
 	if len(c.in) == 0 {
 		l.giveBack(c.in)
 		c.in = nil
 	}
-	if len(c.in) > 0 || c.eof {
+	if len(c.in) > 0 || c.EOF() {
 		l.serveClient(c) // a pipelined request, or the end
 	}
-	if c.unread && !c.closed {
-		l.readClient(c)
+	if c.Pending() {
+		l.readClient(c) // what was left in the socket while in was full
 	}
 }
 
@@ -363,11 +350,10 @@ func (c *clientConn) timedOut() {
 // dropClient closes c and abandons its exchange, if one is in flight: the
 // endpoint's connection goes too, with no verdict on the endpoint.
 func (l *edgeLoop) dropClient(c *clientConn) {
-	if c.closed {
+	if c.Closed() {
 		return
 	}
-	c.closed = true
-	l.ev.Drop(c.fd, c.timer)
+	c.Close()
 	l.s.closed()
 	c.addrs.limit.release()
 	l.giveBack(c.in)
@@ -403,17 +389,15 @@ const statusClientGone = 499
 // handOff gives the connection, with the bytes already read, to the
 // fasthttp server, which serves it from here on.
 func (l *edgeLoop) handOff(c *clientConn) {
-	c.closed = true
-	l.ev.Cancel(c.timer)
 	l.s.closed()
 	l.p.metrics.handoffs.Inc()
-	if err := l.ev.Detach(c.fd); err != nil {
+	fd, err := c.Detach()
+	if err != nil {
 		c.addrs.limit.release()
-		unix.Close(c.fd)
 		l.s.log.Warn("could not hand a connection over; closed it", "error", err.Error())
 		return
 	}
-	f := os.NewFile(uintptr(c.fd), "client")
+	f := os.NewFile(uintptr(fd), "client")
 	nc, err := net.FileConn(f) // a duplicate of the descriptor, on Go's poller
 	f.Close()
 	if err != nil {

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"github.com/podedge/podedge/internal/evloop"
 	"github.com/podedge/podedge/internal/h1"
 	"github.com/podedge/podedge/router"
 	"github.com/valyala/fasthttp"
@@ -14,14 +13,14 @@ import (
 // for an exchange that waits no more; it is ignored.
 func (l *edgeLoop) slotFreed(ex *loopExchange) {
 	c := ex.c
-	if c == nil || c.closed || c.ex != ex || c.state != clientQueued || ex.x == nil {
+	if c == nil || c.Closed() || c.ex != ex || c.state != clientQueued || ex.x == nil {
 		return
 	}
 	if !ex.x.adm.slotTaken() {
 		return
 	}
 	c.state = clientExchange
-	l.ev.Cancel(c.timer)
+	c.Cancel()
 	l.p.cur().budget.request(l.ev.Now())
 	l.nextAttempt(ex)
 }
@@ -61,7 +60,7 @@ func (l *edgeLoop) sendResponse(ex *loopExchange, body bool) {
 		// A large body goes out now, after its head, rather than be
 		// copied whole to wait for the round's end; what the socket does
 		// not take waits, and a failure shows at the next flush.
-		_ = evloop.WriteThrough(c.fd, &c.out, b)
+		_ = c.WriteThrough(&c.out, b)
 		return
 	}
 	c.out = append(c.out, b...)
@@ -70,12 +69,6 @@ func (l *edgeLoop) sendResponse(ex *loopExchange, body bool) {
 // writeThroughBytes is the size from which a buffered response's body is
 // written at once rather than copied to the client's output.
 const writeThroughBytes = 16 << 10
-
-// noBody reports whether a response with status has no body whatever its
-// head says (RFC 9110, sections 6.4.1).
-func noBody(status int) bool {
-	return status < 200 || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified
-}
 
 // finish ends an exchange whose response is buffered, or which failed with
 // err before its response began: the proxy's end path readies the response
@@ -100,14 +93,14 @@ func (l *edgeLoop) endExchange(ex *loopExchange) {
 		l.releaseUpstream(ex.up)
 		ex.up = nil
 	}
-	if !c.closed && ex.reqLen > 0 {
+	if !c.Closed() && ex.reqLen > 0 {
 		c.in = c.in[:copy(c.in, c.in[ex.reqLen:])]
 	}
 	c.scan.Reset()
 	c.ex = nil
 	c.state = clientSending
 	l.release(ex)
-	if !c.closed && !c.queued {
+	if !c.Closed() && !c.queued {
 		c.queued = true
 		l.clientWrites = append(l.clientWrites, c)
 	}

@@ -75,7 +75,7 @@ func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, lo
 		s.loops = append(s.loops, l)
 		if i == 0 {
 			// Port 0 picked a port: the other loops listen on the same.
-			if ap, err = evloop.LocalAddr(l.lfd); err != nil {
+			if ap, err = evloop.LocalAddr(l.ln.Fd()); err != nil {
 				s.closeLoops()
 				return nil, err
 			}
@@ -83,7 +83,34 @@ func listenLoops(addr string, p *Proxy, hook func(*fasthttp.RequestCtx) bool, lo
 		}
 	}
 	s.handoff = newHandoffListener(s.addr)
+	p.reclaimIdle = s.reclaimIdle
 	return s, nil
+}
+
+// reclaimIdle closes every loop's idle connections to u, and waits for
+// them to be closed, up to timeouts.dial: fasthttp's path needs one of
+// the connections limits.max_conns_per_endpoint allows, and the loops
+// hold them idle.
+func (s *loopServer) reclaimIdle(u *upstream) {
+	var wg sync.WaitGroup
+	for _, l := range s.loops {
+		wg.Add(1)
+		l.ev.Post(func() {
+			l.closeIdle(u)
+			wg.Done()
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(s.p.cur().Timeouts.Dial)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C: // a loop that has ended runs no more posts
+	}
 }
 
 // opened and closed count a client connection in and out, for the drain and
@@ -114,7 +141,7 @@ func (s *loopServer) close() {
 func (s *loopServer) closeLoops() {
 	for _, l := range s.loops {
 		l.ev.Close()
-		unix.Close(l.lfd)
+		l.ln.Close()
 	}
 }
 
@@ -156,7 +183,7 @@ type edgeLoop struct {
 	s      *loopServer
 	p      *Proxy
 	ev     *evloop.Loop
-	lfd    int
+	ln     *evloop.Listener
 	parser *h1.Parser
 	// lineHeader and lineBuf check a request line before its head is
 	// whole (checkStartLine).
@@ -168,10 +195,6 @@ type edgeLoop struct {
 	idle     map[*upstream][]*upConn // most recently used last
 	free     []*loopExchange
 	draining bool
-	// acceptPaused: the listening socket is out of the loop until
-	// resumeTimer fires (pauseAccept).
-	acceptPaused bool
-	resumeTimer  *evloop.Timer
 	// Buffers client connections give back between requests, so that an
 	// idle keep-alive connection holds none; bufBytes is their total size.
 	bufs     [][]byte
@@ -210,17 +233,16 @@ func (l *edgeLoop) giveBack(b []byte) {
 }
 func (s *loopServer) newLoop(ap netip.AddrPort, sockets Sockets, name string) (*edgeLoop, error) {
 	p := s.p
-	l := &edgeLoop{s: s, p: p, lfd: -1, idle: map[*upstream][]*upConn{}}
+	l := &edgeLoop{s: s, p: p, idle: map[*upstream][]*upConn{}}
 	l.parser = h1.NewParser(max(p.cur().Limits.MaxHeaderBytes, 4096))
 	lfd, err := loopSocket(sockets, name, ap)
 	if err != nil {
 		return nil, err
 	}
 	if l.ev, err = evloop.NewOnListener(lfd, l.accept); err != nil {
-		unix.Close(lfd)
-		return nil, err
+		return nil, err // lfd closed
 	}
-	l.lfd = lfd
+	l.ln = l.ev.Listener()
 	l.ev.AtRoundEnd(l.flushRound)
 	return l, nil
 }
@@ -229,14 +251,14 @@ func (l *edgeLoop) run() {
 		l.s.log.Error("event loop failed; its connections are closed", "error", err.Error())
 	}
 	for fd := range l.ev.Descriptors() {
-		if _, ok := l.ev.Handler(fd).(*clientConn); ok {
+		switch h := l.ev.Handler(fd).(type) {
+		case *clientConn:
 			l.s.closed()
+		case *upConn:
+			l.dropUpstream(h) // out of the endpoint's count too
 		}
-		unix.Close(fd)
 	}
-	if l.acceptPaused && l.lfd >= 0 {
-		unix.Close(l.lfd) // out of the loop while paused
-	}
+	l.ev.CloseAll()
 }
 
 // stopAccepting closes the listening socket; the client connections close
@@ -248,17 +270,9 @@ func (l *edgeLoop) run() {
 // Each gets freshGrace to send it.
 func (l *edgeLoop) stopAccepting() {
 	l.draining = true
-	if l.lfd >= 0 {
-		if l.acceptPaused {
-			l.ev.Cancel(l.resumeTimer)
-			unix.Close(l.lfd) // out of the loop already
-		} else {
-			l.ev.Drop(l.lfd, nil)
-		}
-		l.lfd = -1
-	}
+	l.ln.Close()
 	for _, c := range l.clientsIdle() {
-		l.ev.Schedule(c.timer, freshGrace)
+		c.Schedule(freshGrace)
 	}
 }
 
@@ -277,8 +291,8 @@ func (l *edgeLoop) clientsIdle() []*clientConn {
 	return idle
 }
 func (l *edgeLoop) accept() {
-	for l.lfd >= 0 && !l.acceptPaused {
-		fd, peer, err := evloop.Accept(l.lfd)
+	for l.ln.Accepting() {
+		fd, peer, err := evloop.Accept(l.ln.Fd())
 		switch err {
 		case nil:
 		case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
@@ -290,18 +304,16 @@ func (l *edgeLoop) accept() {
 			l.pauseAccept(err)
 			return
 		}
-		c := &clientConn{l: l, fd: fd}
-		c.timer = evloop.NewTimer(c.timedOut)
+		c := &clientConn{l: l}
 		local, _ := evloop.LocalAddr(fd)
 		c.addrs.remote = net.TCPAddrFromAddrPort(peer)
 		c.addrs.local = net.TCPAddrFromAddrPort(local)
-		if err := l.ev.Add(fd, c); err != nil {
-			unix.Close(fd)
-			continue
+		if err := l.ev.Open(&c.Conn, fd, c, c.timedOut); err != nil {
+			continue // closed by Open
 		}
 		l.s.opened()
 		c.state = clientIdle
-		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientIdle)
+		c.Schedule(l.p.cur().Timeouts.ClientIdle)
 	}
 }
 
@@ -310,32 +322,16 @@ func (l *edgeLoop) accept() {
 const acceptPause = 100 * time.Millisecond
 
 func (l *edgeLoop) pauseAccept(err error) {
-	if err := l.ev.Detach(l.lfd); err != nil {
-		l.s.log.Error("cannot pause accepting; closing the listening socket", "error", err.Error())
-		unix.Close(l.lfd)
-		l.lfd = -1
+	if err := l.ln.Pause(acceptPause, l.resumeFailed); err != nil {
+		l.s.log.Error("cannot pause accepting; closed the listening socket", "error", err.Error())
 		return
 	}
-	l.acceptPaused = true
 	l.p.metrics.acceptPauses.Inc()
 	l.s.log.Warn("accept failed; not accepting for a while", "error", err.Error(), "pause", acceptPause)
-	if l.resumeTimer == nil {
-		l.resumeTimer = evloop.NewTimer(l.resumeAccept)
-	}
-	l.ev.Schedule(l.resumeTimer, acceptPause)
 }
-func (l *edgeLoop) resumeAccept() {
-	l.acceptPaused = false
-	if l.lfd < 0 {
-		return // the drain closed it meanwhile
-	}
-	if err := l.ev.AddListener(l.lfd, evloop.Acceptor(l.accept)); err != nil {
-		l.s.log.Error("cannot accept again; closing the listening socket", "error", err.Error())
-		unix.Close(l.lfd)
-		l.lfd = -1
-		return
-	}
-	l.accept()
+
+func (l *edgeLoop) resumeFailed(err error) {
+	l.s.log.Error("cannot accept again; closed the listening socket", "error", err.Error())
 }
 
 // flushRound sends the writes the round's events left. Responses go first,
@@ -348,7 +344,7 @@ func (l *edgeLoop) flushRound() {
 			c := l.clientWrites[i]
 			l.clientWrites[i] = nil
 			c.queued = false
-			if !c.closed {
+			if !c.Closed() {
 				l.flushClient(c)
 			}
 		}
@@ -357,7 +353,7 @@ func (l *edgeLoop) flushRound() {
 			up := l.upWrites[i]
 			l.upWrites[i] = nil
 			up.queued = false
-			if !up.closed && up.ex != nil && !up.sent && !up.connecting {
+			if !up.Closed() && up.ex != nil && len(up.out) > 0 && up.state != upConnecting {
 				l.writeUpstream(up)
 			}
 		}

@@ -9,52 +9,60 @@ import (
 	"github.com/podedge/podedge/internal/evloop"
 	"github.com/podedge/podedge/internal/h1"
 	"github.com/valyala/fasthttp"
-	"golang.org/x/sys/unix"
 )
 
 // upConn is a loop's connection to an endpoint. Each loop keeps its own
 // pool of them per endpoint (edgeLoop.idle), so that nothing is shared
-// between loops but the count against limits.max_conns_per_endpoint.
+// between loops but the count against limits.max_conns_per_endpoint, which
+// fasthttp's pool shares too (upstream.open).
+//
+// Its socket and timer are evloop.Conn's; how far its exchange has gone is
+// its state. The request is all sent once out is empty: an endpoint may
+// answer before, and its response is then read while the rest goes.
 type upConn struct {
+	evloop.Conn
 	l     *edgeLoop
-	fd    int
 	u     *upstream
-	in    []byte // received and not yet relayed
-	out   []byte // the request, still to send
-	timer *evloop.Timer
+	in    []byte        // received and not yet relayed
+	out   []byte        // the request, still to send
 	ex    *loopExchange // the exchange in flight; nil while idle
+	state upState
 	// skip is the length of the final head at the start of in, parsed
 	// already: a buffered body is sent from where it lies rather than
 	// moved first.
 	skip int
-	// connecting: the connection is not yet established; reused: it served
-	// an exchange before this one; sent: the request is written; gotByte:
-	// the response has begun; headDone: its head is parsed; reusable: it
-	// may serve another exchange; paused: a streamed body waits for the
-	// client to take what it was given; idle: it is in the loop's pool.
-	connecting, reused, sent, gotByte, headDone, reusable, paused, idle, closed bool
-	// peerClosed: epoll said the endpoint closed; its end of file is still
-	// to be read.
-	peerClosed bool
+	// reused: it served an exchange before this one.
+	reused bool
 	// queued: out waits in the loop's upWrites.
 	queued bool
 }
 
+// upState is how far a connection to an endpoint is in its exchange.
+type upState uint8
+
+const (
+	upConnecting upState = iota // connect(2) is under way
+	upIdle                      // in the loop's pool, no exchange
+	upRequest                   // a request is going out or out; no byte of its response yet
+	upHead                      // the response has begun; its head is not whole
+	upBody                      // its head is parsed; its body is being read
+	upPaused                    // a streamed body waits for the client to take what it was given
+	upDone                      // the response is whole, and the connection may serve another
+)
+
 func (up *upConn) Event(ev evloop.Events) {
-	if ev.Has(evloop.Writable) && !up.closed {
+	if ev.Has(evloop.Writable) && !up.Closed() {
 		up.l.writableUpstream(up)
 	}
-	if ev.Has(evloop.PeerClosed) {
-		up.peerClosed = true
-	}
-	if ev.Has(evloop.Readable) && !up.closed {
+	if up.Pending() {
 		up.l.readUpstream(up)
 	}
 }
 
-// errNotIPPort is an endpoint whose address the loop cannot connect to
-// without a name lookup, which it does not make.
-var errNotIPPort = errors.New("endpoint address is not ip:port")
+// relayShare bounds what one connection to an endpoint relays in one turn
+// of its loop: a fast endpoint streaming to a fast client yields the loop
+// to its other connections, and goes on next round.
+const relayShare = 256 << 10
 
 // nextAttempt sends the request to the next endpoint the pool picks.
 func (l *edgeLoop) nextAttempt(ex *loopExchange) {
@@ -96,14 +104,14 @@ func (l *edgeLoop) send(ex *loopExchange, u *upstream) {
 		return
 	}
 	ex.up, up.ex = up, ex
-	up.sent, up.gotByte, up.headDone, up.reusable = false, false, false, false
 	req := &ex.ctx.Request
 	up.out = req.Header.AppendBytes(up.out[:0])
 	up.out = append(up.out, req.Body()...)
-	if up.connecting {
-		l.ev.Schedule(up.timer, l.p.cur().Timeouts.Dial)
+	if up.state == upConnecting {
+		up.Schedule(l.p.cur().Timeouts.Dial)
 		return
 	}
+	up.state = upRequest
 	if !up.queued {
 		up.queued = true
 		l.upWrites = append(l.upWrites, up)
@@ -116,33 +124,41 @@ func (l *edgeLoop) upstreamConn(u *upstream) (*upConn, error) {
 	if list := l.idle[u]; len(list) > 0 {
 		up := list[len(list)-1]
 		l.idle[u] = list[:len(list)-1]
-		up.idle, up.reused = false, true
-		l.ev.Cancel(up.timer)
+		u.loopIdle.Add(-1)
+		up.reused = true
+		up.Cancel()
 		return up, nil
 	}
 	if !u.ap.IsValid() {
 		return nil, &DialError{Addr: u.addr, Err: errNotIPPort}
 	}
-	if int(u.loopConns.Load()) >= l.p.cur().Limits.MaxConnsPerEndpoint {
-		return nil, errNoFreeConns
+	if !u.take() {
+		// fasthttp's pool may be what holds them, idle: they go first.
+		u.hc.CloseIdleConnections()
+		if !u.take() {
+			return nil, errNoFreeConns
+		}
 	}
 	fd, connecting, err := evloop.Connect(u.ap)
 	if err != nil {
+		u.give()
 		return nil, &DialError{Addr: u.addr, Err: err}
 	}
-	up := &upConn{l: l, fd: fd, u: u, connecting: connecting}
-	up.timer = evloop.NewTimer(up.timedOut)
-	if err := l.ev.Add(fd, up); err != nil {
-		unix.Close(fd)
+	up := &upConn{l: l, u: u}
+	if err := l.ev.Open(&up.Conn, fd, up, up.timedOut); err != nil {
+		u.give()
 		return nil, &DialError{Addr: u.addr, Err: err}
 	}
-	u.loopConns.Add(1)
+	up.state = upIdle
+	if connecting {
+		up.state = upConnecting
+	}
 	return up, nil
 }
 
 func (l *edgeLoop) writableUpstream(up *upConn) {
-	if up.connecting {
-		done, err := evloop.Connected(up.fd)
+	if up.state == upConnecting {
+		done, err := evloop.Connected(up.Fd())
 		if err != nil {
 			l.upstreamFailed(up, &DialError{Addr: up.u.addr, Err: err})
 			return
@@ -150,9 +166,9 @@ func (l *edgeLoop) writableUpstream(up *upConn) {
 		if !done {
 			return
 		}
-		up.connecting = false
+		up.state = upRequest // a connection is made for an exchange
 	}
-	if up.ex != nil && !up.sent {
+	if up.ex != nil && len(up.out) > 0 {
 		l.writeUpstream(up)
 	}
 }
@@ -160,29 +176,34 @@ func (l *edgeLoop) writableUpstream(up *upConn) {
 // writeUpstream sends the request; a body that does not fit the socket
 // waits for room, each wait bounded by upstream_idle.
 func (l *edgeLoop) writeUpstream(up *upConn) {
-	if err := evloop.Flush(up.fd, &up.out); err != nil {
+	if err := up.Flush(&up.out); err != nil {
 		l.upstreamError(up, err)
 		return
 	}
 	if len(up.out) > 0 {
-		l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamIdle)
+		up.Schedule(l.p.cur().Timeouts.UpstreamIdle)
 		return
 	}
-	up.sent = true
-	if !up.gotByte {
-		l.ev.Schedule(up.timer, l.p.cur().Timeouts.ResponseHeader)
+	if up.state == upRequest {
+		up.Schedule(l.p.cur().Timeouts.ResponseHeader)
 	}
 }
 
-// readUpstream reads the endpoint's answer and relays it.
+// readUpstream reads the endpoint's answer and relays it, up to relayShare
+// bytes a turn.
 func (l *edgeLoop) readUpstream(up *upConn) {
 	if up.ex == nil {
 		l.dropUpstream(up) // an idle connection has nothing to say: it closed, or it is broken
 		return
 	}
 	limit := l.p.cur().Limits.MaxHeaderBytes + l.p.cur().Limits.BufferBytes
-	for !up.closed && up.ex != nil && !up.paused {
-		n, err := evloop.ReadInto(up.fd, &up.in, limit, up.peerClosed)
+	relayed := 0
+	for !up.Closed() && up.ex != nil && up.state != upPaused {
+		if relayed >= relayShare {
+			up.Again()
+			return
+		}
+		n, err := up.Read(&up.in, limit)
 		if err == evloop.ErrBufferFull && n == 0 {
 			// A full buffer that the last relay left as it was would be
 			// read and relayed again forever.
@@ -194,9 +215,10 @@ func (l *edgeLoop) readUpstream(up *upConn) {
 			l.upstreamError(up, err)
 			return
 		}
-		if n > 0 {
-			up.gotByte = true
+		if n > 0 && up.state == upRequest {
+			up.state = upHead
 		}
+		relayed += n
 		l.relay(up, eof)
 		if err != evloop.ErrBufferFull {
 			return // the socket is drained, or closed
@@ -208,7 +230,7 @@ func (l *edgeLoop) readUpstream(up *upConn) {
 // is whole, then the body, whole when short, streamed otherwise.
 func (l *edgeLoop) relay(up *upConn, eof bool) {
 	ex := up.ex
-	if !up.headDone && !l.readHead(up, eof) {
+	if up.state < upBody && !l.readHead(up, eof) {
 		return
 	}
 	if ex.streaming {
@@ -230,7 +252,9 @@ func (l *edgeLoop) relay(up *upConn, eof bool) {
 	}
 	// An answer that came before the whole request was sent leaves the
 	// connection mid-request: it cannot serve another.
-	up.reusable = up.sent && !eof && len(body) == need && !resp.Header.ConnectionClose()
+	if len(up.out) == 0 && !eof && len(body) == need && !resp.Header.ConnectionClose() {
+		up.state = upDone
+	}
 	ex.attemptOpen = false
 	ex.x.endAttempt(nil)
 	l.finish(ex, nil)
@@ -279,12 +303,12 @@ func (l *edgeLoop) readHead(up *upConn, eof bool) bool {
 		resp.Header.Reset()
 		resp.Header.SetNoDefaultContentType(true)
 	}
-	up.headDone = true
+	up.state = upBody
 	status := resp.StatusCode()
 	ex.x.upStatus = status
-	l.ev.Schedule(up.timer, l.p.cur().Timeouts.ResponseHeader)
+	up.Schedule(l.p.cur().Timeouts.ResponseHeader)
 	cl := resp.Header.ContentLength()
-	if ex.head || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+	if ex.head || noBody(status) {
 		cl = 0
 	}
 	if cl >= 0 && cl <= l.p.cur().Limits.BufferBytes {
@@ -339,7 +363,7 @@ func (l *edgeLoop) startStream(up *upConn, cl int) bool {
 		resp.Header.SetConnectionClose()
 	}
 	l.sendResponse(ex, false)
-	l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamIdle)
+	up.Schedule(l.p.cur().Timeouts.UpstreamIdle)
 	return true
 }
 
@@ -365,7 +389,7 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 	}
 	// What comes goes on at once (copied only in the part the client's
 	// socket does not take), since a streamed body's pace is the client's.
-	if err := evloop.WriteThrough(c.fd, &c.out, up.in[:n]); err != nil {
+	if err := c.WriteThrough(&c.out, up.in[:n]); err != nil {
 		l.dropClient(c)
 		return
 	}
@@ -376,18 +400,20 @@ func (l *edgeLoop) pump(up *upConn, eof bool) {
 		return
 	}
 	if done {
-		up.reusable = up.sent && ex.stream != streamToClose && !eof && len(up.in) == 0 &&
-			!ex.ctx.Response.Header.ConnectionClose()
+		if len(up.out) == 0 && ex.stream != streamToClose && !eof && len(up.in) == 0 &&
+			!ex.ctx.Response.Header.ConnectionClose() {
+			up.state = upDone
+		}
 		l.endStream(ex, nil)
 		l.endExchange(ex)
 		return
 	}
-	l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamIdle)
+	up.Schedule(l.p.cur().Timeouts.UpstreamIdle)
 	if len(c.out) > 0 {
-		l.ev.Schedule(c.timer, l.p.cur().Timeouts.ClientWrite)
+		c.Schedule(l.p.cur().Timeouts.ClientWrite)
 	}
 	if len(c.out) >= streamHighWater {
-		up.paused = true // flushClient resumes it
+		up.state = upPaused // flushClient resumes it
 	}
 }
 
@@ -410,11 +436,11 @@ func (l *edgeLoop) endStream(ex *loopExchange, err error) {
 func (l *edgeLoop) upstreamError(up *upConn, err error) {
 	st := stageWait
 	switch {
-	case up.headDone:
+	case up.state >= upBody:
 		st = stageBody
-	case up.gotByte:
+	case up.state == upHead:
 		st = stageHead
-	case !up.sent:
+	case len(up.out) > 0:
 		st = stageWrite
 	}
 	l.upstreamFailed(up, &UpstreamError{Addr: up.u.addr, stage: st, Err: err})
@@ -462,7 +488,7 @@ func (up *upConn) timedOut() {
 	switch {
 	case up.ex == nil:
 		l.dropUpstream(up)
-	case up.connecting:
+	case up.state == upConnecting:
 		l.upstreamFailed(up, &DialError{Addr: up.u.addr, Err: os.ErrDeadlineExceeded})
 	default:
 		l.upstreamError(up, os.ErrDeadlineExceeded)
@@ -472,29 +498,29 @@ func (up *upConn) timedOut() {
 // releaseUpstream pools a connection whose exchange is over, or closes it.
 func (l *edgeLoop) releaseUpstream(up *upConn) {
 	up.ex = nil
-	if up.closed {
+	if up.Closed() {
 		return
 	}
-	if !up.reusable || l.draining {
+	if up.state != upDone || l.draining {
 		l.dropUpstream(up)
 		return
 	}
 	up.in, up.out, up.skip = up.in[:0], up.out[:0], 0
-	up.idle = true
+	up.state = upIdle
+	up.u.loopIdle.Add(1)
 	l.idle[up.u] = append(l.idle[up.u], up)
-	l.ev.Schedule(up.timer, l.p.cur().Timeouts.UpstreamKeepalive)
+	up.Schedule(l.p.cur().Timeouts.UpstreamKeepalive)
 }
 
 // dropUpstream closes up, taking it out of the pool if it is there.
 func (l *edgeLoop) dropUpstream(up *upConn) {
-	if up.closed {
+	if up.Closed() {
 		return
 	}
-	up.closed = true
-	l.ev.Drop(up.fd, up.timer)
-	up.u.loopConns.Add(-1)
-	if up.idle {
-		up.idle = false
+	up.Close()
+	up.u.give()
+	if up.state == upIdle {
+		up.u.loopIdle.Add(-1)
 		list := slices.DeleteFunc(l.idle[up.u], func(o *upConn) bool { return o == up })
 		if len(list) == 0 {
 			delete(l.idle, up.u)

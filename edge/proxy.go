@@ -80,6 +80,10 @@ type Proxy struct {
 	tunnels   tunnelSet
 	// epoch is the origin of the rate limiters' clock.
 	epoch time.Time
+	// reclaimIdle closes the event loops' idle connections to an
+	// endpoint, for fasthttp's path when they hold its every connection;
+	// set by listenLoops before anything is served.
+	reclaimIdle func(*upstream)
 }
 
 // view is a snapshot with what the proxy derives from it once per publish.
@@ -189,8 +193,13 @@ func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
+	// The request goes on as HTTP/1.1 whatever the client speaks.
+	http10 := !ctx.Request.Header.IsHTTP11()
 	x, v := p.begin(ctx)
 	p.end(ctx, x, p.serve(ctx, x, v))
+	if s, ok := ctx.Response.BodyStream().(*respStream); ok && http10 && s.length < 0 && !ctx.IsHead() {
+		closeDelimited(ctx, s)
+	}
 }
 
 // begin starts an exchange for the request in ctx, with the routing view to

@@ -242,6 +242,39 @@ func TestHTTP10Client(t *testing.T) {
 	})
 }
 
+// An HTTP/1.0 client cannot read chunked framing (RFC 9112, section 6.1):
+// a body of unknown length goes to it as it comes, with neither
+// Content-Length nor Transfer-Encoding, ended by the connection's close.
+func TestHTTP10ClientGetsNoChunkedBody(t *testing.T) {
+	forEngines(t, func(t *testing.T, engine string) {
+		a := newBackend(t, "a", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, "part one, ")
+			w.(http.Flusher).Flush() // no length: chunked
+			_, _ = io.WriteString(w, strings.Repeat("x", 200<<10))
+		})
+		h := newHarnessOn(t, engine, &Proxy{}, onePod(a))
+		conn := rawConn(t, h.addr)
+		io.WriteString(conn, "GET / HTTP/1.0\r\nHost: acme.example.test\r\n\r\n")
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		raw, err := io.ReadAll(conn)
+		if err != nil {
+			t.Fatalf("reading until the close: %v", err)
+		}
+		head, body, ok := strings.Cut(string(raw), "\r\n\r\n")
+		if !ok || !strings.HasPrefix(head, "HTTP/1.1 200 ") {
+			t.Fatalf("response %.200q", raw)
+		}
+		lower := strings.ToLower(head)
+		if strings.Contains(lower, "transfer-encoding") || strings.Contains(lower, "content-length") ||
+			!strings.Contains(lower, "connection: close") {
+			t.Fatalf("head %q: want neither Transfer-Encoding nor Content-Length, and Connection: close", head)
+		}
+		if want := "part one, " + strings.Repeat("x", 200<<10); body != want {
+			t.Fatalf("body of %d bytes, want the %d the app server sent, unframed", len(body), len(want))
+		}
+	})
+}
+
 // Bodies short enough to be read whole (their length declared) but large
 // enough to be written straight from the endpoint's buffer, after their
 // head, arrive intact and in order. (evloop's TestWriteThroughKeepsWhatThe-

@@ -37,6 +37,9 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, x *exchange, v *view, l
 	if found&hExpect != 0 {
 		h.Del("Expect")
 	}
+	if found&hUnderscored != 0 {
+		delUnderscored(h)
+	}
 
 	trusted := p.trusted(v, x.peer)
 	x.xff = x.xff[:0]

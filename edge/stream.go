@@ -85,6 +85,9 @@ type respStream struct {
 	closeConn bool
 	eof       bool
 	err       error
+	// toClose: the body goes to an HTTP/1.0 client as it comes, ended by
+	// the connection's close (closeDelimited), not through fasthttp.
+	toClose bool
 }
 
 // start turns resp, whose head was just read from conn, into a streamed
@@ -157,8 +160,17 @@ func (s *respStream) WriteTo(w io.Writer) (int64, error) {
 func (s *respStream) SupportsBodyWriteTo() bool { return true }
 
 // CloseWithError is called once, by fasthttp, when the body is written or
-// abandoned; werr is the error writing it to the client, if any.
+// abandoned; werr is the error writing it to the client, if any. A body
+// sent by closeDelimited ends there instead.
 func (s *respStream) CloseWithError(werr error) error {
+	if s.toClose {
+		return nil
+	}
+	return s.end(werr)
+}
+
+// end lets the endpoint's connection go and settles the exchange.
+func (s *respStream) end(werr error) error {
 	x, u := s.x, s.u
 	complete := s.err == nil && (s.eof || s.length >= 0 && x.bytes == int64(s.length))
 	_ = x.resp.CloseBodyStream()
@@ -183,4 +195,29 @@ func (s *respStream) CloseWithError(werr error) error {
 	}
 	x.done()
 	return nil
+}
+
+// closeDelimited sends a response body of unknown length to an HTTP/1.0
+// client, which cannot read chunked framing (RFC 9112, section 6.1): as it
+// comes, after a head with neither Content-Length nor Transfer-Encoding,
+// and ended by closing the connection, as nginx sends it. fasthttp would
+// chunk it, so the edge writes it on the hijacked connection.
+func closeDelimited(ctx *fasthttp.RequestCtx, s *respStream) {
+	s.toClose = true
+	h := &ctx.Response.Header
+	h.SetContentLength(-2)
+	h.Del(fasthttp.HeaderTransferEncoding) // which -2 leaves
+	h.SetConnectionClose()
+	head := h.AppendBytes(nil)
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		_, err := c.Write(head)
+		if err == nil {
+			_, err = s.WriteTo(c)
+		}
+		// The response lets go of the stream (its close is a no-op while
+		// toClose is set) before end hands the exchange back to the pool.
+		ctx.Response.ResetBody()
+		_ = s.end(err)
+	})
 }

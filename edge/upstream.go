@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -27,10 +28,12 @@ type upstream struct {
 	p     *Proxy
 	hc    *fasthttp.HostClient
 	conns connOps
-	// ap is addr parsed, for the event loops' own connections, which count
-	// against limits.max_conns_per_endpoint in loopConns.
-	ap        netip.AddrPort
-	loopConns atomic.Int32
+	// ap is addr parsed, for the event loops' own connections.
+	ap netip.AddrPort
+	// open counts the connections to the endpoint, the loops' and the
+	// fasthttp pool's together, against limits.max_conns_per_endpoint;
+	// loopIdle, those of them idle in a loop's pool.
+	open, loopIdle atomic.Int32
 	// stats are the metric children for the pod that last used the
 	// address; an address moving to another pod rebinds them.
 	stats atomic.Pointer[upstreamStats]
@@ -69,6 +72,20 @@ func (u *upstream) statsFor(pod string) *upstreamStats {
 // dial opens a connection to the endpoint, wrapping any failure in a
 // DialError: nothing was sent, so the request may go elsewhere.
 func (u *upstream) dial(addr string) (net.Conn, error) {
+	if u.p.Dial == nil && !u.ap.IsValid() {
+		// As on the loops, which make no name lookups: one answer for an
+		// endpoint registered by name, whichever path its request takes.
+		return nil, &DialError{Addr: addr, Err: errNotIPPort}
+	}
+	if !u.take() {
+		// The loops' idle connections may be what holds them.
+		if u.loopIdle.Load() > 0 && u.p.reclaimIdle != nil {
+			u.p.reclaimIdle(u)
+		}
+		if !u.take() {
+			return nil, errNoFreeConns
+		}
+	}
 	var c net.Conn
 	var err error
 	if u.p.Dial != nil {
@@ -78,9 +95,52 @@ func (u *upstream) dial(addr string) (net.Conn, error) {
 		c, err = d.Dial("tcp", addr)
 	}
 	if err != nil {
+		u.give()
 		return nil, &DialError{Addr: addr, Err: err}
 	}
-	return c, nil
+	return &countedConn{Conn: c, u: u}, nil
+}
+
+// take counts a new connection to the endpoint, unless
+// limits.max_conns_per_endpoint are open already.
+func (u *upstream) take() bool {
+	limit := int32(u.p.cur().Limits.MaxConnsPerEndpoint)
+	for {
+		n := u.open.Load()
+		if n >= limit {
+			return false
+		}
+		if u.open.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// give counts a connection to the endpoint out.
+func (u *upstream) give() { u.open.Add(-1) }
+
+// countedConn is a connection of the fasthttp pool, counted out of
+// upstream.open when it closes.
+type countedConn struct {
+	net.Conn
+	u      *upstream
+	closed atomic.Bool
+}
+
+func (c *countedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.u.give()
+	}
+	return c.Conn.Close()
+}
+
+// SyscallConn reaches the socket beneath, for the idle probe (peerClosed).
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
 }
 
 // connOps reach a HostClient's pooled connections. fasthttp returns them as
@@ -141,7 +201,7 @@ func (u *upstream) roundTrip(x *exchange, req *fasthttp.Request, resp *fasthttp.
 	for stale := 0; ; stale++ {
 		cc, conn, reused, err := u.conns.acquire()
 		if err != nil {
-			if errors.Is(err, fasthttp.ErrNoFreeConns) {
+			if errors.Is(err, fasthttp.ErrNoFreeConns) || errors.Is(err, errNoFreeConns) {
 				return false, errNoFreeConns
 			}
 			if _, ok := err.(*DialError); !ok {
@@ -240,7 +300,7 @@ func (u *upstream) exchangeOn(x *exchange, cc any, conn net.Conn, req *fasthttp.
 		x.tunnel = tunnelConn{conn: conn, br: br, release: func() { u.hc.ReleaseReader(br); u.conns.close(cc) }}
 		return false, nil
 	}
-	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+	if req.Header.IsHead() || noBody(status) {
 		resp.SkipBody = true
 		u.done(cc, br, closeConn)
 		return false, nil

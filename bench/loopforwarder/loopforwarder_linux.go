@@ -27,7 +27,6 @@ import (
 	"github.com/podedge/podedge/internal/evloop"
 	"github.com/podedge/podedge/internal/h1"
 	"github.com/valyala/fasthttp"
-	"golang.org/x/sys/unix"
 )
 
 // Limits of what one message may hold; past them the client gets an error
@@ -81,7 +80,7 @@ func Listen(addr string, upstreams []string, timeouts Timeouts) (*Forwarder, err
 		f.loops = append(f.loops, l)
 		if i == 0 {
 			// Port 0 picked a port: the other loops listen on the same.
-			if ap, err = evloop.LocalAddr(l.lfd); err != nil {
+			if ap, err = evloop.LocalAddr(l.ev.Listener().Fd()); err != nil {
 				return fail(err)
 			}
 			f.addr = net.TCPAddrFromAddrPort(ap)
@@ -113,13 +112,12 @@ func (f *Forwarder) Serve(ctx context.Context) {
 // conn is one side of a proxied exchange: a client, or an upstream
 // connection (upstream >= 0).
 type conn struct {
+	evloop.Conn
 	l        *loop
-	fd       int
 	upstream int
 	in       []byte // received and not yet used
 	out      []byte // still to send
 	peer     *conn  // the other side of the request in flight
-	timer    *evloop.Timer
 	// reading is set once a request has begun to arrive: its read timeout
 	// runs from then, not from each new piece.
 	reading bool
@@ -129,7 +127,6 @@ type conn struct {
 	connecting bool
 	// closeAfter closes the connection once out is sent.
 	closeAfter bool
-	closed     bool
 }
 
 // Event is the connection's readiness, from the loop.
@@ -137,14 +134,13 @@ func (c *conn) Event(ev evloop.Events) {
 	if ev.Has(evloop.Writable) {
 		c.l.writable(c)
 	}
-	if ev.Has(evloop.Readable) && !c.closed {
-		c.l.readable(c, ev.Has(evloop.PeerClosed))
+	if c.Pending() {
+		c.l.readable(c)
 	}
 }
 
 type loop struct {
 	ev       *evloop.Loop
-	lfd      int
 	timeouts Timeouts
 	ups      []netip.AddrPort
 	idle     [][]*conn // per upstream, most recently used last
@@ -155,11 +151,11 @@ type loop struct {
 }
 
 func newLoop(ap netip.AddrPort, ups []netip.AddrPort, timeouts Timeouts) (*loop, error) {
-	l := &loop{idle: make([][]*conn, len(ups)), lfd: -1, timeouts: timeouts, ups: ups}
+	l := &loop{idle: make([][]*conn, len(ups)), timeouts: timeouts, ups: ups}
 	l.parser = h1.NewParser(maxHeadBytes)
 	l.respHead.SetNoDefaultContentType(true)
 	var err error
-	if l.ev, l.lfd, err = evloop.NewListening(ap, l.accept); err != nil {
+	if l.ev, _, err = evloop.NewListening(ap, l.accept); err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -171,18 +167,16 @@ func (l *loop) stop() { l.ev.Close() }
 // close releases what newLoop opened, for a loop whose run never started.
 func (l *loop) close() {
 	l.ev.Close()
-	unix.Close(l.lfd)
+	l.ev.Listener().Close()
 }
 
 func (l *loop) run() {
 	_ = l.ev.Run() // it only fails on a broken epoll descriptor; the loop ends either way
-	for fd := range l.ev.Descriptors() {
-		unix.Close(fd) // the connections' and the listening socket's
-	}
+	l.ev.CloseAll()
 }
 
 // arm (re)starts c's one timer: when it fires, c has waited too long.
-func (l *loop) arm(c *conn, d time.Duration) { l.ev.Schedule(c.timer, d) }
+func (l *loop) arm(c *conn, d time.Duration) { c.Schedule(d) }
 
 // timedOut ends a wait that took too long: an upstream that did not answer
 // gets the client a 504; anything else is closed.
@@ -192,47 +186,45 @@ func (c *conn) timedOut() {
 
 func (l *loop) accept() {
 	for {
-		fd, _, err := evloop.Accept(l.lfd)
+		fd, _, err := evloop.Accept(l.ev.Listener().Fd())
 		if err != nil {
 			return // EAGAIN: accepted all; anything else: try on the next event
 		}
-		c := l.newConn(fd, -1)
-		if !l.track(c) {
-			unix.Close(fd)
-			continue
+		c, err := l.newConn(fd, -1)
+		if err != nil {
+			continue // closed
 		}
 		l.arm(c, l.timeouts.Idle)
 	}
 }
 
-func (l *loop) newConn(fd, upstream int) *conn {
-	c := &conn{l: l, fd: fd, upstream: upstream}
-	c.timer = evloop.NewTimer(c.timedOut)
-	return c
+// newConn registers fd with the loop for its life; fd is closed when it
+// cannot be.
+func (l *loop) newConn(fd, upstream int) (*conn, error) {
+	c := &conn{l: l, upstream: upstream}
+	if err := l.ev.Open(&c.Conn, fd, c, c.timedOut); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
-
-// track registers c with the loop for its life.
-func (l *loop) track(c *conn) bool { return l.ev.Add(c.fd, c) == nil }
 
 // drop closes c and, when a request is in flight, its peer: a client gone
 // mid-exchange leaves the upstream connection in an unknown state, and an
 // upstream gone mid-response leaves the client with half an answer.
 func (l *loop) drop(c *conn) {
-	if c.closed {
+	if c.Closed() {
 		return
 	}
-	c.closed = true
-	l.ev.Drop(c.fd, c.timer)
+	c.Close()
 	if p := c.peer; p != nil {
 		c.peer, p.peer = nil, nil
 		l.drop(p)
 	}
 }
 
-// readable reads everything the socket holds (evloop.ReadInto) and serves
-// it.
-func (l *loop) readable(c *conn, toEOF bool) {
-	switch _, err := evloop.ReadInto(c.fd, &c.in, maxHeadBytes+maxBodyBytes, toEOF); err {
+// readable reads everything the socket holds and serves it.
+func (l *loop) readable(c *conn) {
+	switch _, err := c.Read(&c.in, maxHeadBytes+maxBodyBytes); err {
 	case nil:
 	case evloop.ErrBufferFull:
 		l.drop(c) // more than any message it forwards: a peer to stop reading
@@ -266,7 +258,7 @@ func (l *loop) end(c *conn, status, reason string) {
 // serveClient sends the next complete request in c.in upstream, unless one
 // is in flight or its answer is still being sent.
 func (l *loop) serveClient(c *conn) {
-	if c.closed || c.peer != nil || len(c.out) > 0 || c.closeAfter || len(c.in) == 0 {
+	if c.Closed() || c.peer != nil || len(c.out) > 0 || c.closeAfter || len(c.in) == 0 {
 		return
 	}
 	head, err := h1.CompleteHead(c.in, maxHeadBytes, true)
@@ -317,7 +309,7 @@ func (l *loop) serveClient(c *conn) {
 	c.peer, u.peer = u, c
 	// The upstream's timer covers the exchange from here.
 	c.reading = false
-	l.ev.Cancel(c.timer)
+	c.Cancel()
 	l.arm(u, l.timeouts.Read)
 	if !u.connecting {
 		l.flush(u)
@@ -340,7 +332,7 @@ func (l *loop) upstreamConn() *conn {
 	for n := len(l.idle[i]); n > 0; n = len(l.idle[i]) {
 		u := l.idle[i][n-1]
 		l.idle[i] = l.idle[i][:n-1]
-		if !u.closed {
+		if !u.Closed() {
 			return u
 		}
 	}
@@ -348,18 +340,17 @@ func (l *loop) upstreamConn() *conn {
 	if err != nil {
 		return nil
 	}
-	u := l.newConn(fd, i)
-	u.connecting = connecting
-	if !l.track(u) {
-		unix.Close(fd)
+	u, err := l.newConn(fd, i)
+	if err != nil {
 		return nil
 	}
+	u.connecting = connecting
 	return u
 }
 
 func (l *loop) writable(c *conn) {
 	if c.connecting {
-		done, err := evloop.Connected(c.fd)
+		done, err := evloop.Connected(c.Fd())
 		if err != nil {
 			l.lost(c)
 			return
@@ -376,7 +367,7 @@ func (l *loop) writable(c *conn) {
 
 // flush sends what c.out holds; the rest waits for the socket to have room.
 func (l *loop) flush(c *conn) {
-	if err := evloop.Flush(c.fd, &c.out); err != nil {
+	if err := c.Flush(&c.out); err != nil {
 		l.lost(c)
 		return
 	}

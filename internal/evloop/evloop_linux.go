@@ -28,18 +28,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// entry is a registered descriptor: its handler, and its Conn when it has
+// one (Open), which learns of each event before the handler.
+type entry struct {
+	h Handler
+	c *Conn
+}
+
 // Loop is one event loop. Build it with New.
 type Loop struct {
 	ep       int
 	file     *os.File // ep, as Go's poller sees it
 	raw      syscall.RawConn
-	handlers []Handler // by descriptor
+	handlers []entry // by descriptor
 	events   []unix.EpollEvent
+	listener *Listener
 	wheel    wheel
 	roundEnd func()
 	now      time.Time
 	closing  sync.Once
 	closed   atomic.Bool
+
+	// Connections that asked for a Readable event next round (Conn.Again),
+	// and the list being delivered.
+	again, againRunning []*Conn
 
 	// Functions posted from other goroutines, and the eventfd that wakes
 	// the loop to run them.
@@ -75,7 +87,7 @@ func New() (*Loop, error) {
 		file.Close()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	if err := l.add(l.wake, wakeup{l}, unix.EPOLLIN|unix.EPOLLET); err != nil {
+	if err := l.add(l.wake, wakeup{l}, nil, unix.EPOLLIN|unix.EPOLLET); err != nil {
 		unix.Close(l.wake)
 		file.Close()
 		return nil, err
@@ -138,12 +150,12 @@ func (l *Loop) Detach(fd int) error {
 // one registration lasts the descriptor's life. A new registration reports
 // the descriptor's current state once.
 func (l *Loop) Add(fd int, h Handler) error {
-	return l.add(fd, h, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
+	return l.add(fd, h, nil, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
 }
 
 // AddListener registers a listening socket, level-triggered for reads: an
 // accept that stops early (too many open files) is reported again.
-func (l *Loop) AddListener(fd int, h Handler) error { return l.add(fd, h, unix.EPOLLIN) }
+func (l *Loop) AddListener(fd int, h Handler) error { return l.add(fd, h, nil, unix.EPOLLIN) }
 
 // NewListening opens a loop with a listening socket of its own on ap
 // (Listen) whose connections it hands to accept, called on the loop when
@@ -153,26 +165,31 @@ func NewListening(ap netip.AddrPort, accept func()) (l *Loop, lfd int, err error
 		return nil, -1, err
 	}
 	if l, err = NewOnListener(lfd, accept); err != nil {
-		unix.Close(lfd)
 		return nil, -1, err
 	}
 	return l, lfd, nil
 }
 
 // NewOnListener is NewListening on a listening socket already open, such
-// as one a previous process handed over in an upgrade. The caller closes
-// lfd when it fails.
+// as one a previous process handed over in an upgrade; the loop's
+// Listener owns lfd from here on, and closes it when this fails.
 func NewOnListener(lfd int, accept func()) (l *Loop, err error) {
 	if err := unix.SetNonblock(lfd, true); err != nil {
+		unix.Close(lfd)
 		return nil, err
 	}
 	if l, err = New(); err != nil {
+		unix.Close(lfd)
 		return nil, err
 	}
-	if err := l.AddListener(lfd, Acceptor(accept)); err != nil {
+	ln := &Listener{loop: l, fd: lfd, accept: Acceptor(accept)}
+	ln.resume.fn = ln.comeBack
+	if err := l.AddListener(lfd, ln.accept); err != nil {
 		l.Close()
+		unix.Close(lfd)
 		return nil, err
 	}
+	l.listener = ln
 	return l, nil
 }
 
@@ -185,29 +202,19 @@ func (a Acceptor) Event(ev Events) {
 	}
 }
 
-func (l *Loop) add(fd int, h Handler, events uint32) error {
+func (l *Loop) add(fd int, h Handler, c *Conn, events uint32) error {
 	if fd < 0 {
 		return fmt.Errorf("evloop: descriptor %d", fd)
 	}
 	for len(l.handlers) <= fd {
-		l.handlers = append(l.handlers, make([]Handler, len(l.handlers)+64)...)
+		l.handlers = append(l.handlers, make([]entry, len(l.handlers)+64)...)
 	}
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
 	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl add %d: %w", fd, err)
 	}
-	l.handlers[fd] = h
+	l.handlers[fd] = entry{h: h, c: c}
 	return nil
-}
-
-// Drop is the end of a descriptor the loop watched: its timer t (nil for
-// none) is cancelled, its handler forgotten, and fd closed.
-func (l *Loop) Drop(fd int, t *Timer) {
-	if t != nil {
-		l.Cancel(t)
-	}
-	l.Remove(fd)
-	unix.Close(fd)
 }
 
 // Remove forgets fd's handler; call it before closing fd. The close takes fd
@@ -219,14 +226,14 @@ func (l *Loop) Drop(fd int, t *Timer) {
 // costs it a read or write that says EAGAIN, nothing more.
 func (l *Loop) Remove(fd int) {
 	if fd >= 0 && fd < len(l.handlers) {
-		l.handlers[fd] = nil
+		l.handlers[fd] = entry{}
 	}
 }
 
 // Handler returns fd's handler, nil when none.
 func (l *Loop) Handler(fd int) Handler {
 	if fd >= 0 && fd < len(l.handlers) {
-		return l.handlers[fd]
+		return l.handlers[fd].h
 	}
 	return nil
 }
@@ -235,11 +242,11 @@ func (l *Loop) Handler(fd int) Handler {
 // them after Run.
 func (l *Loop) Descriptors() iter.Seq[int] {
 	return func(yield func(int) bool) {
-		for fd, h := range l.handlers {
-			if _, internal := h.(wakeup); internal {
+		for fd, e := range l.handlers {
+			if _, internal := e.h.(wakeup); internal {
 				continue
 			}
-			if h != nil && !yield(fd) {
+			if e.h != nil && !yield(fd) {
 				return
 			}
 		}
@@ -281,7 +288,8 @@ func (l *Loop) Run() error {
 		if err := l.raw.Control(harvestNow); err != nil {
 			return l.closedOr(err)
 		}
-		if !found {
+		// Connections that yielded last round are served this one: no wait.
+		if !found && len(l.again) == 0 {
 			var deadline time.Time
 			if l.wheel.pending > 0 {
 				deadline = l.wheel.wakeAt()
@@ -297,10 +305,17 @@ func (l *Loop) Run() error {
 		l.now = time.Now()
 		for i := range l.events[:n] {
 			fd := int(l.events[i].Fd)
-			if fd >= len(l.handlers) || l.handlers[fd] == nil {
+			if fd >= len(l.handlers) || l.handlers[fd].h == nil {
 				continue
 			}
-			l.handlers[fd].Event(eventsOf(l.events[i].Events))
+			e, ev := l.handlers[fd], eventsOf(l.events[i].Events)
+			if e.c != nil {
+				e.c.observe(ev)
+			}
+			e.h.Event(ev)
+		}
+		if len(l.again) > 0 {
+			l.runAgain()
 		}
 		l.wheel.advance(l.now)
 		if l.roundEnd != nil {

@@ -190,12 +190,7 @@ func TestPostAndDetach(t *testing.T) {
 	if err := l.Add(fds[0], r); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- l.Run() }()
-	defer func() {
-		l.Close()
-		<-done
-	}()
+	runLoop(t, l)
 
 	ran := make(chan int, 100)
 	for i := range 100 {
@@ -260,12 +255,7 @@ func TestRoundEndRunsAfterTheRoundsWork(t *testing.T) {
 			pending = nil
 		}
 	})
-	done := make(chan error, 1)
-	go func() { done <- l.Run() }()
-	defer func() {
-		l.Close()
-		<-done
-	}()
+	runLoop(t, l)
 	for i := range 3 {
 		l.Post(func() { pending = append(pending, i) })
 	}

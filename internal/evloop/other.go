@@ -26,7 +26,6 @@ func NewListening(ap netip.AddrPort, accept func()) (*Loop, int, error) {
 func (l *Loop) Add(fd int, h Handler) error         { return errors.ErrUnsupported }
 func (l *Loop) AddListener(fd int, h Handler) error { return errors.ErrUnsupported }
 func (l *Loop) Remove(fd int)                       {}
-func (l *Loop) Drop(fd int, t *Timer)               {}
 func (l *Loop) Descriptors() iter.Seq[int]          { return func(func(int) bool) {} }
 func (l *Loop) Now() time.Time                      { return l.now }
 func (l *Loop) Run() error                          { return errors.ErrUnsupported }

@@ -276,8 +276,8 @@ type Chunked struct {
 	state  chunkState
 	left   uint64 // data bytes left in the current chunk
 	digits int
-	colon  bool // the trailer line so far has its colon
-	begun  bool // part of the trailer line came in an earlier Scan
+	colon  bool // the trailer line so far has its name and colon
+	begun  bool // part of the trailer line's name came in an earlier Scan
 }
 
 type chunkState uint8
@@ -393,9 +393,22 @@ func (c *Chunked) Scan(b []byte) (n int, done bool, err error) {
 			if i >= 0 {
 				line = line[:i]
 			}
-			// A colon ends a field's name, which cannot be empty.
-			if j := bytes.IndexByte(line, ':'); j > 0 || j == 0 && c.begun {
-				c.colon = true
+			// A field's name is a token ended by a colon (RFC 9110,
+			// section 5.1): no obsolete folding (a line that begins with
+			// a blank), no blank before the colon, no empty name.
+			if !c.colon {
+				name := line
+				if j := bytes.IndexByte(line, ':'); j >= 0 {
+					if j == 0 && !c.begun {
+						return n, false, ErrChunk
+					}
+					name, c.colon = line[:j], true
+				}
+				for _, ch := range name {
+					if !tchar[ch] {
+						return n, false, ErrChunk
+					}
+				}
 			}
 			if i < 0 {
 				n = len(b)

@@ -180,14 +180,19 @@ func TestChunkedFindsTheEndWhateverTheCuts(t *testing.T) {
 
 func TestChunkedRefusesMalformedFraming(t *testing.T) {
 	for _, bad := range []string{
-		"x\r\n",                  // not a size
-		"\r\n",                   // no size
-		"5\r\nhelloX",            // no CRLF after the data
-		"5\rX",                   // a CR without its LF
-		"1000000000000000\r\n",   // 16 hex digits
-		"5\r\nhello\r\n0\r\n\rX", // a broken final CRLF
-		"0 00\r\n",               // blanks, then no extension
-		"5;x\nhello",             // an extension line without its CR
+		"x\r\n",                          // not a size
+		"\r\n",                           // no size
+		"5\r\nhelloX",                    // no CRLF after the data
+		"5\rX",                           // a CR without its LF
+		"1000000000000000\r\n",           // 16 hex digits
+		"5\r\nhello\r\n0\r\n\rX",         // a broken final CRLF
+		"0 00\r\n",                       // blanks, then no extension
+		"5;x\nhello",                     // an extension line without its CR
+		"0\r\nX-A: 1\r\n folded\r\n\r\n", // an obsolete line folding in the trailers
+		"0\r\n X-A: 1\r\n\r\n",           // a trailer line that begins with a blank
+		"0\r\nX-A : 1\r\n\r\n",           // a blank before the colon
+		"0\r\nX(A): 1\r\n\r\n",           // a name that is no token
+		"0\r\n: 1\r\n\r\n",               // an empty name
 	} {
 		var c Chunked
 		if _, _, err := c.Scan([]byte(bad)); err != ErrChunk {
