@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -71,12 +70,13 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 // the log.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
-	trees, head, err := s.readTreesAndKey(ctx, k.logHead(), k.podsDir(), k.seatsDir(), k.domainsDir())
+	read, err := s.readFolders(ctx, []string{k.logHead()}, []string{k.podsDir(), k.seatsDir(), k.domainsDir()})
 	if err != nil {
 		return err
 	}
+	defer func() { read.free() }()
 	var headIndex uint64
-	if head != nil {
+	if head := read.key(k.logHead()); head != nil {
 		headIndex = head.ModifyIndex
 	}
 	count := map[string]int{}
@@ -101,18 +101,29 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 		view.AscendTenants("", func(t *router.Tenant) bool { claim(t); return true })
 	} else {
 		s.log.Warn("reconcile: the view does not stand at the change log's head; reading the tenants from KV", "head", headIndex, "view", view.LogIndex)
-		if trees, err = s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()); err != nil {
+		read.free()
+		if read, err = s.readFolders(ctx, nil, []string{k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()}); err != nil {
+			read = &folderRead{}
 			return err
 		}
-		for _, kv := range trees[k.tenantsDir()] {
-			if t, ok := s.routable(strings.TrimPrefix(kv.Key, k.tenantsDir()), kv.Value); ok {
+		// Decoded one at a time: only the seat counts and the domains'
+		// owners are kept.
+		read.each(k.tenantsDir(), func(name string, e *router.KVEntry) {
+			if t, ok := s.routable(name, read.value(e)); ok {
+				if len(t.Domains) == 0 {
+					count[t.Pod]++
+					return
+				}
 				claim(&t)
 			}
-		}
+		})
 	}
+	pods, seats, index := read.pairs(k.podsDir()), read.pairs(k.seatsDir()), read.pairs(k.domainsDir())
+	read.free()
+	read = &folderRead{}
 	registered := map[string]bool{}
-	for _, kv := range trees[k.podsDir()] {
-		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
+	for name := range pods {
+		registered[name] = true
 	}
 
 	tx := newTxn("reconcile", k, session)
@@ -133,7 +144,6 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 		return nil
 	}
 
-	seats := byName(trees[k.seatsDir()], k.seatsDir())
 	for _, pod := range union(slices.Collect(maps.Keys(registered)), slices.Collect(maps.Keys(seats)), slices.Collect(maps.Keys(count))) {
 		want, kv := count[pod], seats[pod]
 		switch {
@@ -153,7 +163,6 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 		}
 	}
 
-	index := byName(trees[k.domainsDir()], k.domainsDir())
 	for _, d := range union(slices.Collect(maps.Keys(index)), slices.Collect(maps.Keys(owner))) {
 		kv := index[d]
 		o, owned := owner[d]
@@ -192,14 +201,6 @@ func (s *Store) routable(name string, raw []byte) (router.Tenant, bool) {
 		return router.Tenant{}, false
 	}
 	return t, true
-}
-
-func byName(kvs api.KVPairs, dir string) map[string]*api.KVPair {
-	out := make(map[string]*api.KVPair, len(kvs))
-	for _, kv := range kvs {
-		out[strings.TrimPrefix(kv.Key, dir)] = kv
-	}
-	return out
 }
 
 // union returns the names in every list, sorted and distinct.

@@ -38,6 +38,7 @@ type Fence interface {
 // safe.
 type Store struct {
 	client *api.Client
+	kv     router.KVTxnReader // for reads of whole folders
 	keys   keys
 	fence  Fence
 	view   func() *router.Snapshot
@@ -69,6 +70,9 @@ type Store struct {
 // StoreConfig configures a Store. View and Fence are required.
 type StoreConfig struct {
 	Client *api.Client
+	// KV reads whole folders (the reconciliation's); nil means through
+	// consul/api.
+	KV     router.KVTxnReader
 	Prefix string // with the trailing slash
 	Zone   string // with or without the trailing dot
 	Fence  Fence
@@ -97,9 +101,13 @@ func newStore(c StoreConfig, m *metrics) *Store {
 	if c.LogRing == 0 {
 		c.LogRing = DefaultLogRing
 	}
+	if c.KV == nil {
+		c.KV = router.NewAPILister(c.Client).(router.KVTxnReader)
+	}
 	return &Store{
 		ring:       c.LogRing,
 		client:     c.Client,
+		kv:         c.KV,
 		keys:       keys{prefix: c.Prefix},
 		fence:      c.Fence,
 		view:       c.View,
