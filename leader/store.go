@@ -52,9 +52,14 @@ type Store struct {
 	log        *slog.Logger
 	clock      func() time.Time
 
-	turn       chan struct{} // holds a token while a write runs: one at a time
-	queueMu    sync.Mutex
-	queue      []*signupReq // sign-ups waiting to be written together
+	turn    chan struct{} // holds a token while a write runs: one at a time
+	queueMu sync.Mutex
+	queue   []*signupReq  // sign-ups waiting to be written together
+	queued  chan struct{} // signalled when a sign-up joins the queue
+	// lastBatch is how many sign-ups the last sign-up transaction
+	// wrote, and lastCommit how long it took (gather).
+	lastBatch  int
+	lastCommit time.Duration
 	pods       podCache     // nil: read again before the next write
 	logHead    *logHead     // nil: read again before the next write
 	written    writtenNames // what the log got, for the auditor
@@ -120,6 +125,7 @@ func newStore(c StoreConfig, m *metrics) *Store {
 		log:        c.Logger,
 		clock:      c.Clock,
 		turn:       make(chan struct{}, 1),
+		queued:     make(chan struct{}, 1),
 	}
 }
 
