@@ -9,81 +9,100 @@ import (
 	"github.com/podedge/podedge/router"
 )
 
-// folderRead is keys and folders read at one Raft index through the
-// replica's KV reader, which parses Consul's answer in place
-// (internal/consulkv): a read of the tenants folder is 30 MB of JSON at
-// 100,000 tenants, and consul/api's decoding of it into []*KVPair took
-// about 200 MB of the leader's memory at once, the peak of its resident
-// set. The entries point into the reader's buffers until free.
-type folderRead struct {
-	list *router.KVList
-	raw  []byte // scratch for base64 values
+// Whole folders (the tenants at 100,000 of them: 30 MB of JSON) are read
+// through the replica's KV reader, which parses Consul's answer in place
+// (internal/consulkv), an entry at a time: consul/api decoded the whole
+// answer into []*KVPair, about 200 MB of the leader's memory at once, the
+// peak of its resident set.
+
+// kvStreamer is a KV reader that hands each entry over as it reads
+// Consul's answer, holding no more of it than one entry; without it the
+// answer is read whole and its entries handed over from there.
+type kvStreamer interface {
+	StreamKV(keys, folders []string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error)
 }
 
-// readFolders reads keys and, recursively, folders in one read-only
-// transaction.
-func (s *Store) readFolders(ctx context.Context, keys, folders []string) (*folderRead, error) {
+// listStreamer is kvStreamer for a blocking list of one folder.
+type listStreamer interface {
+	StreamList(folder string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error)
+}
+
+// readEach reads keys and, recursively, folders in one read-only
+// transaction (one Raft index) and calls fn with each entry; the entry is
+// valid only during the call.
+func (s *Store) readEach(ctx context.Context, keys, folders []string, fn func(*router.KVEntry) error) error {
 	cctx, stop := boundCall(ctx, s.client)
 	defer stop()
-	list, _, err := s.kv.ReadKV(keys, folders, (&api.QueryOptions{}).WithContext(cctx))
-	err = callErr(cctx, err)
-	if err != nil {
-		return nil, fmt.Errorf("consul read: %w", err)
-	}
-	for i := range list.Entries {
-		s.seen = max(s.seen, list.Entries[i].ModifyIndex)
-	}
-	return &folderRead{list: list}, nil
-}
-
-func (r *folderRead) free() { r.list.Free() }
-
-// value returns e's value, valid until the next call; nil when it does not
-// decode.
-func (r *folderRead) value(e *router.KVEntry) []byte {
-	if !e.Base64 {
-		return e.Value
+	q := (&api.QueryOptions{}).WithContext(cctx)
+	seen := func(e *router.KVEntry) error {
+		s.seen = max(s.seen, e.ModifyIndex)
+		return fn(e)
 	}
 	var err error
-	if r.raw, err = base64.StdEncoding.AppendDecode(r.raw[:0], e.Value); err != nil {
-		return nil
+	if st, ok := s.kv.(kvStreamer); ok {
+		_, err = st.StreamKV(keys, folders, q, seen)
+	} else {
+		var list *router.KVList
+		if list, _, err = s.kv.ReadKV(keys, folders, q); err == nil {
+			err = eachEntry(list, seen)
+			list.Free()
+		}
 	}
-	return r.raw
+	if err = callErr(cctx, err); err != nil {
+		return fmt.Errorf("consul read: %w", err)
+	}
+	return nil
 }
 
-// key returns the entry of key, nil when it does not exist.
-func (r *folderRead) key(key string) *router.KVEntry {
-	for i := range r.list.Entries {
-		e := &r.list.Entries[i]
-		if string(e.Key) == key {
-			if e.ModifyIndex == 0 {
-				return nil
-			}
-			return e
+// listEach lists folder with the blocking query q and calls fn with each
+// entry, valid only during the call.
+func listEach(l router.KVLister, folder string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error) {
+	if st, ok := l.(listStreamer); ok {
+		return st.StreamList(folder, q, fn)
+	}
+	list, meta, err := l.ListKV(folder, q)
+	if err != nil {
+		return nil, err
+	}
+	defer list.Free()
+	return meta, eachEntry(list, fn)
+}
+
+func eachEntry(list *router.KVList, fn func(*router.KVEntry) error) error {
+	for i := range list.Entries {
+		if err := fn(&list.Entries[i]); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// each calls fn with the name and entry of every key directly under dir.
-func (r *folderRead) each(dir string, fn func(name string, e *router.KVEntry)) {
-	for i := range r.list.Entries {
-		e := &r.list.Entries[i]
-		if e.ModifyIndex == 0 || len(e.Key) <= len(dir) || string(e.Key[:len(dir)]) != dir {
-			continue
-		}
-		fn(string(e.Key[len(dir):]), e)
+// entryValues decodes entries' values, reusing one buffer.
+type entryValues struct{ raw []byte }
+
+// of returns e's value, valid until the next call and only while e is;
+// ok is false when it does not decode.
+func (v *entryValues) of(e *router.KVEntry) ([]byte, bool) {
+	if !e.Base64 {
+		return e.Value, true
 	}
+	var err error
+	if v.raw, err = base64.StdEncoding.AppendDecode(v.raw[:0], e.Value); err != nil {
+		return nil, false
+	}
+	return v.raw, true
 }
 
-// pairs copies the keys directly under dir, by name, out of the reader's
-// buffers: for the small folders a reconciliation keeps (pods, seats, the
-// domain index).
-func (r *folderRead) pairs(dir string) map[string]*api.KVPair {
-	out := map[string]*api.KVPair{}
-	r.each(dir, func(name string, e *router.KVEntry) {
-		v := r.value(e)
-		out[name] = &api.KVPair{Key: string(e.Key), ModifyIndex: e.ModifyIndex, Value: append([]byte{}, v...)}
-	})
-	return out
+// name returns the name of e directly under dir, or false.
+func name(e *router.KVEntry, dir string) (string, bool) {
+	if len(e.Key) <= len(dir) || string(e.Key[:len(dir)]) != dir {
+		return "", false
+	}
+	return string(e.Key[len(dir):]), true
+}
+
+// pair copies e out of the reader's buffers.
+func (v *entryValues) pair(e *router.KVEntry) *api.KVPair {
+	value, _ := v.of(e)
+	return &api.KVPair{Key: string(e.Key), ModifyIndex: e.ModifyIndex, Value: append([]byte(nil), value...)}
 }

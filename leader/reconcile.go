@@ -70,14 +70,38 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 // the log.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
-	read, err := s.readFolders(ctx, []string{k.logHead()}, []string{k.podsDir(), k.seatsDir(), k.domainsDir()})
-	if err != nil {
-		return err
-	}
-	defer func() { read.free() }()
 	var headIndex uint64
-	if head := read.key(k.logHead()); head != nil {
-		headIndex = head.ModifyIndex
+	var pods, seats, index map[string]*api.KVPair
+	var values entryValues
+	// collect keeps the head's index and the small folders.
+	collect := func(e *router.KVEntry) bool {
+		if e.ModifyIndex == 0 {
+			return true // the head, absent
+		}
+		if string(e.Key) == k.logHead() {
+			headIndex = e.ModifyIndex
+			return true
+		}
+		for _, f := range []struct {
+			dir string
+			m   map[string]*api.KVPair
+		}{{k.podsDir(), pods}, {k.seatsDir(), seats}, {k.domainsDir(), index}} {
+			if name, ok := name(e, f.dir); ok {
+				f.m[name] = values.pair(e)
+				return true
+			}
+		}
+		return false
+	}
+	reset := func() {
+		pods, seats, index = map[string]*api.KVPair{}, map[string]*api.KVPair{}, map[string]*api.KVPair{}
+	}
+	reset()
+	if err := s.readEach(ctx, []string{k.logHead()}, []string{k.podsDir(), k.seatsDir(), k.domainsDir()}, func(e *router.KVEntry) error {
+		collect(e)
+		return nil
+	}); err != nil {
+		return err
 	}
 	count := map[string]int{}
 	owner := map[string]*router.Tenant{}
@@ -101,26 +125,26 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 		view.AscendTenants("", func(t *router.Tenant) bool { claim(t); return true })
 	} else {
 		s.log.Warn("reconcile: the view does not stand at the change log's head; reading the tenants from KV", "head", headIndex, "view", view.LogIndex)
-		read.free()
-		if read, err = s.readFolders(ctx, nil, []string{k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()}); err != nil {
-			read = &folderRead{}
-			return err
-		}
+		reset()
 		// Decoded one at a time: only the seat counts and the domains'
 		// owners are kept.
-		read.each(k.tenantsDir(), func(name string, e *router.KVEntry) {
-			if t, ok := s.routable(name, read.value(e)); ok {
-				if len(t.Domains) == 0 {
-					count[t.Pod]++
-					return
-				}
-				claim(&t)
+		if err := s.readEach(ctx, nil, []string{k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()}, func(e *router.KVEntry) error {
+			if collect(e) {
+				return nil
 			}
-		})
+			if name, ok := name(e, k.tenantsDir()); ok {
+				raw, _ := values.of(e)
+				if t, ok := s.routable(name, raw); ok && len(t.Domains) == 0 {
+					count[t.Pod]++
+				} else if ok {
+					claim(&t)
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
 	}
-	pods, seats, index := read.pairs(k.podsDir()), read.pairs(k.seatsDir()), read.pairs(k.domainsDir())
-	read.free()
-	read = &folderRead{}
 	registered := map[string]bool{}
 	for name := range pods {
 		registered[name] = true
