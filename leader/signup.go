@@ -121,20 +121,21 @@ func (s *Store) flushSignups(ctx context.Context, own *signupReq) {
 }
 
 // maxGather bounds how long a batch waits for sign-ups still to come.
-const maxGather = 2 * time.Millisecond
+const maxGather = 5 * time.Millisecond
 
-// gather waits, briefly, for as many sign-ups as the last transaction
-// wrote. Clients answered by one transaction send their next sign-up
-// within a round trip; without the wait, whoever comes first takes the
-// turn alone and the others wait for the transaction after it, so a
-// steady load of n clients alternates between batches of a few and
-// batches of the rest: two transactions for n sign-ups, where one would
-// do. Each costs a Raft commit and wakes every reader of the log, and
-// it is Consul's time that bounds the rate. The wait ends as soon as the
-// queue holds as many, and never lasts longer than a fraction of a
-// transaction's round trip.
+// gather waits, briefly, for as many sign-ups as were in flight when the
+// last transaction committed: those it wrote and those that waited for
+// it. Clients answered by one transaction send their next sign-up within
+// a round trip; without the wait, whoever comes first takes the turn
+// alone and the others wait for the transaction after it, so a steady
+// load of n clients alternates between batches of a few and batches of
+// the rest: two transactions for n sign-ups, where one would do. Each
+// costs a Raft commit and wakes every reader of the log, and it is
+// Consul's time that bounds the rate. The wait ends as soon as the queue
+// holds as many, and lasts at most half the last transaction's round
+// trip and maxGather.
 func (s *Store) gather(ctx context.Context) {
-	want := s.lastBatch
+	want := min(s.inFlight, maxBatch)
 	if want <= 1 {
 		return
 	}
@@ -334,7 +335,9 @@ func (s *Store) signupTxn(ctx context.Context, session string, batch []*signupRe
 		e.seats += n
 		e.seatsIdx = res[s.keys.seats(pod)]
 	}
-	s.lastBatch, s.lastCommit = len(written), time.Since(started)
+	s.queueMu.Lock()
+	s.inFlight, s.lastCommit = len(written)+len(s.queue), time.Since(started)
+	s.queueMu.Unlock()
 	s.m.signups.Add(float64(len(written)))
 	s.m.signupBatch.Observe(float64(len(written)))
 	return written, left, nil

@@ -56,9 +56,9 @@ type Store struct {
 	queueMu sync.Mutex
 	queue   []*signupReq  // sign-ups waiting to be written together
 	queued  chan struct{} // signalled when a sign-up joins the queue
-	// lastBatch is how many sign-ups the last sign-up transaction
-	// wrote, and lastCommit how long it took (gather).
-	lastBatch  int
+	// inFlight is how many sign-ups the last sign-up transaction wrote
+	// or had waiting, and lastCommit how long it took (gather).
+	inFlight   int
 	lastCommit time.Duration
 	pods       podCache     // nil: read again before the next write
 	logHead    *logHead     // nil: read again before the next write
