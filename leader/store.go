@@ -38,7 +38,8 @@ type Fence interface {
 // safe.
 type Store struct {
 	client *api.Client
-	kv     router.KVTxnReader // for reads of whole folders
+	kv     router.KVTxnReader // for reads of whole folders, if it streams
+	api    router.KVTxnReader // for them otherwise: consul/api
 	keys   keys
 	fence  Fence
 	view   func() *router.Snapshot
@@ -75,8 +76,9 @@ type Store struct {
 // StoreConfig configures a Store. View and Fence are required.
 type StoreConfig struct {
 	Client *api.Client
-	// KV reads whole folders (the reconciliation's); nil means through
-	// consul/api.
+	// KV reads whole folders (the reconciliation's) if it streams them
+	// (a StreamKV method, readEach); otherwise, and when nil, they are
+	// read through consul/api.
 	KV     router.KVTxnReader
 	Prefix string // with the trailing slash
 	Zone   string // with or without the trailing dot
@@ -106,10 +108,12 @@ func newStore(c StoreConfig, m *metrics) *Store {
 	if c.LogRing == 0 {
 		c.LogRing = DefaultLogRing
 	}
+	api := router.NewAPILister(c.Client).(router.KVTxnReader)
 	if c.KV == nil {
-		c.KV = router.NewAPILister(c.Client).(router.KVTxnReader)
+		c.KV = api
 	}
 	return &Store{
+		api:        api,
 		ring:       c.LogRing,
 		client:     c.Client,
 		kv:         c.KV,
