@@ -2,7 +2,6 @@ package leader
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"strings"
 	"sync"
@@ -166,7 +165,7 @@ func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folde
 		timed := index == 0 || s.store.written.pending(f.kind, index)
 		started := time.Now()
 		q := (&api.QueryOptions{AllowStale: true, WaitIndex: index, WaitTime: auditWait}).WithContext(ctx)
-		kvs, meta, err := list.ListKV(f.dir, q)
+		l, err := s.listFolder(list, f, q)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -177,16 +176,15 @@ func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folde
 			continue
 		}
 		failures = 0
-		if meta.LastIndex != index || f.sweep {
-			err = s.auditPass(ctx, f, kvs, meta.LastIndex)
+		if l.index != index || f.sweep {
+			err = s.auditPass(ctx, f, l)
 		}
-		kvs.Free()
 		switch {
 		case err == nil:
-			if meta.LastIndex < index {
+			if l.index < index {
 				index = 0
 			} else {
-				index = meta.LastIndex
+				index = l.index
 			}
 		case errors.Is(err, errNotLeader) || ctx.Err() != nil:
 			return
@@ -210,15 +208,73 @@ func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folde
 	}
 }
 
-// auditPass compares the folder as listed at index with the view once the
-// view has every leader write up to that index, and writes the repairs.
-func (s *Server) auditPass(ctx context.Context, f *folderAudit, kvs *router.KVList, index uint64) error {
+// folderListing is what a pass over a folder needs of its listing: the index
+// it was listed at, every name with its ModifyIndex, and the entries that
+// changed since the last pass and that the view, as it was when they were
+// read, did not hold as listed.
+type folderListing struct {
+	index   uint64
+	seen    map[string]uint64
+	suspect []repair // value nil: it does not decode
+}
+
+// listFolder lists f, an entry at a time: only the names and what may need
+// a repair are kept, not the folder (30 MB of JSON at 100,000 tenants).
+// Each changed entry is compared with the view of the moment, which may
+// be behind the listing: those it holds as listed and that it is known to
+// have every leader write of are left alone; the others are compared
+// again, in the pass, with a view that holds every leader write the
+// listing shows.
+func (s *Server) listFolder(list router.KVLister, f *folderAudit, q *api.QueryOptions) (*folderListing, error) {
+	l := &folderListing{seen: make(map[string]uint64, len(f.seen))}
+	var view *router.Snapshot
+	var values entryValues
+	meta, err := listEach(list, f.dir, q, func(e *router.KVEntry) error {
+		if view == nil {
+			view = s.router.Snapshot() // once the answer comes
+		}
+		n, ok := name(e, f.dir)
+		if !ok || strings.Contains(n, "/") {
+			return nil
+		}
+		l.seen[n] = e.ModifyIndex
+		if prev, known := f.seen[n]; known && prev == e.ModifyIndex {
+			return nil
+		}
+		value, ok := values.of(e)
+		if !ok {
+			value = nil
+		}
+		r, differs := s.differs(view, f.kind, n, value)
+		if !differs && view.LogIndex >= e.ModifyIndex {
+			// The view has every leader write to the key up to this
+			// value, and holds it.
+			return nil
+		}
+		if !differs && ok {
+			r.value = append([]byte(nil), value...)
+		}
+		r.key, r.index = string(e.Key), e.ModifyIndex
+		l.suspect = append(l.suspect, r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.index = meta.LastIndex
+	return l, nil
+}
+
+// auditPass compares what l holds with the view once the view has every
+// leader write up to the listing's index, and writes the repairs.
+func (s *Server) auditPass(ctx context.Context, f *folderAudit, l *folderListing) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
 	// The view has every leader write the listing may show once it has the
 	// log up to the listing's index, or up to the head as it is now if
 	// that is older: a change outside the leader moves the folder's index
 	// and not the head's.
+	index := l.index
 	head, _, err := s.client.KV().Get(s.store.keys.logHead(), (&api.QueryOptions{RequireConsistent: true}).WithContext(wctx))
 	if err != nil {
 		return err
@@ -230,29 +286,11 @@ func (s *Server) auditPass(ctx context.Context, f *folderAudit, kvs *router.KVLi
 	if err != nil {
 		return err
 	}
-	seen := make(map[string]uint64, len(kvs.Entries))
+	seen := l.seen
 	var repairs []repair
-	var raw []byte
-	for i := range kvs.Entries {
-		e := &kvs.Entries[i]
-		name, ok := strings.CutPrefix(string(e.Key), f.dir)
-		if !ok || name == "" || strings.Contains(name, "/") {
-			continue
-		}
-		seen[name] = e.ModifyIndex
-		if prev, known := f.seen[name]; known && prev == e.ModifyIndex {
-			continue
-		}
-		value := e.Value
-		if e.Base64 {
-			if raw, err = base64.StdEncoding.AppendDecode(raw[:0], e.Value); err != nil {
-				value = nil
-			} else {
-				value = raw
-			}
-		}
-		if r, ok := s.differs(view, f.kind, name, value); ok {
-			r.key, r.index = string(e.Key), e.ModifyIndex
+	for _, listed := range l.suspect {
+		if r, ok := s.differs(view, f.kind, listed.name, listed.value); ok {
+			r.key, r.index = listed.key, listed.index
 			repairs = append(repairs, r)
 		}
 	}

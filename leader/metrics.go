@@ -17,6 +17,7 @@ type metrics struct {
 	changes         *prometheus.CounterVec
 	electionErrors  *prometheus.CounterVec
 	signups         prometheus.Counter
+	signupBatch     prometheus.Histogram
 	placementFailed *prometheus.CounterVec
 	txns            *prometheus.CounterVec
 	retries         *prometheus.CounterVec
@@ -59,6 +60,11 @@ func newMetrics(reg *prometheus.Registry, status func() (synced, healthy bool, a
 			Name: "leader_signups_total",
 			Help: "Tenants placed by this replica while leader.",
 		}),
+		signupBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "leader_signup_batch_size",
+			Help:    "Sign-ups written by one committed transaction.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 48},
+		}),
 		placementFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "leader_placement_failures_total",
 			Help: "Sign-ups refused by placement, by reason (no_capacity, name_taken, domain_taken).",
@@ -89,7 +95,7 @@ func newMetrics(reg *prometheus.Registry, status func() (synced, healthy bool, a
 		Help: "Times the GeoIP database file was found replaced and opened again, by result (ok, error).",
 	}, []string{"result"})
 	reg.MustRegister(m.readWaits, m.geoLookups, m.geoReloads, m.requests, m.duration, m.forwarded, m.isLeader, m.changes, m.electionErrors,
-		m.signups, m.placementFailed, m.txns, m.retries, m.repairs,
+		m.signups, m.signupBatch, m.placementFailed, m.txns, m.retries, m.repairs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if status != nil {
 		reg.MustRegister(

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -71,13 +70,38 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 // the log.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
-	trees, head, err := s.readTreesAndKey(ctx, k.logHead(), k.podsDir(), k.seatsDir(), k.domainsDir())
-	if err != nil {
-		return err
-	}
 	var headIndex uint64
-	if head != nil {
-		headIndex = head.ModifyIndex
+	var pods, seats, index map[string]*api.KVPair
+	var values entryValues
+	// collect keeps the head's index and the small folders.
+	collect := func(e *router.KVEntry) bool {
+		if e.ModifyIndex == 0 {
+			return true // the head, absent
+		}
+		if string(e.Key) == k.logHead() {
+			headIndex = e.ModifyIndex
+			return true
+		}
+		for _, f := range []struct {
+			dir string
+			m   map[string]*api.KVPair
+		}{{k.podsDir(), pods}, {k.seatsDir(), seats}, {k.domainsDir(), index}} {
+			if name, ok := name(e, f.dir); ok {
+				f.m[name] = values.pair(e)
+				return true
+			}
+		}
+		return false
+	}
+	reset := func() {
+		pods, seats, index = map[string]*api.KVPair{}, map[string]*api.KVPair{}, map[string]*api.KVPair{}
+	}
+	reset()
+	if err := s.readEach(ctx, []string{k.logHead()}, []string{k.podsDir(), k.seatsDir(), k.domainsDir()}, func(e *router.KVEntry) error {
+		collect(e)
+		return nil
+	}); err != nil {
+		return err
 	}
 	count := map[string]int{}
 	owner := map[string]*router.Tenant{}
@@ -101,18 +125,29 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 		view.AscendTenants("", func(t *router.Tenant) bool { claim(t); return true })
 	} else {
 		s.log.Warn("reconcile: the view does not stand at the change log's head; reading the tenants from KV", "head", headIndex, "view", view.LogIndex)
-		if trees, err = s.readTrees(ctx, k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()); err != nil {
-			return err
-		}
-		for _, kv := range trees[k.tenantsDir()] {
-			if t, ok := s.routable(strings.TrimPrefix(kv.Key, k.tenantsDir()), kv.Value); ok {
-				claim(&t)
+		reset()
+		// Decoded one at a time: only the seat counts and the domains'
+		// owners are kept.
+		if err := s.readEach(ctx, nil, []string{k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()}, func(e *router.KVEntry) error {
+			if collect(e) {
+				return nil
 			}
+			if name, ok := name(e, k.tenantsDir()); ok {
+				raw, _ := values.of(e)
+				if t, ok := s.routable(name, raw); ok && len(t.Domains) == 0 {
+					count[t.Pod]++
+				} else if ok {
+					claim(&t)
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
 		}
 	}
 	registered := map[string]bool{}
-	for _, kv := range trees[k.podsDir()] {
-		registered[strings.TrimPrefix(kv.Key, k.podsDir())] = true
+	for name := range pods {
+		registered[name] = true
 	}
 
 	tx := newTxn("reconcile", k, session)
@@ -133,7 +168,6 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 		return nil
 	}
 
-	seats := byName(trees[k.seatsDir()], k.seatsDir())
 	for _, pod := range union(slices.Collect(maps.Keys(registered)), slices.Collect(maps.Keys(seats)), slices.Collect(maps.Keys(count))) {
 		want, kv := count[pod], seats[pod]
 		switch {
@@ -153,7 +187,6 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 		}
 	}
 
-	index := byName(trees[k.domainsDir()], k.domainsDir())
 	for _, d := range union(slices.Collect(maps.Keys(index)), slices.Collect(maps.Keys(owner))) {
 		kv := index[d]
 		o, owned := owner[d]
@@ -192,14 +225,6 @@ func (s *Store) routable(name string, raw []byte) (router.Tenant, bool) {
 		return router.Tenant{}, false
 	}
 	return t, true
-}
-
-func byName(kvs api.KVPairs, dir string) map[string]*api.KVPair {
-	out := make(map[string]*api.KVPair, len(kvs))
-	for _, kv := range kvs {
-		out[strings.TrimPrefix(kv.Key, dir)] = kv
-	}
-	return out
 }
 
 // union returns the names in every list, sorted and distinct.

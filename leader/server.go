@@ -162,8 +162,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.advertise = addr
 	prefix := s.router.Prefix()
 	s.elector = newElector(s.client, keys{prefix: prefix}, addr, s.cfg.Election, s.log, s.m, s.leadershipChanged)
+	kvr, _ := s.kv.(router.KVTxnReader)
 	s.store = newStore(StoreConfig{
 		Client:     s.client,
+		KV:         kvr,
 		Prefix:     prefix,
 		Zone:       s.router.Zone(),
 		Fence:      s.elector,

@@ -38,6 +38,8 @@ type Fence interface {
 // safe.
 type Store struct {
 	client *api.Client
+	kv     router.KVTxnReader // for reads of whole folders, if it streams
+	api    router.KVTxnReader // for them otherwise: consul/api
 	keys   keys
 	fence  Fence
 	view   func() *router.Snapshot
@@ -51,9 +53,14 @@ type Store struct {
 	log        *slog.Logger
 	clock      func() time.Time
 
-	turn       chan struct{} // holds a token while a write runs: one at a time
-	queueMu    sync.Mutex
-	queue      []*signupReq // sign-ups waiting to be written together
+	turn    chan struct{} // holds a token while a write runs: one at a time
+	queueMu sync.Mutex
+	queue   []*signupReq  // sign-ups waiting to be written together
+	queued  chan struct{} // signalled when a sign-up joins the queue
+	// inFlight is how many sign-ups the last sign-up transaction wrote
+	// or had waiting, and lastCommit how long it took (gather).
+	inFlight   int
+	lastCommit time.Duration
 	pods       podCache     // nil: read again before the next write
 	logHead    *logHead     // nil: read again before the next write
 	written    writtenNames // what the log got, for the auditor
@@ -69,6 +76,10 @@ type Store struct {
 // StoreConfig configures a Store. View and Fence are required.
 type StoreConfig struct {
 	Client *api.Client
+	// KV reads whole folders (the reconciliation's) if it streams them
+	// (a StreamKV method, readEach); otherwise, and when nil, they are
+	// read through consul/api.
+	KV     router.KVTxnReader
 	Prefix string // with the trailing slash
 	Zone   string // with or without the trailing dot
 	Fence  Fence
@@ -97,9 +108,15 @@ func newStore(c StoreConfig, m *metrics) *Store {
 	if c.LogRing == 0 {
 		c.LogRing = DefaultLogRing
 	}
+	api := router.NewAPILister(c.Client).(router.KVTxnReader)
+	if c.KV == nil {
+		c.KV = api
+	}
 	return &Store{
+		api:        api,
 		ring:       c.LogRing,
 		client:     c.Client,
+		kv:         c.KV,
 		keys:       keys{prefix: c.Prefix},
 		fence:      c.Fence,
 		view:       c.View,
@@ -112,6 +129,7 @@ func newStore(c StoreConfig, m *metrics) *Store {
 		log:        c.Logger,
 		clock:      c.Clock,
 		turn:       make(chan struct{}, 1),
+		queued:     make(chan struct{}, 1),
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/consulkv"
 	"github.com/podedge/podedge/internal/consultest"
 	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,8 +71,15 @@ func viewWithEdges(t *testing.T, pods ...string) func() *router.Snapshot {
 
 func testStore(t *testing.T, agent *consultest.Agent, fence Fence, view func() *router.Snapshot, retries int) *Store {
 	t.Helper()
+	// The reader the replicas use: Consul's answers read in place.
+	cfg := api.DefaultConfig()
+	cfg.Address = agent.HTTPAddr
+	kvr, err := consulkv.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return newStore(StoreConfig{
-		Client: agent.Client, Prefix: "podedge/", Zone: "example.test.", Fence: fence, View: view,
+		Client: agent.Client, KV: kvr, Prefix: "podedge/", Zone: "example.test.", Fence: fence, View: view,
 		NearKm: 500, Retries: retries, Reserved: DefaultReservedNames(), MaxDomains: 20, Logger: testLogger(t),
 	}, newMetrics(prometheus.NewRegistry(), nil))
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -181,39 +180,6 @@ func (s *Store) readTrees(ctx context.Context, prefixes ...string) (map[string]a
 		}
 	}
 	return out, nil
-}
-
-// readTreesAndKey is readTrees with one more key read at the same index:
-// it is nil when absent.
-func (s *Store) readTreesAndKey(ctx context.Context, key string, prefixes ...string) (map[string]api.KVPairs, *api.KVPair, error) {
-	ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: key}}}
-	for _, p := range prefixes {
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: p}})
-	}
-	res, err := s.readTxn(ctx, ops)
-	if err != nil {
-		return nil, nil, err
-	}
-	out := make(map[string]api.KVPairs, len(prefixes))
-	var one *api.KVPair
-	for _, r := range res {
-		if r == nil || r.KV == nil {
-			continue
-		}
-		if r.KV.Key == key {
-			if r.KV.ModifyIndex != 0 {
-				one = r.KV
-			}
-			continue
-		}
-		for _, p := range prefixes {
-			if strings.HasPrefix(r.KV.Key, p) && len(r.KV.Key) > len(p) {
-				out[p] = append(out[p], r.KV)
-				break
-			}
-		}
-	}
-	return out, one, nil
 }
 
 func (s *Store) readTxn(ctx context.Context, ops api.TxnOps) (api.TxnResults, error) {

@@ -51,6 +51,10 @@ type Options struct {
 	// Readers is the number of routers bench/cmd/readers runs in the
 	// sign-up phase, besides its edge, dnsd and leader. Default 50.
 	Readers int
+	// SignupsLeaderOnly runs, of the sign-up phase, only the leader: its
+	// first sign-up, the throughput run and its peak RSS, without the
+	// edge, dnsd and readers (a shorter run to measure the leader alone).
+	SignupsLeaderOnly bool
 	// Quick shortens what Duration does not bound, for the smoke test:
 	// fewer KV changes timed, a shorter lookup benchmark.
 	Quick bool

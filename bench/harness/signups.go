@@ -49,6 +49,8 @@ type SignupResult struct {
 	// Options.Duration; Failed counts those not answered 201.
 	Throughput     float64
 	Signed, Failed int
+	// LeaderOnly: only the leader ran (Options.SignupsLeaderOnly).
+	LeaderOnly bool
 	// Peak resident sets, in KiB; Readers is the whole readers process.
 	EdgePeak, DnsdPeak, LeaderPeak, ReadersPeak int64
 	// LeaderWins counts the leader lock won over the phase (1: never lost).
@@ -110,6 +112,9 @@ func (h *harness) signupsPhase(ctx context.Context) error {
 	}
 	res.LeaderFirst = time.Since(start)
 	h.say("signups: first sign-up %s after the leader's start", res.LeaderFirst.Round(time.Millisecond))
+	if h.opts.SignupsLeaderOnly {
+		return h.leaderThroughput(ctx, client, res, leader)
+	}
 
 	edge, err := h.startEdge(ctx, edgeSpec{name: "edge-signups", prefix: signupPrefix, publicIP: "192.0.2.15"})
 	if err != nil {
@@ -160,17 +165,27 @@ func (h *harness) signupsPhase(ctx context.Context) error {
 		h.say("signups: a tenant written straight into KV was routed after %s", ms(d))
 	}
 
-	tp := h.opts.Duration
-	if err := h.signupThroughput(ctx, client, res, leader.addr, tp); err != nil {
+	if err := h.leaderThroughput(ctx, client, res, leader); err != nil {
+		return err
+	}
+	// The readers must keep up: the last sign-up reaches all of them.
+	res.EdgePeak, res.DnsdPeak, res.ReadersPeak = edge.peakRSS(), dnsd.peakRSS(), readers.peakRSS()
+	h.report.addMemory("signups", "edge, "+tenantsLabel(n), res.EdgePeak)
+	h.report.addMemory("signups", "dnsd, "+tenantsLabel(n), res.DnsdPeak)
+	return nil
+}
+
+// leaderThroughput runs the throughput run and takes the leader's peak
+// RSS and lock wins.
+func (h *harness) leaderThroughput(ctx context.Context, client *http.Client, res *SignupResult, leader *server) error {
+	res.LeaderOnly = h.opts.SignupsLeaderOnly
+	if err := h.signupThroughput(ctx, client, res, leader.addr, h.opts.Duration); err != nil {
 		return err
 	}
 	h.say("signups: %.0f sign-ups/s with %d clients (%d failed)", res.Throughput, SignupClients, res.Failed)
-	// The readers must keep up: the last sign-up reaches all of them.
-	res.EdgePeak, res.DnsdPeak, res.LeaderPeak, res.ReadersPeak = edge.peakRSS(), dnsd.peakRSS(), leader.peakRSS(), readers.peakRSS()
+	res.LeaderPeak = leader.peakRSS()
 	res.LeaderWins = countLines(h.path("leader-signups.log"), "won the leader lock")
-	h.report.addMemory("signups", "edge, "+tenantsLabel(n), res.EdgePeak)
-	h.report.addMemory("signups", "dnsd, "+tenantsLabel(n), res.DnsdPeak)
-	h.report.addMemory("signups", "leader, "+tenantsLabel(n), res.LeaderPeak)
+	h.report.addMemory("signups", "leader, "+tenantsLabel(res.Tenants), res.LeaderPeak)
 	return nil
 }
 
@@ -455,6 +470,10 @@ func (r *Report) signupTables(w writef) {
 	if s == nil {
 		return
 	}
+	if s.LeaderOnly {
+		r.leaderOnlyTable(w)
+		return
+	}
 	w("#### Sign-ups through the leader: %d tenants, %d readers\n\n", s.Tenants, s.AllReaders)
 	w("%d tenants written to Consul in %s; the leader's first sign-up answered %s after its start (it campaigns once its view has read them all). ",
 		s.Tenants, s.Write.Round(time.Millisecond), s.LeaderFirst.Round(time.Millisecond))
@@ -490,6 +509,26 @@ func (r *Report) signupTables(w writef) {
 	}
 	w("| a tenant written straight into KV → the edge routes it | %s | %s |\n", strings.Join(oob, ", "),
 		t(slices.Max(append([]time.Duration{0}, s.OutOfBand...)) <= 5*time.Second, "≤ 5 s"))
+	w("| leader lock won over the phase (1: never lost) | %d | |\n", s.LeaderWins)
+	w("\n")
+}
+
+// leaderOnlyTable renders a sign-up phase that ran the leader alone.
+func (r *Report) leaderOnlyTable(w writef) {
+	s := r.Signups
+	w("#### Sign-ups through the leader alone: %d tenants\n\n", s.Tenants)
+	w("%d tenants written to Consul in %s; the leader's first sign-up answered %s after its start. No edge, dnsd or readers ran (-signups-leader-only). The machine is shared: other work ran beside the bench.\n\n",
+		s.Tenants, s.Write.Round(time.Millisecond), s.LeaderFirst.Round(time.Millisecond))
+	target := s.Tenants == 100_000
+	t := func(ok bool, goal string) string {
+		if !target {
+			return ""
+		}
+		return goal + " " + verdict(ok)
+	}
+	w("| what | result | target (100,000 tenants) |\n| --- | ---: | --- |\n")
+	w("| sign-ups per second, %d clients, %s (failed) | %.0f (%d) | %s |\n", SignupClients, r.Duration, s.Throughput, s.Failed, t(s.Throughput >= 1000, "≥ 1,000"))
+	w("| peak RSS of the leader | %s | %s |\n", mib(s.LeaderPeak), t(s.LeaderPeak <= 200*1024, "≤ 200 MB"))
 	w("| leader lock won over the phase (1: never lost) | %d | |\n", s.LeaderWins)
 	w("\n")
 }

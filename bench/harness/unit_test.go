@@ -210,6 +210,22 @@ func TestMarkdownOfAPartialRun(t *testing.T) {
 	}
 }
 
+// A sign-up phase that ran the leader alone reports its rate and resident
+// set against the targets, and nothing of the readers.
+func TestMarkdownOfTheLeaderAlone(t *testing.T) {
+	r := sampleReport()
+	r.Signups = &SignupResult{Tenants: 100_000, LeaderOnly: true, Throughput: 1200, LeaderPeak: 150 * 1024, LeaderWins: 1}
+	md := r.Markdown()
+	for _, want := range []string{"#### Sign-ups through the leader alone: 100000 tenants", "| 1200 (0) | ≥ 1,000 met |", "| 150.0 MiB | ≤ 200 MB met |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "every reader has it") {
+		t.Errorf("report of the leader alone has the readers' rows:\n%s", md)
+	}
+}
+
 // A run without the HTTP phase has no HTTP table and no HTTP target.
 func TestMarkdownWithoutHTTP(t *testing.T) {
 	r := sampleReport()

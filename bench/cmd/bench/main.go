@@ -40,6 +40,7 @@ func main() {
 	fs.DurationVar(&opts.FailureDuration, "failure-duration", 9*time.Second, "length of each run that kills a backend")
 	fs.IntVar(&opts.Tenants, "tenants", 100_000, "tenants of the scale and sign-up phases (-only signups -tenants 1000000: the million-tenant figures)")
 	fs.IntVar(&opts.Readers, "readers", 50, "routers bench/cmd/readers runs in the sign-up phase")
+	fs.BoolVar(&opts.SignupsLeaderOnly, "signups-leader-only", false, "of the sign-up phase run only the leader: its first sign-up, the throughput run and its peak RSS")
 	fs.StringVar(&opts.ProfileDir, "profile", "", "`folder` to save CPU profiles of the edge in (one per HTTP workload, one during the KV changes)")
 	fs.StringVar(&opts.Dir, "dir", "", "`folder` for configurations and logs (default: a temporary one, removed after a successful run)")
 	fs.BoolVar(&opts.Quick, "quick", false, "smoke run: fewer KV changes timed, shorter lookup benchmark (use with short durations)")
