@@ -129,6 +129,26 @@ func TestBareLFAfterTheRequestLine(t *testing.T) {
 	})
 }
 
+// A head with no field whose blank line is a bare LF: the loops refuse
+// it; fasthttp, which keeps nothing of an empty field block to check,
+// reads on, and here finds no tenant (no Host). Nothing reaches the app
+// server on either path.
+func TestBareLFEndingAHeadWithoutFields(t *testing.T) {
+	want := map[string]int{EngineLoop: 400, EngineFasthttp: 404}
+	forEngines(t, func(t *testing.T, engine string) {
+		rec := newRecorder(t)
+		h := newHarnessOn(t, engine, &Proxy{}, onePod(rec.backend))
+		conn := rawConn(t, h.addr)
+		io.WriteString(conn, "GET / HTTP/1.0\r\n\n\r\n\r\n")
+		if resp := readResponse(t, conn, "GET"); resp.StatusCode != want[engine] {
+			t.Fatalf("status %d, want %d", resp.StatusCode, want[engine])
+		}
+		if got := rec.seen(); len(got) != 0 {
+			t.Fatalf("the app server received %v", got)
+		}
+	})
+}
+
 // Empty lines before a request line are ignored, as RFC 9112 (section 2.2)
 // has a server do, on both engines.
 func TestEmptyLinesBeforeARequestAreIgnored(t *testing.T) {
