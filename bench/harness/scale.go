@@ -69,6 +69,9 @@ func scaleTenants(n int) []router.Tenant {
 // an edge and a dnsd reading them, and compares them with the edge and dnsd
 // of the other runs (10 tenants).
 func (h *harness) scalePhase(ctx context.Context) error {
+	if err := h.startMainServers(ctx); err != nil {
+		return err
+	}
 	n := h.opts.Tenants
 	res := &ScaleResult{Tenants: n}
 	h.report.Scale = res
@@ -179,6 +182,27 @@ func (h *harness) scalePhase(ctx context.Context) error {
 	for i, count := range []int{len(small), n} {
 		res.Lookup[i] = lookupCost(count, d)
 		h.say("scale: lookup among %d tenants: %.1f ns, %.0f allocs", count, res.Lookup[i].NsPerOp, res.Lookup[i].Allocs)
+	}
+	return nil
+}
+
+// startMainServers starts the edge and dnsd of the 10 tenants that the
+// HTTP and DNS phases leave running, when those phases did not run
+// (Options.Phases): the scale phase compares with them.
+func (h *harness) startMainServers(ctx context.Context) error {
+	if h.mainEdge == nil {
+		edge, err := h.startEdge(ctx, edgeSpec{name: "edge", prefix: mainPrefix, publicIP: podIPs()[0]})
+		if err != nil {
+			return err
+		}
+		h.mainEdge = edge
+	}
+	if h.mainDnsd == nil {
+		dnsd, err := h.startDnsd(ctx, "dnsd", mainPrefix)
+		if err != nil {
+			return err
+		}
+		h.mainDnsd = dnsd
 	}
 	return nil
 }
