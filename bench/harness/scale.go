@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/podedge/podedge/bench/configs"
 	"github.com/podedge/podedge/router"
 )
 
@@ -191,6 +192,15 @@ func (h *harness) scalePhase(ctx context.Context) error {
 // (Options.Phases): the scale phase compares with them.
 func (h *harness) startMainServers(ctx context.Context) error {
 	if h.mainEdge == nil {
+		// The throughput runs below read wrk's results through the HTTP
+		// phase's script, and dnsperf's queries from the DNS phase's file.
+		script, err := configs.FS.ReadFile("report.lua")
+		if err != nil {
+			return err
+		}
+		if err := writeFile(h.path("report.lua"), script); err != nil {
+			return err
+		}
 		edge, err := h.startEdge(ctx, edgeSpec{name: "edge", prefix: mainPrefix, publicIP: podIPs()[0]})
 		if err != nil {
 			return err
@@ -198,6 +208,11 @@ func (h *harness) startMainServers(ctx context.Context) error {
 		h.mainEdge = edge
 	}
 	if h.mainDnsd == nil {
+		if _, err := h.render("queries.txt.tmpl", "queries.txt", map[string]any{
+			"Pod": pod, "Zone": zone, "Tenant": tenant, "Missing": missing,
+		}); err != nil {
+			return err
+		}
 		dnsd, err := h.startDnsd(ctx, "dnsd", mainPrefix)
 		if err != nil {
 			return err
