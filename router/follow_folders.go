@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/hashicorp/consul/api"
@@ -33,15 +34,13 @@ func (f *follower) followFolders(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		runQuery(ctx, f.r, "kv:pods", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
-			return f.list.ListKV(pods.folder, q)
-		}, func(list *KVList, index uint64) {
-			defer list.release()
-			v, errs, changed := pods.decodeAll(list.Entries)
-			f.w.logSkipped(errs)
+		runQuery(ctx, f.r, "kv:pods", func(q *api.QueryOptions) (kvAnswer[Pod], *api.QueryMeta, error) {
+			return pods.read(f.list, q)
+		}, func(a kvAnswer[Pod], index uint64) {
+			f.w.logSkipped(a.fresh)
 			mu.Lock()
 			defer mu.Unlock()
-			if lacksCaughtUp(caughtUp, v) {
+			if lacksCaughtUp(caughtUp, a.values) {
 				// Read before catchUpPods read the folder again. (Indexes
 				// do not tell: an empty folder answers with the index of
 				// the whole store.) A pod deleted meanwhile goes with the
@@ -51,34 +50,33 @@ func (f *follower) followFolders(ctx context.Context) {
 			}
 			caughtUp = nil
 			podsIndex = index
-			if changed || !havePods {
+			if a.changed || !havePods {
 				havePods = true
 				f.pods = map[string]Pod{}
-				for _, p := range v {
-					f.pods[p.Name] = p
+				for _, p := range a.values {
+					f.pods[p.Name] = *p
 				}
 				publish()
 			}
 		})
 	})
 	wg.Go(func() {
-		runQuery(ctx, f.r, "kv:tenants", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
-			return f.list.ListKV(tenants.folder, q)
-		}, func(list *KVList, index uint64) {
-			defer list.release()
-			v, errs, changed := tenants.decodeAll(list.Entries)
-			f.w.logSkipped(errs)
+		runQuery(ctx, f.r, "kv:tenants", func(q *api.QueryOptions) (kvAnswer[Tenant], *api.QueryMeta, error) {
+			return tenants.read(f.list, q)
+		}, func(a kvAnswer[Tenant], index uint64) {
+			f.w.logSkipped(a.fresh)
 			mu.Lock()
 			defer mu.Unlock()
 			tenantsIndex = index
-			if changed || !haveTenants {
+			if a.changed || !haveTenants {
 				if havePods {
-					if idx, ok := f.catchUpPods(ctx, v, &askedFor); ok {
+					if idx, ok := f.catchUpPods(ctx, a.values, &askedFor); ok {
 						podsIndex, caughtUp = max(podsIndex, idx), f.pods
 					}
 				}
 				haveTenants = true
-				idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, v, f.idx)
+				// The decoder keeps its slice; the index may reorder its own.
+				idx, problems := indexTenants(f.r.builder.seed, f.r.snap.Load().zoneSuffix, slices.Clone(a.values), f.idx)
 				f.logProblems(problems)
 				f.idx = idx
 				publish()
@@ -110,7 +108,7 @@ func (f *follower) followFolders(ctx context.Context) {
 // for their pod. Tenants go only into registered pods, so a tenant naming
 // a pod the view lacks means the pods are behind; a tenant written into an
 // unknown pod costs one read of pods/, once.
-func (f *follower) catchUpPods(ctx context.Context, tenants []Tenant, askedFor *map[string]bool) (uint64, bool) {
+func (f *follower) catchUpPods(ctx context.Context, tenants []*Tenant, askedFor *map[string]bool) (uint64, bool) {
 	var missing map[string]bool
 	ask := false
 	for i := range tenants {
@@ -130,23 +128,21 @@ func (f *follower) catchUpPods(ctx context.Context, tenants []Tenant, askedFor *
 	}
 	// Consistent: as new as the tenants just read, whichever server
 	// answered them.
-	list, meta, err := f.list.ListKV(f.keys.pods, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	a, meta, err := (&kvDecoder[Pod]{folder: f.keys.pods, decode: decodePod}).read(f.list, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		f.r.log.Debug("could not read pods/ again for tenants in a pod not yet seen", "error", err.Error())
 		return 0, false
 	}
-	defer list.release()
-	v, errs, _ := (&kvDecoder[Pod]{folder: f.keys.pods, decode: decodePod}).decodeAll(list.Entries)
-	f.w.logSkipped(errs)
-	f.pods = make(map[string]Pod, len(v))
-	for _, p := range v {
-		f.pods[p.Name] = p
+	f.w.logSkipped(a.fresh)
+	f.pods = make(map[string]Pod, len(a.values))
+	for _, p := range a.values {
+		f.pods[p.Name] = *p
 	}
 	return meta.LastIndex, true
 }
 
 // lacksCaughtUp reports whether pods lack one of those catchUpPods read.
-func lacksCaughtUp(caughtUp map[string]Pod, pods []Pod) bool {
+func lacksCaughtUp(caughtUp map[string]Pod, pods []*Pod) bool {
 	if caughtUp == nil {
 		return false
 	}
@@ -164,4 +160,29 @@ func (w *watcher) currentPods() []Pod {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.kv.pods
+}
+
+// kvAnswer is what a kvDecoder made of one answer (decodeAll's results).
+type kvAnswer[T any] struct {
+	values  []*T
+	fresh   []error
+	changed bool
+}
+
+// read lists the decoder's folder with q and decodes the entries as they
+// are read: a folder of 100,000 tenants is never held whole.
+func (d *kvDecoder[T]) read(l KVLister, q *api.QueryOptions) (kvAnswer[T], *api.QueryMeta, error) {
+	d.begin()
+	meta, err := listEach(l, d.folder, q, func(e *KVEntry) error {
+		d.add(e)
+		return nil
+	})
+	if err != nil {
+		if d.seen > 0 || d.changed {
+			d.abort() // cut short after it changed the cache
+		}
+		return kvAnswer[T]{}, nil, err
+	}
+	v, fresh, changed := d.end()
+	return kvAnswer[T]{values: v, fresh: fresh, changed: changed}, meta, nil
 }

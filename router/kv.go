@@ -111,3 +111,52 @@ func (a apiLister) ReadKV(keys, folders []string, q *api.QueryOptions) (*KVList,
 	}
 	return list, meta, nil
 }
+
+// KVStreamer reads as KVLister and KVTxnReader do, but hands each entry to
+// fn as it reads Consul's answer, holding no more of it than one entry:
+// with 1,000,000 tenants the tenants/ folder is 300 MB of JSON, which a
+// reader would otherwise hold whole, with its entries, while it decodes
+// them. The entry and its slices are valid only during the call; an error
+// of fn ends the read and is returned. A KVLister that implements it
+// (internal/consulkv) is used for resyncs and the tenants/ folder.
+type KVStreamer interface {
+	StreamList(folder string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error)
+	StreamKV(keys, folders []string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error)
+}
+
+// readEach reads as txn.ReadKV does and calls fn with each entry, as it
+// reads them when txn streams.
+func readEach(txn KVTxnReader, keys, folders []string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
+	if s, ok := txn.(KVStreamer); ok {
+		return s.StreamKV(keys, folders, q, fn)
+	}
+	list, meta, err := txn.ReadKV(keys, folders, q)
+	if err != nil {
+		return nil, err
+	}
+	defer list.release()
+	return meta, eachEntry(list, fn)
+}
+
+// listEach lists as l.ListKV does and calls fn with each entry, as it
+// reads them when l streams.
+func listEach(l KVLister, folder string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
+	if s, ok := l.(KVStreamer); ok {
+		return s.StreamList(folder, q, fn)
+	}
+	list, meta, err := l.ListKV(folder, q)
+	if err != nil {
+		return nil, err
+	}
+	defer list.release()
+	return meta, eachEntry(list, fn)
+}
+
+func eachEntry(list *KVList, fn func(*KVEntry) error) error {
+	for i := range list.Entries {
+		if err := fn(&list.Entries[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}

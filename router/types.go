@@ -171,6 +171,7 @@ func decodeTenant(name string, raw []byte) (Tenant, error) {
 	if t.Name != name {
 		return Tenant{}, fmt.Errorf("tenant %q: value names tenant %q", name, t.Name)
 	}
+	t.Name = name // the same, and the caller's string: one copy to keep
 	if err := CheckLabel(name); err != nil {
 		return Tenant{}, fmt.Errorf("tenant: %w", err)
 	}

@@ -1,0 +1,96 @@
+package router
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// entryStreamer streams entries made beforehand, as internal/consulkv
+// streams Consul's answer.
+type entryStreamer struct{ entries []KVEntry }
+
+func (s *entryStreamer) ListKV(string, *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+	return &KVList{Entries: s.entries}, &api.QueryMeta{LastIndex: 1}, nil
+}
+
+func (s *entryStreamer) ReadKV([]string, []string, *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+	return &KVList{Entries: s.entries}, &api.QueryMeta{LastIndex: 1}, nil
+}
+
+func (s *entryStreamer) StreamList(_ string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
+	return s.StreamKV(nil, nil, q, fn)
+}
+
+func (s *entryStreamer) StreamKV(_, _ []string, _ *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
+	for i := range s.entries {
+		if err := fn(&s.entries[i]); err != nil {
+			return nil, err
+		}
+	}
+	return &api.QueryMeta{LastIndex: 1}, nil
+}
+
+// tenantEntries are n tenants as the tenants/ folder holds them (base64
+// values, as Consul sends them), in 50 pods, a custom domain for every
+// tenth.
+func tenantEntries(n int) []KVEntry {
+	out := make([]KVEntry, 0, n+1)
+	out = append(out, KVEntry{Key: []byte("podedge/pods/pod-1"), ModifyIndex: 1, Base64: true,
+		Value: []byte(base64.StdEncoding.EncodeToString([]byte(`{"name":"pod-1","capacity":10000000}`)))})
+	for i := range n {
+		domains := ""
+		if i%10 == 0 {
+			domains = fmt.Sprintf(`"www.customer-%07d.com"`, i)
+		}
+		v := fmt.Sprintf(`{"name":"tenant-%07d","pod":"pod-%d","domains":[%s],"created":"2026-11-26T16:05:00.123456789Z"}`, i, i%50, domains)
+		out = append(out, KVEntry{Key: fmt.Appendf(nil, "podedge/tenants/tenant-%07d", i), ModifyIndex: uint64(i + 2), Base64: true,
+			Value: []byte(base64.StdEncoding.EncodeToString([]byte(v)))})
+	}
+	return out
+}
+
+// BenchmarkResync is a reader's full read of the platform, from the
+// streamed entries to the published index: its time, what it allocates,
+// and the heap it holds after, per tenant ("held-B/tenant": the tenants
+// and their index).
+func BenchmarkResync(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			s := &entryStreamer{entries: tenantEntries(n)}
+			r, err := New(Config{Logger: slog.New(slog.DiscardHandler), KV: s})
+			if err != nil {
+				b.Fatal(err)
+			}
+			w := &watcher{r: r, changed: make(chan struct{}, 1)}
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b.ReportAllocs()
+			for b.Loop() {
+				f := newFollower(r, w, nil, s, s)
+				if _, err := f.resync(context.Background(), &api.QueryOptions{}); err != nil {
+					b.Fatal(err)
+				}
+				if f.idx.byName.Len() != n {
+					b.Fatalf("%d tenants", f.idx.byName.Len())
+				}
+				w.kv = kvState{}
+			}
+			f := newFollower(r, w, nil, s, s)
+			if _, err := f.resync(context.Background(), &api.QueryOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			w.kv = kvState{}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "held-B/tenant")
+			runtime.KeepAlive(f)
+		})
+	}
+}
