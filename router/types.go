@@ -162,8 +162,11 @@ func decodePod(name string, raw []byte) (Pod, error) {
 // Domains are normalised; an invalid domain makes the whole value invalid.
 func decodeTenant(name string, raw []byte) (Tenant, error) {
 	var t Tenant
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return Tenant{}, fmt.Errorf("tenant %q: invalid JSON: %w", name, err)
+	if !fastTenant(raw, name, &t) {
+		t = Tenant{}
+		if err := json.Unmarshal(raw, &t); err != nil {
+			return Tenant{}, fmt.Errorf("tenant %q: invalid JSON: %w", name, err)
+		}
 	}
 	if t.Name == "" {
 		t.Name = name
