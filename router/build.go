@@ -42,6 +42,10 @@ type builder struct {
 	// tenants is the index of the last build, reused while the tenants
 	// stay the same.
 	tenants *tenantIndex
+	// last is the last build's snapshot and from its State: a build of
+	// the same pods and endpoints reuses its pods (reusePods).
+	last *Snapshot
+	from State
 }
 
 // build makes a snapshot of st. The problems it returns (a custom domain
@@ -49,8 +53,9 @@ type builder struct {
 // they are returned when the tenants change, not at every change of health.
 func (b *builder) build(st State) (*Snapshot, []error) {
 	now := b.clock()
-	s := emptySnapshot(b.zone, b.seed)
-	s.Index, s.LogIndex, s.Built, s.Synced = st.Index, st.LogIndex, now, true
+	suffix := "." + b.zone[:len(b.zone)-1]
+	s := &Snapshot{Zone: b.zone, zoneSuffix: suffix, pods: map[string]*PodState{},
+		Index: st.Index, LogIndex: st.LogIndex, Built: now, Synced: true}
 	var problems []error
 
 	pod := func(name string) *PodState {
@@ -81,6 +86,10 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 	}
 	b.tenants = idx
 	s.tenants = idx
+	if b.reusePods(s, st) {
+		return s, problems
+	}
+	b.last, b.from = s, st
 	s.slots = make([]*PodState, len(idx.pods))
 	for i, name := range idx.pods {
 		ps := pod(name)
@@ -127,6 +136,41 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 	b.registry.endBuild(now, cursors)
 	slices.SortFunc(s.podList, func(a, b *PodState) int { return cmp.Compare(a.Name, b.Name) })
 	return s, problems
+}
+
+// reusePods gives s the pods of the last build when st has the same pods
+// and endpoints as its State (the watcher passes the very same slices
+// while they do not change) and s's tenants live in no other pod: a
+// tenant change then costs a copy of each PodState with its new count,
+// not new pools for every pod (with 100 pods of 15 endpoints, 1.6 MB and
+// a millisecond at every sign-up). The registry is left as it is: its
+// addresses are the same, and those unused expire at the next full build.
+func (b *builder) reusePods(s *Snapshot, st State) bool {
+	last, from := b.last, &b.from
+	if last == nil || !sameSlice(st.Pods, from.Pods) || !sameSlice(st.Edges, from.Edges) || !sameSlice(st.Apps, from.Apps) {
+		return false
+	}
+	for _, name := range s.tenants.pods {
+		if last.pods[name] == nil {
+			return false
+		}
+	}
+	copies := make([]PodState, len(last.podList))
+	s.podList = make([]*PodState, len(last.podList))
+	for i, old := range last.podList {
+		copies[i] = *old
+		ps := &copies[i]
+		ps.Tenants = 0
+		s.pods[ps.Name], s.podList[i] = ps, ps
+	}
+	s.slots = make([]*PodState, len(s.tenants.pods))
+	for i, name := range s.tenants.pods {
+		ps := s.pods[name]
+		ps.Tenants = s.tenants.counts[i]
+		s.slots[i] = ps
+	}
+	b.last = s
+	return true
 }
 
 // pool builds the pool named key over eps, one member per address. It must

@@ -5,10 +5,12 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/changelog"
 )
 
 // entryStreamer streams entries made beforehand, as internal/consulkv
@@ -91,6 +93,56 @@ func BenchmarkResync(b *testing.B) {
 			runtime.ReadMemStats(&after)
 			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "held-B/tenant")
 			runtime.KeepAlive(f)
+		})
+	}
+}
+
+// BenchmarkApplyChange is what one change of the log costs a reader past
+// the read of the head: decoding its entry, applying it to the index and
+// publishing the snapshot (100 pods of 13 edges and 2 app servers).
+func BenchmarkApplyChange(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			s := &entryStreamer{entries: tenantEntries(n)}
+			r, err := New(Config{Logger: slog.New(slog.DiscardHandler), KV: s})
+			if err != nil {
+				b.Fatal(err)
+			}
+			w := &watcher{r: r, changed: make(chan struct{}, 1)}
+			f := newFollower(r, w, nil, s, s)
+			if _, err := f.resync(context.Background(), &api.QueryOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			var edges []EdgeEndpoint
+			var apps []Endpoint
+			for p := range 100 {
+				pod := fmt.Sprintf("pod-%d", p)
+				for i := range 13 {
+					ep := Endpoint{ID: fmt.Sprintf("edge-%d-%d", p, i), Node: "n", Pod: pod, Addr: fmt.Sprintf("10.%d.%d.1:80", p, i), Weight: 1, Passing: true}
+					edges = append(edges, EdgeEndpoint{Endpoint: ep, PublicIP: netip.AddrFrom4([4]byte{192, 0, byte(p), byte(i)})})
+				}
+				for i := range 2 {
+					apps = append(apps, Endpoint{ID: fmt.Sprintf("app-%d-%d", p, i), Node: "n", Pod: pod, Addr: fmt.Sprintf("10.%d.%d.2:80", p, i), Weight: 1, Passing: true})
+				}
+			}
+			publish := func() {
+				k := w.kv
+				r.Publish(State{Pods: k.pods, Edges: edges, Apps: apps, Index: k.index, LogIndex: k.index,
+					index: k.tenants, delta: k.delta, deltaFull: k.deltaFull})
+				w.kv.delta, w.kv.deltaFull = nil, false
+			}
+			publish()
+			runtime.GC() // not the setup's garbage in the timing
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				name := fmt.Sprintf("new-%07d", i)
+				e := changelog.Entry{Seq: uint64(i + 1), Kind: changelog.KindTenant, Name: name,
+					Value: fmt.Appendf(nil, `{"name":%q,"pod":"pod-%d","domains":[],"created":"2026-12-04T10:00:00Z"}`, name, i%50)}
+				f.apply([]changelog.Entry{e}, uint64(n+i))
+				publish()
+				i++
+			}
 		})
 	}
 }
