@@ -94,22 +94,22 @@ func (s *stream) expect(c byte) error {
 
 // element returns a scanner over the complete JSON value that starts at
 // the next byte, reading as much as it takes, and moves past it.
-func (s *stream) element() (*scanner, error) {
+func (s *stream) element() (scanner, error) {
 	if s.space() == 0 {
-		return nil, s.fail(fmt.Errorf("want a value, found the end"))
+		return scanner{}, s.fail(fmt.Errorf("want a value, found the end"))
 	}
 	for {
 		if end, ok := valueEnd(s.buf[s.off:]); ok {
-			sc := &scanner{b: s.buf[s.off : s.off+end]}
+			sc := scanner{b: s.buf[s.off : s.off+end]}
 			s.off += end
 			return sc, nil
 		}
 		if !s.more() {
 			if s.err != nil {
-				return nil, s.err
+				return scanner{}, s.err
 			}
 			// Incomplete at the end: the scanner says what is wrong.
-			sc := &scanner{b: s.buf[s.off:]}
+			sc := scanner{b: s.buf[s.off:]}
 			s.off = len(s.buf)
 			return sc, nil
 		}
@@ -213,13 +213,13 @@ func (s *stream) list(fn func(*router.KVEntry) error) error {
 		s.off++
 		return s.end()
 	}
+	var e router.KVEntry // one for all: fn's argument escapes
 	for {
 		sc, err := s.element()
 		if err != nil {
 			return err
 		}
-		e, err := sc.entry()
-		if err != nil {
+		if e, err = sc.entry(); err != nil {
 			return s.fail(err)
 		}
 		if err := fn(&e); err != nil {
@@ -313,12 +313,13 @@ func (s *stream) results(fn func(*router.KVEntry) error) error {
 		s.off++
 		return nil
 	}
+	var e router.KVEntry // one for all: fn's argument escapes
 	for {
 		sc, err := s.element()
 		if err != nil {
 			return err
 		}
-		if err := sc.result(fn); err != nil {
+		if err := sc.result(&e, fn); err != nil {
 			return err
 		}
 		switch c := s.space(); c {

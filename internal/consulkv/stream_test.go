@@ -167,3 +167,33 @@ func listAnswer(n int) []byte {
 	sb.WriteByte(']')
 	return []byte(sb.String())
 }
+
+// BenchmarkStreamTxn100k reads a resync's answer of 100,000 tenants.
+func BenchmarkStreamTxn100k(b *testing.B) {
+	list := listAnswer(100_000)
+	var sb bytes.Buffer
+	sb.WriteString(`{"Results":[`)
+	n := 0
+	err := streamList(newStream(bytes.NewReader(bytes.Clone(list)), streamWindow), func(e *router.KVEntry) error {
+		if n > 0 {
+			sb.WriteByte(',')
+		}
+		n++
+		fmt.Fprintf(&sb, `{"KV":{"LockIndex":0,"Key":%q,"Flags":0,"Value":"%s","CreateIndex":%d,"ModifyIndex":%d}}`, e.Key, e.Value, e.ModifyIndex, e.ModifyIndex)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sb.WriteString(`],"Errors":null}`)
+	answer := sb.Bytes()
+	b.SetBytes(int64(len(answer)))
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		err := streamTxn(newStream(bytes.NewReader(answer), streamWindow), func(*router.KVEntry) error { n++; return nil })
+		if err != nil || n != 100_000 {
+			b.Fatal(err)
+		}
+	}
+}

@@ -139,8 +139,9 @@ func (s *scanner) txn(entries []router.KVEntry) ([]router.KVEntry, error) {
 		if !bytes.EqualFold(name, []byte("Results")) {
 			return s.txnField(name)
 		}
+		var e router.KVEntry
 		return s.array(func() error {
-			return s.result(func(e *router.KVEntry) error {
+			return s.result(&e, func(e *router.KVEntry) error {
 				entries = append(entries, *e)
 				return nil
 			})
@@ -156,18 +157,18 @@ func (s *scanner) txn(entries []router.KVEntry) ([]router.KVEntry, error) {
 	return entries, nil
 }
 
-// result reads one of the transaction's results, {"KV":{...}}, calling fn
-// with its entry; results of other kinds are skipped.
-func (s *scanner) result(fn func(*router.KVEntry) error) error {
+// result reads one of the transaction's results, {"KV":{...}}, into e
+// and calls fn with it; results of other kinds are skipped.
+func (s *scanner) result(e *router.KVEntry, fn func(*router.KVEntry) error) error {
 	return s.object(func(name []byte) error {
 		if !bytes.EqualFold(name, []byte("KV")) || s.peek() == 'n' {
 			return s.skip()
 		}
-		e, err := s.entry()
-		if err != nil {
+		var err error
+		if *e, err = s.entry(); err != nil {
 			return err
 		}
-		return fn(&e)
+		return fn(e)
 	})
 }
 
