@@ -6,7 +6,10 @@
 // dnsd and leader replica at each change of any tenant. Reading the JSON in
 // place, in one pass that keeps only what the router needs, takes a small
 // part of that, and the values stay in base64 until the router finds their
-// ModifyIndex changed.
+// ModifyIndex changed. StreamList and StreamKV read the answer a window at
+// a time and hand each entry over as it is read, so that a read of the
+// whole platform (300 MB of JSON at 1,000,000 tenants) holds a quarter of
+// a megabyte of it, not all of it.
 package consulkv
 
 import (
