@@ -92,6 +92,11 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 	b.last, b.from = s, st
 	s.slots = make([]*PodState, len(idx.pods))
 	for i, name := range idx.pods {
+		if idx.counts[i] == 0 && s.pods[name] == nil {
+			// A slot no tenant uses any more: the pod is not made
+			// known by it, as a build from scratch would not.
+			continue
+		}
 		ps := pod(name)
 		ps.Tenants = idx.counts[i]
 		s.slots[i] = ps
@@ -150,8 +155,8 @@ func (b *builder) reusePods(s *Snapshot, st State) bool {
 	if last == nil || !sameSlice(st.Pods, from.Pods) || !sameSlice(st.Edges, from.Edges) || !sameSlice(st.Apps, from.Apps) {
 		return false
 	}
-	for _, name := range s.tenants.pods {
-		if last.pods[name] == nil {
+	for i, name := range s.tenants.pods {
+		if s.tenants.counts[i] > 0 && last.pods[name] == nil {
 			return false
 		}
 	}
@@ -165,9 +170,10 @@ func (b *builder) reusePods(s *Snapshot, st State) bool {
 	}
 	s.slots = make([]*PodState, len(s.tenants.pods))
 	for i, name := range s.tenants.pods {
-		ps := s.pods[name]
-		ps.Tenants = s.tenants.counts[i]
-		s.slots[i] = ps
+		if ps := s.pods[name]; ps != nil {
+			ps.Tenants = s.tenants.counts[i]
+			s.slots[i] = ps
+		}
 	}
 	b.last = s
 	return true

@@ -151,6 +151,17 @@ type kvDecoder[T any] struct {
 	diverge bool // out is in use
 	fresh   []error
 	changed bool
+	// delta is what changed since the last answer, key by key; whole is
+	// true when the cache cannot tell (the first answer, or the first
+	// after one cut short).
+	delta []kvChange[T]
+	whole bool
+}
+
+// kvChange is a key's new value; nil when it went or is refused.
+type kvChange[T any] struct {
+	name  string
+	value *T
 }
 
 type kvCached[T any] struct {
@@ -178,11 +189,13 @@ func (d *kvDecoder[T]) decodeAll(entries []KVEntry) (values []*T, fresh []error,
 
 // begin starts reading an answer.
 func (d *kvDecoder[T]) begin() {
+	d.whole = d.cache == nil
 	if d.cache == nil {
 		d.cache = map[string]*kvCached[T]{}
 	}
 	d.pass++
 	d.seen, d.kept, d.out, d.diverge, d.fresh, d.changed = 0, 0, nil, false, nil, false
+	d.delta = d.delta[:0]
 }
 
 // abort drops what a read cut short left: the cache no longer tells what
@@ -229,6 +242,7 @@ func (d *kvDecoder[T]) add(e *KVEntry) {
 		if c.err != nil {
 			d.fresh = append(d.fresh, c.err)
 		}
+		d.delta = append(d.delta, kvChange[T]{name: name, value: c.value})
 	}
 	if c.pass != d.pass {
 		c.pass = d.pass
@@ -258,6 +272,9 @@ func (d *kvDecoder[T]) end() (values []*T, fresh []error, changed bool) {
 		for k, c := range d.cache {
 			if c.pass != d.pass {
 				delete(d.cache, k)
+				if c.value != nil {
+					d.delta = append(d.delta, kvChange[T]{name: k[len(d.folder):]})
+				}
 			}
 		}
 	}

@@ -251,23 +251,37 @@ func TestKVDecoderFollowsChangesInPlace(t *testing.T) {
 		}
 		return strings.Join(s, " ")
 	}
+	delta := func() string {
+		var s []string
+		for _, c := range d.delta {
+			if c.value == nil {
+				s = append(s, "-"+c.name)
+			} else {
+				s = append(s, c.name)
+			}
+		}
+		return strings.Join(s, " ")
+	}
 	for i, c := range []struct {
-		keys    []string
-		want    string
-		changed bool
+		keys        []string
+		want        string
+		changed     bool
+		delta       string
+		wholeAnswer bool
 	}{
-		{[]string{"a@1", "b@2", "c@3"}, "a@1 b@2 c@3", true},
-		{[]string{"a@1", "b@2", "c@3"}, "a@1 b@2 c@3", false},
-		{[]string{"a@1", "c@3"}, "a@1 c@3", true},
-		{[]string{"a@1", "b@4", "c@3"}, "a@1 b@4 c@3", true},
-		{[]string{"a@1", "b@4", "c@5"}, "a@1 b@4 c@5", true},
-		{[]string{"a@1", "b@4"}, "a@1 b@4", true},
-		{[]string{"0@6", "a@1", "b@4"}, "0@6 a@1 b@4", true},
-		{[]string{"0@6", "a@1", "b@4"}, "0@6 a@1 b@4", false},
+		{[]string{"a@1", "b@2", "c@3"}, "a@1 b@2 c@3", true, "a b c", true},
+		{[]string{"a@1", "b@2", "c@3"}, "a@1 b@2 c@3", false, "", false},
+		{[]string{"a@1", "c@3"}, "a@1 c@3", true, "-b", false},
+		{[]string{"a@1", "b@4", "c@3"}, "a@1 b@4 c@3", true, "b", false},
+		{[]string{"a@1", "b@4", "c@5"}, "a@1 b@4 c@5", true, "c", false},
+		{[]string{"a@1", "b@4"}, "a@1 b@4", true, "-c", false},
+		{[]string{"0@6", "a@1", "b@4"}, "0@6 a@1 b@4", true, "0", false},
+		{[]string{"0@6", "a@1", "b@4"}, "0@6 a@1 b@4", false, "", false},
 	} {
 		got, _, changed := d.decodeAll(entries(c.keys...))
-		if names(got) != c.want || changed != c.changed {
-			t.Fatalf("answer %d: %s changed=%v, want %s changed=%v", i, names(got), changed, c.want, c.changed)
+		if names(got) != c.want || changed != c.changed || delta() != c.delta || d.whole != c.wholeAnswer {
+			t.Fatalf("answer %d: %s changed=%v delta %q whole=%v, want %s changed=%v delta %q whole=%v",
+				i, names(got), changed, delta(), d.whole, c.want, c.changed, c.delta, c.wholeAnswer)
 		}
 	}
 	// A read cut short after a change: the next read decodes all again
@@ -278,7 +292,7 @@ func TestKVDecoderFollowsChangesInPlace(t *testing.T) {
 	}
 	d.abort()
 	got, _, changed := d.decodeAll(entries("0@6", "a@7", "b@4"))
-	if names(got) != "0@6 a@7 b@4" || !changed {
+	if names(got) != "0@6 a@7 b@4" || !changed || !d.whole {
 		t.Fatalf("after a read cut short: %s changed=%v", names(got), changed)
 	}
 }

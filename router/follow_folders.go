@@ -14,7 +14,7 @@ func (f *follower) followFolders(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pods := &kvDecoder[Pod]{folder: f.keys.pods, decode: decodePod}
-	tenants := &kvDecoder[Tenant]{folder: f.keys.tenants, decode: decodeTenant}
+	tenants := &kvDecoder[Tenant]{folder: f.keys.tenants, decode: f.decodeTenant}
 	var mu sync.Mutex
 	var podsIndex, tenantsIndex uint64
 	var havePods, haveTenants bool
@@ -23,6 +23,10 @@ func (f *follower) followFolders(ctx context.Context) {
 	// catchUpPods was asked for.
 	var caughtUp map[string]Pod
 	var askedFor map[string]bool
+	// The tenants changed since the last publication, by name (all of
+	// them when whole), for the snapshot's TenantDelta.
+	var delta []string
+	whole := true
 	publish := func() {
 		if !havePods || !haveTenants || ctx.Err() != nil {
 			// Ending: a log appeared, and its resync publishes next (a
@@ -30,7 +34,8 @@ func (f *follower) followFolders(ctx context.Context) {
 			return
 		}
 		f.epoch, f.seq, f.chain, f.headIndex = "", 0, "", 0
-		f.w.setKV(f.podList(), f.idx, nil, true, max(podsIndex, tenantsIndex))
+		f.w.setKV(f.podList(), f.idx, delta, whole, max(podsIndex, tenantsIndex))
+		delta, whole = nil, false
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -74,11 +79,24 @@ func (f *follower) followFolders(ctx context.Context) {
 						podsIndex, caughtUp = max(podsIndex, idx), f.pods
 					}
 				}
+				var problems []error
+				if a.whole || !haveTenants || f.idx == nil {
+					// The decoder keeps its slice; the index may reorder
+					// its own.
+					f.idx, problems = indexTenants(f.r.builder.seed, f.r.snap.Load().zoneSuffix, slices.Clone(a.values), f.idx)
+					whole = true
+				} else {
+					// The keys that changed, applied as the log's entries
+					// are: O(change), not a new index of every tenant.
+					changes := make([]tenantChange, len(a.delta))
+					for i, c := range a.delta {
+						changes[i] = tenantChange{name: c.name, t: c.value}
+						delta = append(delta, c.name)
+					}
+					f.idx, problems = f.idx.apply(changes)
+				}
 				haveTenants = true
-				// The decoder keeps its slice; the index may reorder its own.
-				idx, problems := indexTenants(f.r.builder.seed, f.r.snap.Load().zoneSuffix, slices.Clone(a.values), f.idx)
 				f.logProblems(problems)
-				f.idx = idx
 				publish()
 			}
 		})
@@ -167,6 +185,9 @@ type kvAnswer[T any] struct {
 	values  []*T
 	fresh   []error
 	changed bool
+	// delta is what changed key by key, unless whole.
+	delta []kvChange[T]
+	whole bool
 }
 
 // read lists the decoder's folder with q and decodes the entries as they
@@ -184,5 +205,5 @@ func (d *kvDecoder[T]) read(l KVLister, q *api.QueryOptions) (kvAnswer[T], *api.
 		return kvAnswer[T]{}, nil, err
 	}
 	v, fresh, changed := d.end()
-	return kvAnswer[T]{values: v, fresh: fresh, changed: changed}, meta, nil
+	return kvAnswer[T]{values: v, fresh: fresh, changed: changed, delta: d.delta, whole: d.whole}, meta, nil
 }
