@@ -46,6 +46,9 @@ type builder struct {
 	// the same pods and endpoints reuses its pods (reusePods).
 	last *Snapshot
 	from State
+	// known names the pods of the last full build that its State made
+	// known (values, edges, apps), not its tenants' slots alone.
+	known map[string]bool
 }
 
 // build makes a snapshot of st. The problems it returns (a custom domain
@@ -110,11 +113,17 @@ func (b *builder) build(st State) (*Snapshot, []error) {
 	for _, a := range st.Apps {
 		apps[a.Pod] = append(apps[a.Pod], a)
 	}
+	b.known = make(map[string]bool, len(st.Pods)+len(edges)+len(apps))
+	for _, p := range st.Pods {
+		b.known[p.Name] = true
+	}
 	for name := range edges {
 		pod(name)
+		b.known[name] = true
 	}
 	for name := range apps {
 		pod(name)
+		b.known[name] = true
 	}
 
 	b.registry.beginBuild()
@@ -160,20 +169,25 @@ func (b *builder) reusePods(s *Snapshot, st State) bool {
 			return false
 		}
 	}
-	copies := make([]PodState, len(last.podList))
-	s.podList = make([]*PodState, len(last.podList))
-	for i, old := range last.podList {
-		copies[i] = *old
-		ps := &copies[i]
-		ps.Tenants = 0
-		s.pods[ps.Name], s.podList[i] = ps, ps
+	counts := make(map[string]int, len(s.tenants.pods))
+	for i, name := range s.tenants.pods {
+		counts[name] = s.tenants.counts[i]
+	}
+	copies := make([]PodState, 0, len(last.podList))
+	s.podList = make([]*PodState, 0, len(last.podList))
+	for _, old := range last.podList {
+		if counts[old.Name] == 0 && !b.known[old.Name] {
+			continue // known by its tenants alone, and it has none left
+		}
+		copies = append(copies, *old)
+		ps := &copies[len(copies)-1]
+		ps.Tenants = counts[ps.Name]
+		s.pods[ps.Name] = ps
+		s.podList = append(s.podList, ps)
 	}
 	s.slots = make([]*PodState, len(s.tenants.pods))
 	for i, name := range s.tenants.pods {
-		if ps := s.pods[name]; ps != nil {
-			ps.Tenants = s.tenants.counts[i]
-			s.slots[i] = ps
-		}
+		s.slots[i] = s.pods[name] // nil for a slot no tenant uses
 	}
 	b.last = s
 	return true

@@ -146,3 +146,35 @@ func BenchmarkApplyChange(b *testing.B) {
 		})
 	}
 }
+
+// A publication that changes only tenants keeps the pods, with their new
+// counts, and drops a pod its tenants alone made known once they left.
+func TestTenantChangeKeepsThePods(t *testing.T) {
+	r, err := New(Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := []Pod{{Name: "pod-1", Capacity: 10}}
+	edges := []EdgeEndpoint{{Endpoint: Endpoint{ID: "e1", Node: "n", Pod: "pod-2", Addr: "10.0.0.1:80", Weight: 1, Passing: true},
+		PublicIP: netip.MustParseAddr("192.0.2.1")}}
+	s1 := r.Publish(State{Pods: pods, Edges: edges, Tenants: []Tenant{{Name: "acme", Pod: "pod-9"}, {Name: "beta", Pod: "pod-1"}}})
+	s2 := r.Publish(State{Pods: pods, Edges: edges, Tenants: []Tenant{{Name: "acme", Pod: "pod-1"}, {Name: "beta", Pod: "pod-1"}}})
+	if s1.Pod("pod-9") == nil || s1.Pod("pod-9").Tenants != 1 {
+		t.Fatalf("first snapshot's pod-9: %+v", s1.Pod("pod-9"))
+	}
+	if s2.Pod("pod-9") != nil {
+		t.Fatalf("pod-9, known by its tenant alone, is still there: %+v", s2.Pod("pod-9"))
+	}
+	if p := s2.Pod("pod-1"); p == nil || p.Tenants != 2 || !p.Registered {
+		t.Fatalf("pod-1: %+v", p)
+	}
+	if p := s2.Pod("pod-2"); p == nil || len(p.PassingEdges) != 1 || p.EdgePool != s1.Pod("pod-2").EdgePool {
+		t.Fatalf("pod-2 did not keep its edges and pool: %+v", p)
+	}
+	if rt, ok := s2.LookupString("acme.example.test"); !ok || rt.Pod.Name != "pod-1" {
+		t.Fatalf("acme routes to %+v", rt)
+	}
+	if len(s2.Pods()) != 2 || s1.Pod("pod-1").Tenants != 1 {
+		t.Fatalf("pods %d; the first snapshot's pod-1 changed: %+v", len(s2.Pods()), s1.Pod("pod-1"))
+	}
+}
