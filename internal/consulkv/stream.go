@@ -116,6 +116,15 @@ func (s *stream) element() (scanner, error) {
 	}
 }
 
+// done checks that the scanner read the whole element: valueEnd only
+// found where it ends.
+func (sc *scanner) done() error {
+	if sc.space(); sc.i != len(sc.b) {
+		return fmt.Errorf("%s after a value", show(sc.b[sc.i]))
+	}
+	return nil
+}
+
 // fail returns err, or the reader's error that caused it.
 func (s *stream) fail(err error) error {
 	if s.err != nil {
@@ -219,7 +228,10 @@ func (s *stream) list(fn func(*router.KVEntry) error) error {
 		if err != nil {
 			return err
 		}
-		if e, err = sc.entry(); err != nil {
+		if e, err = sc.entry(); err == nil {
+			err = sc.done()
+		}
+		if err != nil {
 			return s.fail(err)
 		}
 		if err := fn(&e); err != nil {
@@ -264,6 +276,9 @@ func (s *stream) txn(fn func(*router.KVEntry) error) error {
 			return s.fail(fmt.Errorf("want a field name, found %s", show(sc.peek())))
 		}
 		name, err := sc.str()
+		if err == nil {
+			err = sc.done()
+		}
 		if err != nil {
 			return s.fail(err)
 		}
@@ -280,7 +295,9 @@ func (s *stream) txn(fn func(*router.KVEntry) error) error {
 			err = s.results(fn)
 		} else if sc, err = s.element(); err == nil {
 			// Errors, or a field of a later version.
-			err = sc.txnField(field)
+			if err = sc.txnField(field); err == nil {
+				err = sc.done()
+			}
 		}
 		if err != nil {
 			return s.fail(err)
@@ -304,7 +321,10 @@ func (s *stream) results(fn func(*router.KVEntry) error) error {
 		if err != nil {
 			return err
 		}
-		return sc.skip() // null
+		if err := sc.skip(); err != nil { // null
+			return err
+		}
+		return sc.done()
 	}
 	if err := s.expect('['); err != nil {
 		return err
@@ -320,6 +340,9 @@ func (s *stream) results(fn func(*router.KVEntry) error) error {
 			return err
 		}
 		if err := sc.result(&e, fn); err != nil {
+			return err
+		}
+		if err := sc.done(); err != nil {
 			return err
 		}
 		switch c := s.space(); c {
