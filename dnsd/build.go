@@ -429,14 +429,13 @@ func (b *builder) tenantOK(name string) bool {
 // O(tenants); the unchanged tenants' records are shared with the previous
 // trie, so that a resync that finds nothing new keeps the serial.
 func (b *builder) fullTenants(s *router.Snapshot) {
-	tenants := s.Tenants()
-	ents := make([]tentry, 0, len(tenants))
-	for _, t := range tenants {
-		if !b.tenantOK(t.Name) {
-			continue
+	ents := make([]tentry, 0, s.NumTenants())
+	s.AscendTenants("", func(t *router.Tenant) bool {
+		if b.tenantOK(t.Name) {
+			ents = append(ents, tentry{name: t.Name, rec: b.rec(t.Pod)})
 		}
-		ents = append(ents, tentry{name: t.Name, rec: b.rec(t.Pod)})
-	}
+		return true
+	})
 	if b.sign != nil {
 		b.signTenants(ents)
 	}
@@ -449,9 +448,7 @@ func (b *builder) fullTenants(s *router.Snapshot) {
 		// Pods come and go; forget the records of those no tenant
 		// names any more.
 		used := map[string]bool{}
-		for _, t := range tenants {
-			used[t.Pod] = true
-		}
+		s.AscendTenants("", func(t *router.Tenant) bool { used[t.Pod] = true; return true })
 		for pod := range b.recs {
 			if !used[pod] {
 				delete(b.recs, pod)

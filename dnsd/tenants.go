@@ -245,7 +245,8 @@ func (x *trieTxn) split(n *tnode, depth int) {
 }
 
 // rebuild returns a trie of ents, made from scratch with t's seed: O(n log
-// n), for a full build. ents are reordered; their h is filled in here.
+// n), for a full build. ents are reordered; their h is filled in here, and
+// the trie keeps them: the caller must not use them again.
 func (t tenantTrie) rebuild(ents []tentry) tenantTrie {
 	t.n, t.sum = len(ents), 0
 	for i := range ents {
@@ -259,7 +260,9 @@ func (t tenantTrie) rebuild(ents []tentry) tenantTrie {
 
 func (t *tenantTrie) buildNode(ents []tentry, depth int) *tnode {
 	if len(ents) <= t.splitAt() || depth == maxDepth {
-		return &tnode{ents: slices.Clone(ents)}
+		// The leaves share the array rebuild was given, each capped to
+		// its part: a change copies a leaf before writing it (own).
+		return &tnode{ents: ents[:len(ents):len(ents)]}
 	}
 	n := &tnode{internal: true}
 	shift := uint(64 - trieBits*(depth+1))

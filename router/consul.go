@@ -129,20 +129,48 @@ func compareEndpoints(a, b Endpoint) int {
 
 // kvDecoder decodes the values under one KV folder (pods/ or tenants/),
 // remembering each key's last decoded value by ModifyIndex, so that with
-// 100,000 tenants a change re-decodes one value, not all of them.
+// 100,000 tenants a change re-decodes one value, not all of them. It takes
+// the entries of an answer one at a time (begin, add, end), as a streamed
+// read hands them, and updates its cache in place: a change costs the
+// values that changed, not a second copy of the folder.
 type kvDecoder[T any] struct {
 	folder string // "podedge/tenants/"
 	decode func(name string, raw []byte) (T, error)
-	cache  map[string]kvCached[T]
-	values []T    // the last call's valid values
+	cache  map[string]*kvCached[T]
+	// values are the last answer's valid values, by key. A value is
+	// never modified once decoded: the slices of successive answers, and
+	// the indexes made from them, share it.
+	values []*T
 	raw    []byte // scratch for base64 values
+
+	// The answer being read.
+	pass    uint64
+	seen    int
+	kept    int  // values[:kept] are this answer's first values too
+	out     []*T // this answer's values, once they differ from values
+	diverge bool // out is in use
+	fresh   []error
+	changed bool
+	// delta is what changed since the last answer, key by key; whole is
+	// true when the cache cannot tell (the first answer, or the first
+	// after one cut short).
+	delta []kvChange[T]
+	whole bool
+}
+
+// kvChange is a key's new value; nil when it went or is refused.
+type kvChange[T any] struct {
+	name  string
+	value *T
 }
 
 type kvCached[T any] struct {
-	key         string // kept so that an unchanged key costs no new string
+	key         string // the name of a tenant or pod is a part of it
 	modifyIndex uint64
-	value       T
+	value       *T
 	err         error
+	pass        uint64 // the last answer that held the key
+	pos         int    // where value is in values; -1 when not there
 }
 
 // decodeAll returns the valid values in the entries' order (by key), the
@@ -151,74 +179,111 @@ type kvCached[T any] struct {
 // or modified since the previous call. Comparing ModifyIndexes is how it
 // tells, not comparing the decoded values, which would cost as much as
 // decoding 100,000 of them.
-func (d *kvDecoder[T]) decodeAll(entries []KVEntry) (values []T, fresh []error, changed bool) {
-	if d.unchanged(entries) {
-		return d.values, nil, false
-	}
-	next := make(map[string]kvCached[T], len(entries))
-	out := make([]T, 0, len(entries))
+func (d *kvDecoder[T]) decodeAll(entries []KVEntry) (values []*T, fresh []error, changed bool) {
+	d.begin()
 	for i := range entries {
-		e := &entries[i]
-		c, known := d.cache[string(e.Key)]
-		if !known {
-			c.key = string(e.Key)
-		}
-		name, ok := strings.CutPrefix(c.key, d.folder)
-		if !ok || name == "" {
-			continue // the folder itself
-		}
-		if !known || c.modifyIndex != e.ModifyIndex {
-			changed = true
-			c = kvCached[T]{key: c.key, modifyIndex: e.ModifyIndex}
-			raw := e.Value
-			if e.Base64 {
-				d.raw, c.err = base64.StdEncoding.AppendDecode(d.raw[:0], e.Value)
-				raw = d.raw
-			}
-			switch {
-			case c.err != nil:
-				c.err = fmt.Errorf("key %q: value is not base64: %w", c.key, c.err)
-			case strings.Contains(name, "/"):
-				c.err = fmt.Errorf("key %q: nested keys are not allowed under %q", c.key, d.folder)
-			default:
-				if c.value, c.err = d.decode(name, raw); c.err != nil {
-					c.err = fmt.Errorf("key %q: %w", c.key, c.err)
-				}
-			}
-			if c.err != nil {
-				fresh = append(fresh, c.err)
-			}
-		}
-		next[c.key] = c
-		if c.err == nil {
-			out = append(out, c.value)
-		}
+		d.add(&entries[i])
 	}
-	changed = changed || len(next) != len(d.cache)
-	d.cache, d.values = next, out
-	return out, fresh, changed
+	return d.end()
 }
 
-// unchanged reports whether entries hold the keys of the last call, each at
-// the same ModifyIndex. A blocking query that times out answers the whole
-// folder again, once a minute when nothing changes: with 100,000 tenants,
-// building the cache anew for it would allocate tens of megabytes for
-// nothing.
-func (d *kvDecoder[T]) unchanged(entries []KVEntry) bool {
+// begin starts reading an answer.
+func (d *kvDecoder[T]) begin() {
+	d.whole = d.cache == nil
 	if d.cache == nil {
-		return false
+		d.cache = map[string]*kvCached[T]{}
 	}
-	n := 0
-	for i := range entries {
-		e := &entries[i]
-		if len(e.Key) <= len(d.folder) || string(e.Key[:len(d.folder)]) != d.folder {
-			continue // the folder itself, as decodeAll skips it
-		}
-		c, ok := d.cache[string(e.Key)]
-		if !ok || c.modifyIndex != e.ModifyIndex {
-			return false
-		}
-		n++
+	d.pass++
+	d.seen, d.kept, d.out, d.diverge, d.fresh, d.changed = 0, 0, nil, false, nil, false
+	d.delta = d.delta[:0]
+}
+
+// abort drops what a read cut short left: the cache no longer tells what
+// the last published values were made from, so the next read decodes all.
+func (d *kvDecoder[T]) abort() {
+	d.cache, d.values, d.out, d.fresh = nil, nil, nil, nil
+}
+
+// add takes the next entry of the answer (entries come sorted by key).
+func (d *kvDecoder[T]) add(e *KVEntry) {
+	if len(e.Key) <= len(d.folder) || string(e.Key[:len(d.folder)]) != d.folder {
+		return // the folder itself
 	}
-	return n == len(d.cache)
+	c := d.cache[string(e.Key)]
+	decoded := false
+	if c == nil || c.modifyIndex != e.ModifyIndex || c.pass == d.pass {
+		if c == nil {
+			c = &kvCached[T]{key: string(e.Key)}
+			d.cache[c.key] = c
+		}
+		decoded = true
+		d.changed = true
+		c.modifyIndex, c.value, c.err, c.pos = e.ModifyIndex, nil, nil, -1
+		name := c.key[len(d.folder):]
+		raw := e.Value
+		var err error
+		if e.Base64 {
+			d.raw, err = base64.StdEncoding.AppendDecode(d.raw[:0], e.Value)
+			raw = d.raw
+		}
+		switch {
+		case err != nil:
+			c.err = fmt.Errorf("key %q: value is not base64: %w", c.key, err)
+		case strings.Contains(name, "/"):
+			c.err = fmt.Errorf("key %q: nested keys are not allowed under %q", c.key, d.folder)
+		default:
+			v, err := d.decode(name, raw)
+			if err != nil {
+				c.err = fmt.Errorf("key %q: %w", c.key, err)
+			} else {
+				c.value = &v
+			}
+		}
+		if c.err != nil {
+			d.fresh = append(d.fresh, c.err)
+		}
+		d.delta = append(d.delta, kvChange[T]{name: name, value: c.value})
+	}
+	if c.pass != d.pass {
+		c.pass = d.pass
+		d.seen++
+	}
+	if c.value == nil {
+		return // refused: in no answer's values
+	}
+	if !d.diverge {
+		if !decoded && c.pos == d.kept {
+			d.kept++
+			return
+		}
+		d.diverge = true
+		d.out = make([]*T, d.kept, max(len(d.values), d.kept+1))
+		copy(d.out, d.values[:d.kept])
+	}
+	c.pos = len(d.out)
+	d.out = append(d.out, c.value)
+}
+
+// end finishes the answer: its valid values, the problems found for the
+// first time, and whether anything changed since the previous answer.
+func (d *kvDecoder[T]) end() (values []*T, fresh []error, changed bool) {
+	if d.seen != len(d.cache) {
+		d.changed = true
+		for k, c := range d.cache {
+			if c.pass != d.pass {
+				delete(d.cache, k)
+				if c.value != nil {
+					d.delta = append(d.delta, kvChange[T]{name: k[len(d.folder):]})
+				}
+			}
+		}
+	}
+	if !d.diverge && d.kept != len(d.values) {
+		d.diverge, d.out = true, d.values[:d.kept:d.kept]
+	}
+	if d.diverge {
+		d.values = d.out
+	}
+	d.out = nil
+	return d.values, d.fresh, d.changed
 }

@@ -3,6 +3,7 @@ package router
 import (
 	"encoding/base64"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -228,4 +229,96 @@ func BenchmarkDecodeTenants100k(b *testing.B) {
 			}
 		}
 	})
+}
+
+// The decoder's values follow additions, deletions and changes anywhere in
+// the folder, and a read cut short leaves nothing behind.
+func TestKVDecoderFollowsChangesInPlace(t *testing.T) {
+	d := &kvDecoder[Tenant]{folder: "p/tenants/", decode: decodeTenant}
+	entries := func(keys ...string) []KVEntry {
+		var out []KVEntry
+		for _, k := range keys {
+			name, index, _ := strings.Cut(k, "@")
+			n, _ := strconv.Atoi(index)
+			out = append(out, KVEntry{Key: []byte("p/tenants/" + name), ModifyIndex: uint64(n), Value: []byte(`{"pod":"pod-` + index + `"}`)})
+		}
+		return out
+	}
+	names := func(v []*Tenant) string {
+		var s []string
+		for _, t := range v {
+			s = append(s, t.Name+"@"+strings.TrimPrefix(t.Pod, "pod-"))
+		}
+		return strings.Join(s, " ")
+	}
+	delta := func() string {
+		var s []string
+		for _, c := range d.delta {
+			if c.value == nil {
+				s = append(s, "-"+c.name)
+			} else {
+				s = append(s, c.name)
+			}
+		}
+		return strings.Join(s, " ")
+	}
+	for i, c := range []struct {
+		keys        []string
+		want        string
+		changed     bool
+		delta       string
+		wholeAnswer bool
+	}{
+		{[]string{"a@1", "b@2", "c@3"}, "a@1 b@2 c@3", true, "a b c", true},
+		{[]string{"a@1", "b@2", "c@3"}, "a@1 b@2 c@3", false, "", false},
+		{[]string{"a@1", "c@3"}, "a@1 c@3", true, "-b", false},
+		{[]string{"a@1", "b@4", "c@3"}, "a@1 b@4 c@3", true, "b", false},
+		{[]string{"a@1", "b@4", "c@5"}, "a@1 b@4 c@5", true, "c", false},
+		{[]string{"a@1", "b@4"}, "a@1 b@4", true, "-c", false},
+		{[]string{"0@6", "a@1", "b@4"}, "0@6 a@1 b@4", true, "0", false},
+		{[]string{"0@6", "a@1", "b@4"}, "0@6 a@1 b@4", false, "", false},
+	} {
+		got, _, changed := d.decodeAll(entries(c.keys...))
+		if names(got) != c.want || changed != c.changed || delta() != c.delta || d.whole != c.wholeAnswer {
+			t.Fatalf("answer %d: %s changed=%v delta %q whole=%v, want %s changed=%v delta %q whole=%v",
+				i, names(got), changed, delta(), d.whole, c.want, c.changed, c.delta, c.wholeAnswer)
+		}
+	}
+	// A read cut short after a change: the next read decodes all again
+	// and reports the change.
+	d.begin()
+	for _, e := range entries("0@6", "a@7") {
+		d.add(&e)
+	}
+	d.abort()
+	got, _, changed := d.decodeAll(entries("0@6", "a@7", "b@4"))
+	if names(got) != "0@6 a@7 b@4" || !changed || !d.whole {
+		t.Fatalf("after a read cut short: %s changed=%v", names(got), changed)
+	}
+}
+
+// Without a streaming lister, a read goes through ListKV and ReadKV.
+func TestReadsWithoutAStreamer(t *testing.T) {
+	l := fakeLister{entries: []KVEntry{{Key: []byte("p/tenants/a"), ModifyIndex: 3}, {Key: []byte("p/tenants/b"), ModifyIndex: 4}}}
+	var keys []string
+	collect := func(e *KVEntry) error { keys = append(keys, string(e.Key)); return nil }
+	if meta, err := listEach(l, "p/tenants/", nil, collect); err != nil || meta.LastIndex != 9 {
+		t.Fatalf("list: %v %v", meta, err)
+	}
+	if meta, err := readEach(l, nil, []string{"p/tenants/"}, nil, collect); err != nil || meta.LastIndex != 9 {
+		t.Fatalf("read: %v %v", meta, err)
+	}
+	if strings.Join(keys, " ") != "p/tenants/a p/tenants/b p/tenants/a p/tenants/b" {
+		t.Fatalf("entries %q", keys)
+	}
+}
+
+type fakeLister struct{ entries []KVEntry }
+
+func (f fakeLister) ListKV(string, *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+	return &KVList{Entries: f.entries}, &api.QueryMeta{LastIndex: 9}, nil
+}
+
+func (f fakeLister) ReadKV([]string, []string, *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
+	return &KVList{Entries: f.entries}, &api.QueryMeta{LastIndex: 9}, nil
 }

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/hashicorp/consul/api"
@@ -13,7 +14,7 @@ func (f *follower) followFolders(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pods := &kvDecoder[Pod]{folder: f.keys.pods, decode: decodePod}
-	tenants := &kvDecoder[Tenant]{folder: f.keys.tenants, decode: decodeTenant}
+	tenants := &kvDecoder[Tenant]{folder: f.keys.tenants, decode: f.decodeTenant}
 	var mu sync.Mutex
 	var podsIndex, tenantsIndex uint64
 	var havePods, haveTenants bool
@@ -22,6 +23,10 @@ func (f *follower) followFolders(ctx context.Context) {
 	// catchUpPods was asked for.
 	var caughtUp map[string]Pod
 	var askedFor map[string]bool
+	// The tenants changed since the last publication, by name (all of
+	// them when whole), for the snapshot's TenantDelta.
+	var delta []string
+	whole := true
 	publish := func() {
 		if !havePods || !haveTenants || ctx.Err() != nil {
 			// Ending: a log appeared, and its resync publishes next (a
@@ -29,19 +34,18 @@ func (f *follower) followFolders(ctx context.Context) {
 			return
 		}
 		f.epoch, f.seq, f.chain, f.headIndex = "", 0, "", 0
-		f.w.setKV(f.podList(), f.idx, nil, true, max(podsIndex, tenantsIndex))
+		f.w.setKV(f.podList(), f.idx, delta, whole, max(podsIndex, tenantsIndex))
+		delta, whole = nil, false
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		runQuery(ctx, f.r, "kv:pods", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
-			return f.list.ListKV(pods.folder, q)
-		}, func(list *KVList, index uint64) {
-			defer list.release()
-			v, errs, changed := pods.decodeAll(list.Entries)
-			f.w.logSkipped(errs)
+		runQuery(ctx, f.r, "kv:pods", func(q *api.QueryOptions) (kvAnswer[Pod], *api.QueryMeta, error) {
+			return pods.read(f.list, q)
+		}, func(a kvAnswer[Pod], index uint64) {
+			f.w.logSkipped(a.fresh)
 			mu.Lock()
 			defer mu.Unlock()
-			if lacksCaughtUp(caughtUp, v) {
+			if lacksCaughtUp(caughtUp, a.values) {
 				// Read before catchUpPods read the folder again. (Indexes
 				// do not tell: an empty folder answers with the index of
 				// the whole store.) A pod deleted meanwhile goes with the
@@ -51,36 +55,48 @@ func (f *follower) followFolders(ctx context.Context) {
 			}
 			caughtUp = nil
 			podsIndex = index
-			if changed || !havePods {
+			if a.changed || !havePods {
 				havePods = true
 				f.pods = map[string]Pod{}
-				for _, p := range v {
-					f.pods[p.Name] = p
+				for _, p := range a.values {
+					f.pods[p.Name] = *p
 				}
 				publish()
 			}
 		})
 	})
 	wg.Go(func() {
-		runQuery(ctx, f.r, "kv:tenants", func(q *api.QueryOptions) (*KVList, *api.QueryMeta, error) {
-			return f.list.ListKV(tenants.folder, q)
-		}, func(list *KVList, index uint64) {
-			defer list.release()
-			v, errs, changed := tenants.decodeAll(list.Entries)
-			f.w.logSkipped(errs)
+		runQuery(ctx, f.r, "kv:tenants", func(q *api.QueryOptions) (kvAnswer[Tenant], *api.QueryMeta, error) {
+			return tenants.read(f.list, q)
+		}, func(a kvAnswer[Tenant], index uint64) {
+			f.w.logSkipped(a.fresh)
 			mu.Lock()
 			defer mu.Unlock()
 			tenantsIndex = index
-			if changed || !haveTenants {
+			if a.changed || !haveTenants {
 				if havePods {
-					if idx, ok := f.catchUpPods(ctx, v, &askedFor); ok {
+					if idx, ok := f.catchUpPods(ctx, a.values, &askedFor); ok {
 						podsIndex, caughtUp = max(podsIndex, idx), f.pods
 					}
 				}
+				var problems []error
+				if a.whole || !haveTenants || f.idx == nil {
+					// The decoder keeps its slice; the index may reorder
+					// its own.
+					f.idx, problems = indexTenants(f.r.builder.seed, f.r.snap.Load().zoneSuffix, slices.Clone(a.values), f.idx)
+					whole = true
+				} else {
+					// The keys that changed, applied as the log's entries
+					// are: O(change), not a new index of every tenant.
+					changes := make([]tenantChange, len(a.delta))
+					for i, c := range a.delta {
+						changes[i] = tenantChange{name: c.name, t: c.value}
+						delta = append(delta, c.name)
+					}
+					f.idx, problems = f.idx.apply(changes)
+				}
 				haveTenants = true
-				idx, problems := buildTenantIndex(f.r.builder.seed, f.r.snap.Load().zoneSuffix, v, f.idx)
 				f.logProblems(problems)
-				f.idx = idx
 				publish()
 			}
 		})
@@ -110,7 +126,7 @@ func (f *follower) followFolders(ctx context.Context) {
 // for their pod. Tenants go only into registered pods, so a tenant naming
 // a pod the view lacks means the pods are behind; a tenant written into an
 // unknown pod costs one read of pods/, once.
-func (f *follower) catchUpPods(ctx context.Context, tenants []Tenant, askedFor *map[string]bool) (uint64, bool) {
+func (f *follower) catchUpPods(ctx context.Context, tenants []*Tenant, askedFor *map[string]bool) (uint64, bool) {
 	var missing map[string]bool
 	ask := false
 	for i := range tenants {
@@ -130,23 +146,21 @@ func (f *follower) catchUpPods(ctx context.Context, tenants []Tenant, askedFor *
 	}
 	// Consistent: as new as the tenants just read, whichever server
 	// answered them.
-	list, meta, err := f.list.ListKV(f.keys.pods, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	a, meta, err := (&kvDecoder[Pod]{folder: f.keys.pods, decode: decodePod}).read(f.list, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		f.r.log.Debug("could not read pods/ again for tenants in a pod not yet seen", "error", err.Error())
 		return 0, false
 	}
-	defer list.release()
-	v, errs, _ := (&kvDecoder[Pod]{folder: f.keys.pods, decode: decodePod}).decodeAll(list.Entries)
-	f.w.logSkipped(errs)
-	f.pods = make(map[string]Pod, len(v))
-	for _, p := range v {
-		f.pods[p.Name] = p
+	f.w.logSkipped(a.fresh)
+	f.pods = make(map[string]Pod, len(a.values))
+	for _, p := range a.values {
+		f.pods[p.Name] = *p
 	}
 	return meta.LastIndex, true
 }
 
 // lacksCaughtUp reports whether pods lack one of those catchUpPods read.
-func lacksCaughtUp(caughtUp map[string]Pod, pods []Pod) bool {
+func lacksCaughtUp(caughtUp map[string]Pod, pods []*Pod) bool {
 	if caughtUp == nil {
 		return false
 	}
@@ -164,4 +178,32 @@ func (w *watcher) currentPods() []Pod {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.kv.pods
+}
+
+// kvAnswer is what a kvDecoder made of one answer (decodeAll's results).
+type kvAnswer[T any] struct {
+	values  []*T
+	fresh   []error
+	changed bool
+	// delta is what changed key by key, unless whole.
+	delta []kvChange[T]
+	whole bool
+}
+
+// read lists the decoder's folder with q and decodes the entries as they
+// are read: a folder of 100,000 tenants is never held whole.
+func (d *kvDecoder[T]) read(l KVLister, q *api.QueryOptions) (kvAnswer[T], *api.QueryMeta, error) {
+	d.begin()
+	meta, err := listEach(l, d.folder, q, func(e *KVEntry) error {
+		d.add(e)
+		return nil
+	})
+	if err != nil {
+		if d.seen > 0 || d.changed {
+			d.abort() // cut short after it changed the cache
+		}
+		return kvAnswer[T]{}, nil, err
+	}
+	v, fresh, changed := d.end()
+	return kvAnswer[T]{values: v, fresh: fresh, changed: changed, delta: d.delta, whole: d.whole}, meta, nil
 }

@@ -40,8 +40,9 @@ type Config struct {
 	// WaitTime bounds each blocking query. Default 60s.
 	WaitTime time.Duration
 	// KV lists the pods/ and tenants/ folders. Nil lists them through
-	// consul/api; internal/consulkv reads Consul's JSON in place, which
-	// matters with many tenants.
+	// consul/api; internal/consulkv reads Consul's JSON in place and, as
+	// a KVStreamer, a window at a time, which matters with many tenants:
+	// a full read then never holds the whole answer.
 	KV KVLister
 	// MinWait is the least time between two wake-ups of the same query, so
 	// that a flapping check cannot make the router spin. Default 50ms. After

@@ -71,24 +71,36 @@ func (idx *tenantIndex) lookup(h []byte) (tenantEntry, bool) {
 // buildTenantIndex indexes tenants whole. Of two tenants of one name the
 // first is kept. A tenant prev holds keeps its live state.
 func buildTenantIndex(seed maphash.Seed, zoneSuffix string, tenants []Tenant, prev *tenantIndex) (*tenantIndex, []error) {
-	idx := newTenantIndex(seed, zoneSuffix)
-	sorted := make([]*Tenant, 0, len(tenants))
-	seen := make(map[string]bool, len(tenants))
+	ptrs := make([]*Tenant, len(tenants))
 	for i := range tenants {
-		if t := &tenants[i]; !seen[t.Name] {
-			seen[t.Name] = true
-			sorted = append(sorted, t)
-		}
+		ptrs[i] = &tenants[i]
+		ptrs[i].state = nil
 	}
-	slices.SortFunc(sorted, func(a, b *Tenant) int { return cmp.Compare(a.Name, b.Name) })
-	idx.names = buildNameList(sorted)
+	idx, problems := indexTenants(seed, zoneSuffix, ptrs, prev)
 	idx.from = tenants
+	return idx, problems
+}
 
-	byName := idx.byName.edit()
+// indexTenants is buildTenantIndex for tenants the caller allocated; it
+// reorders the slice. A tenant that has a live state keeps it (one
+// indexed before, and shared with that index, is not written); the
+// others take prev's of their name, or a new one.
+func indexTenants(seed maphash.Seed, zoneSuffix string, tenants []*Tenant, prev *tenantIndex) (*tenantIndex, []error) {
+	idx := newTenantIndex(seed, zoneSuffix)
+	// Consul lists keys in order: the tenants of a read come sorted, and
+	// the check costs less than a sort. Stable, so that the first of two
+	// of a name stays first, and is the one kept.
+	byName := func(a, b *Tenant) int { return cmp.Compare(a.Name, b.Name) }
+	if !slices.IsSortedFunc(tenants, byName) {
+		slices.SortStableFunc(tenants, byName)
+	}
+	sorted := slices.CompactFunc(tenants, func(a, b *Tenant) bool { return a.Name == b.Name })
+	idx.names = buildNameList(sorted)
+
+	names := idx.byName.edit()
 	domains := map[string][]tenantEntry{}
 	for _, t := range sorted {
-		t.state = nil
-		if prev != nil {
+		if t.state == nil && prev != nil {
 			if old, ok := prev.byName.get(t.Name); ok {
 				t.state = old.t.state
 			}
@@ -98,12 +110,12 @@ func buildTenantIndex(seed maphash.Seed, zoneSuffix string, tenants []Tenant, pr
 		}
 		e := tenantEntry{t: t, slot: idx.slot(t.Pod)}
 		idx.counts[e.slot]++
-		byName.set(t.Name, e)
+		names.set(t.Name, e)
 		for _, d := range t.Domains {
 			domains[d] = append(domains[d], e)
 		}
 	}
-	idx.byName = byName.done()
+	idx.byName = names.done()
 	ed := idx.domains.edit()
 	var problems []error
 	for d, c := range domains {

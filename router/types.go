@@ -162,8 +162,11 @@ func decodePod(name string, raw []byte) (Pod, error) {
 // Domains are normalised; an invalid domain makes the whole value invalid.
 func decodeTenant(name string, raw []byte) (Tenant, error) {
 	var t Tenant
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return Tenant{}, fmt.Errorf("tenant %q: invalid JSON: %w", name, err)
+	if !fastTenant(raw, name, &t) {
+		t = Tenant{}
+		if err := json.Unmarshal(raw, &t); err != nil {
+			return Tenant{}, fmt.Errorf("tenant %q: invalid JSON: %w", name, err)
+		}
 	}
 	if t.Name == "" {
 		t.Name = name
@@ -171,6 +174,7 @@ func decodeTenant(name string, raw []byte) (Tenant, error) {
 	if t.Name != name {
 		return Tenant{}, fmt.Errorf("tenant %q: value names tenant %q", name, t.Name)
 	}
+	t.Name = name // the same, and the caller's string: one copy to keep
 	if err := CheckLabel(name); err != nil {
 		return Tenant{}, fmt.Errorf("tenant: %w", err)
 	}

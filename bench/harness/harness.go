@@ -141,9 +141,6 @@ func (o *Options) setDefaults() error {
 			return fmt.Errorf("phases: unknown phase %q (known: %s)", p, strings.Join(Phases(), ", "))
 		}
 	}
-	if slices.Contains(o.Phases, "scale") && !(slices.Contains(o.Phases, "http") && slices.Contains(o.Phases, "dns")) {
-		return errors.New("phases: scale compares with the edge and dnsd the http and dns phases leave running: run those too")
-	}
 	for _, s := range o.Skip {
 		if !slices.Contains([]string{"nginx", "haproxy", "knot", "nsd"}, s) {
 			return fmt.Errorf("skip: unknown peer %q", s)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/podedge/podedge/bench/configs"
 	"github.com/podedge/podedge/router"
 )
 
@@ -69,6 +70,9 @@ func scaleTenants(n int) []router.Tenant {
 // an edge and a dnsd reading them, and compares them with the edge and dnsd
 // of the other runs (10 tenants).
 func (h *harness) scalePhase(ctx context.Context) error {
+	if err := h.startMainServers(ctx); err != nil {
+		return err
+	}
 	n := h.opts.Tenants
 	res := &ScaleResult{Tenants: n}
 	h.report.Scale = res
@@ -179,6 +183,41 @@ func (h *harness) scalePhase(ctx context.Context) error {
 	for i, count := range []int{len(small), n} {
 		res.Lookup[i] = lookupCost(count, d)
 		h.say("scale: lookup among %d tenants: %.1f ns, %.0f allocs", count, res.Lookup[i].NsPerOp, res.Lookup[i].Allocs)
+	}
+	return nil
+}
+
+// startMainServers starts the edge and dnsd of the 10 tenants that the
+// HTTP and DNS phases leave running, when those phases did not run
+// (Options.Phases): the scale phase compares with them.
+func (h *harness) startMainServers(ctx context.Context) error {
+	if h.mainEdge == nil {
+		// The throughput runs below read wrk's results through the HTTP
+		// phase's script, and dnsperf's queries from the DNS phase's file.
+		script, err := configs.FS.ReadFile("report.lua")
+		if err != nil {
+			return err
+		}
+		if err := writeFile(h.path("report.lua"), script); err != nil {
+			return err
+		}
+		edge, err := h.startEdge(ctx, edgeSpec{name: "edge", prefix: mainPrefix, publicIP: podIPs()[0]})
+		if err != nil {
+			return err
+		}
+		h.mainEdge = edge
+	}
+	if h.mainDnsd == nil {
+		if _, err := h.render("queries.txt.tmpl", "queries.txt", map[string]any{
+			"Pod": pod, "Zone": zone, "Tenant": tenant, "Missing": missing,
+		}); err != nil {
+			return err
+		}
+		dnsd, err := h.startDnsd(ctx, "dnsd", mainPrefix)
+		if err != nil {
+			return err
+		}
+		h.mainDnsd = dnsd
 	}
 	return nil
 }

@@ -335,7 +335,6 @@ func TestOptionsNameTheBadKey(t *testing.T) {
 		{Options{Bin: bin, Consul: "consul", Skip: []string{"apache"}}, `skip: unknown peer "apache"`},
 		{Options{Bin: bin, Consul: "consul", Apps: "elsewhere"}, `apps: "elsewhere" is neither "server" nor "client"`},
 		{Options{Bin: bin, Consul: "consul", Phases: []string{"http", "tls"}}, `phases: unknown phase "tls"`},
-		{Options{Bin: bin, Consul: "consul", Phases: []string{"http", "scale"}}, "phases: scale compares with the edge and dnsd"},
 	} {
 		err := c.opts.setDefaults()
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -6,7 +6,10 @@
 // dnsd and leader replica at each change of any tenant. Reading the JSON in
 // place, in one pass that keeps only what the router needs, takes a small
 // part of that, and the values stay in base64 until the router finds their
-// ModifyIndex changed.
+// ModifyIndex changed. StreamList and StreamKV read the answer a window at
+// a time and hand each entry over as it is read, so that a read of the
+// whole platform (300 MB of JSON at 1,000,000 tenants) holds a quarter of
+// a megabyte of it, not all of it.
 package consulkv
 
 import (
@@ -91,6 +94,45 @@ func New(cfg *api.Config) (*Lister, error) {
 
 // ListKV lists folder recursively with the blocking query q.
 func (l *Lister) ListKV(folder string, q *api.QueryOptions) (*router.KVList, *api.QueryMeta, error) {
+	resp, meta, err := l.listRequest(folder, q)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp == nil {
+		return &router.KVList{}, meta, nil
+	}
+	defer resp.Body.Close()
+	b := l.get()
+	list, err := b.read(resp.Body)
+	if err != nil {
+		l.put(b)
+		return nil, nil, fmt.Errorf("list %s: %w", folder, err)
+	}
+	return &router.KVList{Entries: list, Release: func() { l.put(b) }}, meta, nil
+}
+
+// StreamList is ListKV handing each entry to fn as it reads the answer,
+// holding no more of it than its largest entry. The entry is valid only
+// during the call; an error of fn ends the read and is returned.
+func (l *Lister) StreamList(folder string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error) {
+	resp, meta, err := l.listRequest(folder, q)
+	if err != nil {
+		return nil, err
+	}
+	if resp == nil {
+		return meta, nil
+	}
+	defer resp.Body.Close()
+	if err := streamList(newStream(resp.Body, streamWindow), fn); err != nil {
+		return nil, fmt.Errorf("list %s: %w", folder, err)
+	}
+	return meta, nil
+}
+
+// listRequest sends the list's query and returns Consul's answer, whose
+// body the caller reads and closes; no answer and no error for an empty
+// folder.
+func (l *Lister) listRequest(folder string, q *api.QueryOptions) (*http.Response, *api.QueryMeta, error) {
 	if q == nil {
 		q = &api.QueryOptions{}
 	}
@@ -126,30 +168,28 @@ func (l *Lister) ListKV(folder string, q *api.QueryOptions) (*router.KVList, *ap
 	if err != nil {
 		return nil, nil, fmt.Errorf("list %s: %w", folder, err)
 	}
-	defer resp.Body.Close()
 	meta := &api.QueryMeta{RequestTime: time.Since(start)}
+	fail := func(err error) (*http.Response, *api.QueryMeta, error) {
+		resp.Body.Close()
+		return nil, nil, err
+	}
 	if s := resp.Header.Get("X-Consul-Index"); s != "" {
 		if meta.LastIndex, err = strconv.ParseUint(s, 10, 64); err != nil {
-			return nil, nil, fmt.Errorf("list %s: X-Consul-Index %q: %w", folder, s, err)
+			return fail(fmt.Errorf("list %s: X-Consul-Index %q: %w", folder, s, err))
 		}
 	}
 	meta.KnownLeader = resp.Header.Get("X-Consul-KnownLeader") == "true"
 	switch resp.StatusCode {
 	case http.StatusOK:
+		return resp, meta, nil
 	case http.StatusNotFound: // an empty folder
-		return &router.KVList{}, meta, nil
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		return nil, meta, nil
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, nil, fmt.Errorf("list %s: Consul answered %s: %s", folder, resp.Status, bytes.TrimSpace(msg))
+		return fail(fmt.Errorf("list %s: Consul answered %s: %s", folder, resp.Status, bytes.TrimSpace(msg)))
 	}
-
-	b := l.get()
-	list, err := b.read(resp.Body)
-	if err != nil {
-		l.put(b)
-		return nil, nil, fmt.Errorf("list %s: %w", folder, err)
-	}
-	return &router.KVList{Entries: list, Release: func() { l.put(b) }}, meta, nil
 }
 
 func (l *Lister) get() *buffers {

@@ -27,6 +27,44 @@ type txnOp struct {
 // exist comes back with ModifyIndex 0. q's AllowStale lets any server
 // answer, as for a list.
 func (l *Lister) ReadKV(keys, folders []string, q *api.QueryOptions) (*router.KVList, *api.QueryMeta, error) {
+	resp, meta, err := l.txnRequest(keys, folders, q)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b := l.get()
+	b.body.Reset()
+	if _, err := b.body.ReadFrom(resp.Body); err != nil {
+		l.put(b)
+		return nil, nil, fmt.Errorf("read transaction: read answer: %w", err)
+	}
+	list, err := parseTxn(b.body.Bytes(), b.list[:0])
+	if err != nil {
+		l.put(b)
+		return nil, nil, fmt.Errorf("read transaction: %w", err)
+	}
+	b.list = list
+	return &router.KVList{Entries: list, Release: func() { l.put(b) }}, meta, nil
+}
+
+// StreamKV is ReadKV handing each entry to fn as it reads the answer,
+// holding no more of it than its largest entry. The entry is valid only
+// during the call; an error of fn ends the read and is returned.
+func (l *Lister) StreamKV(keys, folders []string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error) {
+	resp, meta, err := l.txnRequest(keys, folders, q)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if err := streamTxn(newStream(resp.Body, streamWindow), fn); err != nil {
+		return nil, fmt.Errorf("read transaction: %w", err)
+	}
+	return meta, nil
+}
+
+// txnRequest sends the transaction and returns Consul's answer, whose body
+// the caller reads and closes, when it is a success.
+func (l *Lister) txnRequest(keys, folders []string, q *api.QueryOptions) (*http.Response, *api.QueryMeta, error) {
 	if q == nil {
 		q = &api.QueryOptions{}
 	}
@@ -70,7 +108,6 @@ func (l *Lister) ReadKV(keys, folders []string, q *api.QueryOptions) (*router.KV
 	if err != nil {
 		return nil, nil, fmt.Errorf("read transaction: %w", err)
 	}
-	defer resp.Body.Close()
 	meta := &api.QueryMeta{RequestTime: time.Since(start)}
 	if s := resp.Header.Get("X-Consul-Index"); s != "" {
 		meta.LastIndex, _ = strconv.ParseUint(s, 10, 64)
@@ -78,21 +115,10 @@ func (l *Lister) ReadKV(keys, folders []string, q *api.QueryOptions) (*router.KV
 	meta.KnownLeader = resp.Header.Get("X-Consul-KnownLeader") == "true"
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
 		return nil, nil, fmt.Errorf("read transaction: Consul answered %s: %s", resp.Status, bytes.TrimSpace(msg))
 	}
-	b := l.get()
-	b.body.Reset()
-	if _, err := b.body.ReadFrom(resp.Body); err != nil {
-		l.put(b)
-		return nil, nil, fmt.Errorf("read transaction: read answer: %w", err)
-	}
-	list, err := parseTxn(b.body.Bytes(), b.list[:0])
-	if err != nil {
-		l.put(b)
-		return nil, nil, fmt.Errorf("read transaction: %w", err)
-	}
-	b.list = list
-	return &router.KVList{Entries: list, Release: func() { l.put(b) }}, meta, nil
+	return resp, meta, nil
 }
 
 // parseTxn reads Consul's answer to a read-only transaction,
@@ -110,36 +136,16 @@ func parseTxn(body []byte, entries []router.KVEntry) ([]router.KVEntry, error) {
 func (s *scanner) txn(entries []router.KVEntry) ([]router.KVEntry, error) {
 	s.space()
 	err := s.object(func(name []byte) error {
-		switch {
-		case bytes.EqualFold(name, []byte("Results")):
-			return s.array(func() error {
-				return s.object(func(name []byte) error {
-					if !bytes.EqualFold(name, []byte("KV")) || s.peek() == 'n' {
-						return s.skip()
-					}
-					e, err := s.entry()
-					if err != nil {
-						return err
-					}
-					entries = append(entries, e)
-					return nil
-				})
-			})
-		case bytes.EqualFold(name, []byte("Errors")):
-			if s.word("null") {
-				return nil
-			}
-			start := s.i
-			if err := s.skip(); err != nil {
-				return err
-			}
-			if string(s.b[start:s.i]) != "[]" {
-				return fmt.Errorf("the transaction failed: %s", s.b[start:s.i])
-			}
-			return nil
-		default:
-			return s.skip()
+		if !bytes.EqualFold(name, []byte("Results")) {
+			return s.txnField(name)
 		}
+		var e router.KVEntry
+		return s.array(func() error {
+			return s.result(&e, func(e *router.KVEntry) error {
+				entries = append(entries, *e)
+				return nil
+			})
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -149,6 +155,40 @@ func (s *scanner) txn(entries []router.KVEntry) ([]router.KVEntry, error) {
 		return nil, fmt.Errorf("%s after the answer", show(s.b[s.i]))
 	}
 	return entries, nil
+}
+
+// result reads one of the transaction's results, {"KV":{...}}, into e
+// and calls fn with it; results of other kinds are skipped.
+func (s *scanner) result(e *router.KVEntry, fn func(*router.KVEntry) error) error {
+	return s.object(func(name []byte) error {
+		if !bytes.EqualFold(name, []byte("KV")) || s.peek() == 'n' {
+			return s.skip()
+		}
+		var err error
+		if *e, err = s.entry(); err != nil {
+			return err
+		}
+		return fn(e)
+	})
+}
+
+// txnField reads a field of the transaction's answer other than Results:
+// Errors must be null or empty; others are skipped.
+func (s *scanner) txnField(name []byte) error {
+	if !bytes.EqualFold(name, []byte("Errors")) {
+		return s.skip()
+	}
+	if s.word("null") {
+		return nil
+	}
+	start := s.i
+	if err := s.skip(); err != nil {
+		return err
+	}
+	if string(s.b[start:s.i]) != "[]" {
+		return fmt.Errorf("the transaction failed: %s", s.b[start:s.i])
+	}
+	return nil
 }
 
 // object reads an object, calling field with each field's name once s.i
