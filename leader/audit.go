@@ -229,7 +229,7 @@ func (s *Server) listFolder(list router.KVLister, f *folderAudit, q *api.QueryOp
 	l := &folderListing{seen: make(map[string]uint64, len(f.seen))}
 	var view *router.Snapshot
 	var values entryValues
-	meta, err := listEach(list, f.dir, q, func(e *router.KVEntry) error {
+	meta, err := router.ListEach(list, f.dir, q, func(e *router.KVEntry) error {
 		if view == nil {
 			view = s.router.Snapshot() // once the answer comes
 		}

@@ -15,18 +15,6 @@ import (
 // about 200 MB of the leader's memory at once at 100,000 tenants, the
 // peak of its resident set.
 
-// kvStreamer is a KV reader that hands each entry over as it reads
-// Consul's answer, holding no more of it than one entry; without it the
-// answer is read whole and its entries handed over from there.
-type kvStreamer interface {
-	StreamKV(keys, folders []string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error)
-}
-
-// listStreamer is kvStreamer for a blocking list of one folder.
-type listStreamer interface {
-	StreamList(folder string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error)
-}
-
 // readEach reads keys and, recursively, folders in one read-only
 // transaction (one Raft index) and calls fn with each entry; the entry is
 // valid only during the call.
@@ -38,45 +26,17 @@ func (s *Store) readEach(ctx context.Context, keys, folders []string, fn func(*r
 		s.seen = max(s.seen, e.ModifyIndex)
 		return fn(e)
 	}
-	var err error
-	if st, ok := s.kv.(kvStreamer); ok {
-		_, err = st.StreamKV(keys, folders, q, seen)
-	} else {
-		// Through consul/api: the answer is garbage once read. A reader
-		// that parses in place keeps its buffers for the next read, and
-		// a reconciliation running beside the auditor's and the view's
-		// reads would keep one more of 64 MB for good.
-		var list *router.KVList
-		if list, _, err = s.api.ReadKV(keys, folders, q); err == nil {
-			err = eachEntry(list, seen)
-			list.Free()
-		}
+	// Without a reader that streams, through consul/api: the answer is
+	// garbage once read. A reader that parses in place keeps its buffers
+	// for the next read, and a reconciliation running beside the
+	// auditor's and the view's reads would keep one more of 64 MB for good.
+	txn := s.api
+	if _, ok := s.kv.(router.KVStreamer); ok {
+		txn = s.kv
 	}
+	_, err := router.ReadEach(txn, keys, folders, q, seen)
 	if err = callErr(cctx, err); err != nil {
 		return fmt.Errorf("consul read: %w", err)
-	}
-	return nil
-}
-
-// listEach lists folder with the blocking query q and calls fn with each
-// entry, valid only during the call.
-func listEach(l router.KVLister, folder string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error) {
-	if st, ok := l.(listStreamer); ok {
-		return st.StreamList(folder, q, fn)
-	}
-	list, meta, err := l.ListKV(folder, q)
-	if err != nil {
-		return nil, err
-	}
-	defer list.Free()
-	return meta, eachEntry(list, fn)
-}
-
-func eachEntry(list *router.KVList, fn func(*router.KVEntry) error) error {
-	for i := range list.Entries {
-		if err := fn(&list.Entries[i]); err != nil {
-			return err
-		}
 	}
 	return nil
 }

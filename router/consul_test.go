@@ -302,10 +302,10 @@ func TestReadsWithoutAStreamer(t *testing.T) {
 	l := fakeLister{entries: []KVEntry{{Key: []byte("p/tenants/a"), ModifyIndex: 3}, {Key: []byte("p/tenants/b"), ModifyIndex: 4}}}
 	var keys []string
 	collect := func(e *KVEntry) error { keys = append(keys, string(e.Key)); return nil }
-	if meta, err := listEach(l, "p/tenants/", nil, collect); err != nil || meta.LastIndex != 9 {
+	if meta, err := ListEach(l, "p/tenants/", nil, collect); err != nil || meta.LastIndex != 9 {
 		t.Fatalf("list: %v %v", meta, err)
 	}
-	if meta, err := readEach(l, nil, []string{"p/tenants/"}, nil, collect); err != nil || meta.LastIndex != 9 {
+	if meta, err := ReadEach(l, nil, []string{"p/tenants/"}, nil, collect); err != nil || meta.LastIndex != 9 {
 		t.Fatalf("read: %v %v", meta, err)
 	}
 	if strings.Join(keys, " ") != "p/tenants/a p/tenants/b p/tenants/a p/tenants/b" {

@@ -194,7 +194,7 @@ type kvAnswer[T any] struct {
 // are read: a folder of 100,000 tenants is never held whole.
 func (d *kvDecoder[T]) read(l KVLister, q *api.QueryOptions) (kvAnswer[T], *api.QueryMeta, error) {
 	d.begin()
-	meta, err := listEach(l, d.folder, q, func(e *KVEntry) error {
+	meta, err := ListEach(l, d.folder, q, func(e *KVEntry) error {
 		d.add(e)
 		return nil
 	})

@@ -125,9 +125,9 @@ type KVStreamer interface {
 	StreamKV(keys, folders []string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error)
 }
 
-// readEach reads as txn.ReadKV does and calls fn with each entry, as it
-// reads them when txn streams.
-func readEach(txn KVTxnReader, keys, folders []string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
+// ReadEach reads as txn.ReadKV does and calls fn with each entry, as it
+// reads them when txn streams (KVStreamer).
+func ReadEach(txn KVTxnReader, keys, folders []string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
 	if s, ok := txn.(KVStreamer); ok {
 		return s.StreamKV(keys, folders, q, fn)
 	}
@@ -139,9 +139,9 @@ func readEach(txn KVTxnReader, keys, folders []string, q *api.QueryOptions, fn f
 	return meta, eachEntry(list, fn)
 }
 
-// listEach lists as l.ListKV does and calls fn with each entry, as it
-// reads them when l streams.
-func listEach(l KVLister, folder string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
+// ListEach lists as l.ListKV does and calls fn with each entry, as it
+// reads them when l streams (KVStreamer).
+func ListEach(l KVLister, folder string, q *api.QueryOptions, fn func(*KVEntry) error) (*api.QueryMeta, error) {
 	if s, ok := l.(KVStreamer); ok {
 		return s.StreamList(folder, q, fn)
 	}

@@ -28,7 +28,7 @@ func (f *follower) resync(ctx context.Context, q *api.QueryOptions) (found bool,
 		raw       []byte
 	)
 	headKey, podsDir, tenantsDir := []byte(f.keys.head), []byte(f.keys.pods), []byte(f.keys.tenants)
-	meta, err := readEach(f.txn, []string{f.keys.head}, []string{f.keys.pods, f.keys.tenants}, q.WithContext(ctx), func(e *KVEntry) error {
+	meta, err := ReadEach(f.txn, []string{f.keys.head}, []string{f.keys.pods, f.keys.tenants}, q.WithContext(ctx), func(e *KVEntry) error {
 		value := e.Value
 		if e.Base64 {
 			var err error
