@@ -171,12 +171,16 @@ type h2Conn struct {
 func (hc *h2Conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := hc.s
 	st := s.streams.Get().(*h2Stream)
-	st.serve(s, hc.c, w, r)
-	if r.Context().Err() != nil {
+	abort := st.serve(s, hc.c, w, r)
+	if abort || r.Context().Err() != nil {
 		s.resets.Inc()
 	} else {
 		s.complete.Inc()
 	}
 	st.reset()
 	s.streams.Put(st)
+	if abort {
+		// x/net resets the stream (RST_STREAM) without logging.
+		panic(http.ErrAbortHandler)
+	}
 }
