@@ -54,24 +54,32 @@ func TestHTTP2RelaysTrailers(t *testing.T) {
 	}
 }
 
-// A streamed body the app server cuts off part-way resets the stream: the
-// client sees an error, never a complete response.
+// A streamed body that fails part-way resets the stream: the client sees
+// an error, never a complete response. So does a trailer section fasthttp
+// refuses.
 func TestHTTP2TruncatedBodyResetsTheStream(t *testing.T) {
-	addr := rawBackend(t, func(_ int, _ *bufio.Reader, c net.Conn) bool {
-		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-		return false
-	})
-	h := newTLSHarness(t, &Proxy{}, withApps(onePod(), addr), defaultHTTP2())
-	req, _ := http.NewRequest("GET", "https://"+h.addr+"/", nil)
-	req.Host = "acme.example.test"
-	resp, err := h.h2Client(t).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err == nil {
-		t.Fatalf("read %q and a clean end, want a reset stream", body)
+	for _, tc := range []struct{ name, response string }{
+		{"cut off", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+		{"forbidden trailer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := rawBackend(t, func(_ int, _ *bufio.Reader, c net.Conn) bool {
+				_, _ = io.WriteString(c, tc.response)
+				return false
+			})
+			h := newTLSHarness(t, &Proxy{}, withApps(onePod(), addr), defaultHTTP2())
+			req, _ := http.NewRequest("GET", "https://"+h.addr+"/", nil)
+			req.Host = "acme.example.test"
+			resp, err := h.h2Client(t).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err == nil {
+				t.Fatalf("read %q and a clean end, want a reset stream", body)
+			}
+		})
 	}
 }
 
