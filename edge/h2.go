@@ -34,6 +34,7 @@ type h2Server struct {
 	p       *Proxy
 	flog    fasthttp.Logger
 	streams sync.Pool // *h2Stream
+	fields  sync.Pool // *h2Fields
 
 	conns            prometheus.Gauge
 	complete, resets prometheus.Counter
@@ -85,6 +86,7 @@ func newH2Server(cfg HTTP2, p *Proxy, h fasthttp.RequestHandler, log *slog.Logge
 		return nil, err
 	}
 	s.streams.New = func() any { return new(h2Stream) }
+	s.fields.New = func() any { return new(h2Fields) }
 	return s, nil
 }
 

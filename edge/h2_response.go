@@ -26,7 +26,8 @@ const bufferedWrite = 4 << 10
 func (st *h2Stream) writeResponse(s *h2Server, w http.ResponseWriter, r *http.Request) (abort bool) {
 	resp := &st.ctx.Response
 	hdr := w.Header()
-	st.fields.fill(hdr, &resp.Header)
+	f := s.fields.Get().(*h2Fields)
+	f.fill(hdr, &resp.Header)
 	if _, ok := hdr["Content-Type"]; !ok {
 		// None from the app: none from the edge either (x/net would sniff one).
 		hdr["Content-Type"] = nil
@@ -39,8 +40,9 @@ func (st *h2Stream) writeResponse(s *h2Server, w http.ResponseWriter, r *http.Re
 	status := resp.StatusCode()
 	if resp.IsBodyStream() {
 		if n := resp.Header.ContentLength(); n >= 0 {
-			hdr["Content-Length"] = st.fields.length(n)
+			hdr["Content-Length"] = f.length(n)
 		}
+		s.fields.Put(f)
 		rs, _ := resp.BodyStream().(*respStream)
 		if rs != nil {
 			rs.trailers = &st.trailers
@@ -62,7 +64,7 @@ func (st *h2Stream) writeResponse(s *h2Server, w http.ResponseWriter, r *http.Re
 	switch {
 	case r.Method == http.MethodHead:
 		if n := resp.Header.ContentLength(); n >= 0 {
-			hdr["Content-Length"] = st.fields.length(n)
+			hdr["Content-Length"] = f.length(n)
 		}
 		body = nil
 	case status < 200 || status == http.StatusNoContent || status == http.StatusNotModified:
@@ -70,9 +72,10 @@ func (st *h2Stream) writeResponse(s *h2Server, w http.ResponseWriter, r *http.Re
 	case len(body) > bufferedWrite:
 		// x/net sets the length only of a body it holds whole when the
 		// handler returns.
-		hdr["Content-Length"] = st.fields.length(len(body))
+		hdr["Content-Length"] = f.length(len(body))
 		_ = st.conn.SetWriteDeadline(time.Now().Add(s.p.Timeouts.ClientWrite))
 	}
+	s.fields.Put(f)
 	w.WriteHeader(status)
 	if len(body) > 0 {
 		_, _ = w.Write(body)
@@ -86,10 +89,13 @@ var closeValue = []string{"close"}
 // response head without allocating. The map's values must stay as they are
 // until x/net has written the stream's last frame, after the handler
 // returned, so they are never rewritten: a field equal to the one at the
-// same place in the previous response of the stream's pool entry shares its
-// strings (the Content-Type, the Date within its second, the app server's
-// own fields), and new values are copied into an append-only arena, whose
-// chunks are left to the collector once full.
+// same place in the previous head converted shares its strings (the
+// Content-Type, the Date within its second, the app server's own fields),
+// and new values are copied into an append-only arena, whose chunks are
+// left to the collector once full. The server pools them, and a stream
+// holds one only while it converts its head: the few in use stay in the
+// CPUs' caches, where one per stream (hundreds, each reused after all the
+// others) would be read from memory each time.
 type h2Fields struct {
 	last  []h2Field
 	arena []byte
@@ -104,12 +110,12 @@ type h2Field struct {
 	vals []string // {value}
 }
 
-// Arena chunk sizes: a pooled stream holds a chunk of each, so they are
-// small; a value longer than maxArenaValue is allocated on its own.
+// Arena chunk sizes; a value longer than maxArenaValue is allocated on
+// its own.
 const (
-	arenaBytes    = 2 << 10
-	arenaSlices   = 64
-	maxArenaValue = 256
+	arenaBytes    = 16 << 10
+	arenaSlices   = 256
+	maxArenaValue = 512
 )
 
 // fill adds h's fields to hdr, less those HTTP/2 forbids or the edge sets.

@@ -25,9 +25,8 @@ type h2Stream struct {
 	// handler runs, as fasthttp's server prefetches one on HTTP/1.1.
 	small []byte
 	fw    flushWriter
-	// fields makes the response head's strings; trailers is the app
-	// server's trailer section, copied as the body ends.
-	fields   h2Fields
+	// trailers is the app server's trailer section, copied as the body
+	// ends.
 	trailers []byte
 }
 
