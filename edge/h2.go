@@ -34,6 +34,7 @@ type h2Server struct {
 	p       *Proxy
 	flog    fasthttp.Logger
 	streams sync.Pool // *h2Stream
+	fields  sync.Pool // *h2Fields
 
 	conns            prometheus.Gauge
 	complete, resets prometheus.Counter
@@ -85,6 +86,7 @@ func newH2Server(cfg HTTP2, p *Proxy, h fasthttp.RequestHandler, log *slog.Logge
 		return nil, err
 	}
 	s.streams.New = func() any { return new(h2Stream) }
+	s.fields.New = func() any { return new(h2Fields) }
 	return s, nil
 }
 
@@ -171,12 +173,16 @@ type h2Conn struct {
 func (hc *h2Conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := hc.s
 	st := s.streams.Get().(*h2Stream)
-	st.serve(s, hc.c, w, r)
-	if r.Context().Err() != nil {
+	abort := st.serve(s, hc.c, w, r)
+	if abort || r.Context().Err() != nil {
 		s.resets.Inc()
 	} else {
 		s.complete.Inc()
 	}
 	st.reset()
 	s.streams.Put(st)
+	if abort {
+		// x/net resets the stream (RST_STREAM) without logging.
+		panic(http.ErrAbortHandler)
+	}
 }

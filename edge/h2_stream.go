@@ -1,13 +1,11 @@
 package edge
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -27,10 +25,14 @@ type h2Stream struct {
 	// handler runs, as fasthttp's server prefetches one on HTTP/1.1.
 	small []byte
 	fw    flushWriter
+	// trailers is the app server's trailer section, copied as the body
+	// ends.
+	trailers []byte
 }
 
-// serve converts the request, runs the handler and writes its response.
-func (st *h2Stream) serve(s *h2Server, c net.Conn, w http.ResponseWriter, r *http.Request) {
+// serve converts the request, runs the handler and writes its response;
+// abort reports that the stream must be reset rather than ended.
+func (st *h2Stream) serve(s *h2Server, c net.Conn, w http.ResponseWriter, r *http.Request) (abort bool) {
 	d, _ := w.(deadliner)
 	st.conn = streamConn{c: c, d: d, tls: r.TLS}
 	ctx := &st.ctx
@@ -40,7 +42,7 @@ func (st *h2Stream) serve(s *h2Server, c net.Conn, w http.ResponseWriter, r *htt
 	} else {
 		s.handler(ctx)
 	}
-	st.writeResponse(s, w, r)
+	return st.writeResponse(s, w, r)
 }
 
 func (st *h2Stream) reset() {
@@ -49,6 +51,7 @@ func (st *h2Stream) reset() {
 	st.conn = streamConn{}
 	st.src = bodyReader{}
 	st.fw = flushWriter{}
+	st.trailers = st.trailers[:0]
 }
 
 // readRequest fills ctx.Request from r: :method, :path as the request
@@ -89,122 +92,6 @@ func (st *h2Stream) readRequest(s *h2Server, r *http.Request) error {
 	st.src = bodyReader{r.Body}
 	req.SetBodyStream(&st.src, int(cl)) // -1: chunked to the app server
 	return nil
-}
-
-// bufferedWrite is how much of a response x/net takes without waiting for
-// the client's flow-control window (its handler write buffer): a body no
-// longer than that needs no write deadline.
-const bufferedWrite = 4 << 10
-
-// writeResponse writes the handler's response to the stream: status, the
-// header fields less those HTTP/2 forbids (RFC 9113, section 8.2.2), and
-// the body, flushed as it streams.
-func (st *h2Stream) writeResponse(s *h2Server, w http.ResponseWriter, r *http.Request) {
-	resp := &st.ctx.Response
-	hdr := w.Header()
-	for k, v := range resp.Header.All() {
-		if connectionSpecific(k) {
-			continue
-		}
-		key := headerKey(k)
-		hdr[key] = append(hdr[key], string(v))
-	}
-	if _, ok := hdr["Content-Type"]; !ok {
-		// None from the app: none from the edge either (x/net would sniff one).
-		hdr["Content-Type"] = nil
-	}
-	if s.p.draining.Load() {
-		// x/net reads it as "send GOAWAY once the streams are done", the
-		// HTTP/2 counterpart of a draining edge's Connection: close.
-		hdr["Connection"] = closeValue
-	}
-	status := resp.StatusCode()
-	if resp.IsBodyStream() {
-		if n := resp.Header.ContentLength(); n >= 0 {
-			hdr["Content-Length"] = []string{strconv.Itoa(n)}
-		}
-		w.WriteHeader(status)
-		st.fw = flushWriter{w: w}
-		st.fw.f, _ = w.(errorFlusher)
-		// The head goes out now, not with the first piece of the body
-		// (event streams, long polls); BodyWriteTo ends the proxy's stream.
-		_ = st.fw.flush()
-		_ = resp.BodyWriteTo(&st.fw)
-		return
-	}
-	body := resp.Body()
-	switch {
-	case r.Method == http.MethodHead:
-		if n := resp.Header.ContentLength(); n >= 0 {
-			hdr["Content-Length"] = []string{strconv.Itoa(n)}
-		}
-	case !noBody(status):
-		hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
-	default:
-		body = nil
-	}
-	if len(body) > bufferedWrite {
-		_ = st.conn.SetWriteDeadline(time.Now().Add(s.p.Timeouts.ClientWrite))
-	}
-	w.WriteHeader(status)
-	if len(body) > 0 && r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
-}
-
-var closeValue = []string{"close"}
-
-// connectionSpecific reports whether a response field may not go out on
-// HTTP/2 (RFC 9113, section 8.2.2), or is the edge's to write: the length,
-// which it sets from the body, and Trailer, whose fields it does not relay.
-func connectionSpecific(k []byte) bool {
-	switch len(k) {
-	case 2:
-		return bytes.EqualFold(k, []byte("Te"))
-	case 7:
-		return bytes.EqualFold(k, []byte("Upgrade")) || bytes.EqualFold(k, []byte("Trailer"))
-	case 10:
-		return bytes.EqualFold(k, []byte("Connection")) || bytes.EqualFold(k, []byte("Keep-Alive"))
-	case 14:
-		return bytes.EqualFold(k, []byte("Content-Length"))
-	case 16:
-		return bytes.EqualFold(k, []byte("Proxy-Connection"))
-	case 17:
-		return bytes.EqualFold(k, []byte("Transfer-Encoding"))
-	}
-	return false
-}
-
-// headerKey is k as a string, without allocating for the fields most
-// responses carry.
-func headerKey(k []byte) string {
-	switch string(k) {
-	case "Content-Type":
-		return "Content-Type"
-	case "Date":
-		return "Date"
-	case "Server":
-		return "Server"
-	case "X-Request-Id":
-		return "X-Request-Id"
-	case "Cache-Control":
-		return "Cache-Control"
-	case "Set-Cookie":
-		return "Set-Cookie"
-	case "Etag":
-		return "Etag"
-	case "Last-Modified":
-		return "Last-Modified"
-	case "Content-Encoding":
-		return "Content-Encoding"
-	case "Vary":
-		return "Vary"
-	case "Location":
-		return "Location"
-	case "Retry-After":
-		return "Retry-After"
-	}
-	return string(k)
 }
 
 // bodyReader hides everything of a body but Read.

@@ -88,6 +88,9 @@ type respStream struct {
 	// toClose: the body goes to an HTTP/1.0 client as it comes, ended by
 	// the connection's close (closeDelimited), not through fasthttp.
 	toClose bool
+	// trailers, when set (HTTP/2 relays them), receives the trailer
+	// section that followed the body, as the body ends.
+	trailers *[]byte
 }
 
 // start turns resp, whose head was just read from conn, into a streamed
@@ -123,6 +126,9 @@ func (s *respStream) Read(p []byte) (int, error) {
 	switch {
 	case err == io.EOF:
 		s.eof = true
+		if s.trailers != nil {
+			*s.trailers = append((*s.trailers)[:0], s.x.resp.Header.TrailerHeader()...)
+		}
 	case err != nil:
 		s.err = &UpstreamError{Addr: s.u.addr, stage: stageBody, Err: err}
 		return n, s.err
