@@ -479,13 +479,7 @@ func (r *Report) signupTables(w writef) {
 		s.Tenants, s.Write.Round(time.Millisecond), s.LeaderFirst.Round(time.Millisecond))
 	w("Readers: an edge, a dnsd, the leader and %d routers in one process (bench/cmd/readers). %d sign-ups timed one at a time; the costs are over them, divided by sign-ups × readers (Consul: all %d readers; a router: the %d of bench/cmd/readers). The machine is shared: other work ran beside the bench.\n\n",
 		s.Readers, s.Samples, s.AllReaders, s.Readers)
-	target := s.Tenants == 100_000
-	t := func(ok bool, goal string) string {
-		if !target {
-			return ""
-		}
-		return goal + " " + verdict(ok)
-	}
+	t := targetCell(s.Tenants == 100_000)
 	w("| what | result | target (100,000 tenants) |\n| --- | ---: | --- |\n")
 	w("| sign-up → the edge routes it and dnsd answers it, p50 / p99 (max) | %s / %s (%s) | %s |\n", ms(s.Served.P50), ms(s.Served.P99), ms(s.Served.Max),
 		t(s.Served.P50 <= 100*time.Millisecond && s.Served.P99 <= 250*time.Millisecond, "≤ 100 / 250 ms"))
@@ -519,13 +513,7 @@ func (r *Report) leaderOnlyTable(w writef) {
 	w("#### Sign-ups through the leader alone: %d tenants\n\n", s.Tenants)
 	w("%d tenants written to Consul in %s; the leader's first sign-up answered %s after its start. No edge, dnsd or readers ran (-signups-leader-only). The machine is shared: other work ran beside the bench.\n\n",
 		s.Tenants, s.Write.Round(time.Millisecond), s.LeaderFirst.Round(time.Millisecond))
-	target := s.Tenants == 100_000
-	t := func(ok bool, goal string) string {
-		if !target {
-			return ""
-		}
-		return goal + " " + verdict(ok)
-	}
+	t := targetCell(s.Tenants == 100_000)
 	w("| what | result | target (100,000 tenants) |\n| --- | ---: | --- |\n")
 	w("| sign-ups per second, %d clients, %s (failed) | %.0f (%d) | %s |\n", SignupClients, r.Duration, s.Throughput, s.Failed, t(s.Throughput >= 1000, "≥ 1,000"))
 	w("| peak RSS of the leader | %s | %s |\n", mib(s.LeaderPeak), t(s.LeaderPeak <= 200*1024, "≤ 200 MB"))
@@ -538,4 +526,15 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "**missed**"
+}
+
+// targetCell returns the target column's writer: the goal and its verdict
+// for a run at the tenants the targets are set for, nothing otherwise.
+func targetCell(target bool) func(ok bool, goal string) string {
+	return func(ok bool, goal string) string {
+		if !target {
+			return ""
+		}
+		return goal + " " + verdict(ok)
+	}
 }
