@@ -98,19 +98,17 @@ func (s *HeadScanner) Scan(b []byte, max int, request bool) ([]byte, error) {
 			if i == 0 {
 				return nil, ErrBareLF // a head cannot start blank (SkipEmptyLines)
 			}
-			// Every line ends in CRLF: any other CR is a bare one. One
-			// count of the whole head costs less than a search per line.
-			lines, coding := s.lines+1, s.coding
+			coding := s.coding
 			*s = HeadScanner{}
-			if bytes.Count(b[:end], cr) != lines {
-				return nil, ErrBareCR
-			}
 			if coding {
 				return b[:end], ErrCoding
 			}
 			return b[:end], nil
 		}
-		if err := checkLine(line, i == 0, request); err == ErrCoding {
+		// Each line as it completes, a bare CR included, so that a head
+		// that cannot be read is refused before it ends, as fasthttp's
+		// parser refuses what it cannot parse.
+		if err := CheckLine(line, i == 0, request); err == ErrCoding {
 			s.coding = true
 		} else if err != nil {
 			return nil, err
@@ -176,11 +174,6 @@ func CheckLine(line []byte, first, request bool) error {
 	if bytes.IndexByte(line, '\r') >= 0 {
 		return ErrBareCR
 	}
-	return checkLine(line, first, request)
-}
-
-// checkLine is CheckLine but for the search for a bare CR.
-func checkLine(line []byte, first, request bool) error {
 	if line[0] == ' ' || line[0] == '\t' {
 		return ErrObsFold
 	}
@@ -204,7 +197,6 @@ func checkLine(line []byte, first, request bool) error {
 }
 
 var (
-	cr               = []byte("\r")
 	transferEncoding = []byte("transfer-encoding")
 	chunked          = []byte("chunked")
 )

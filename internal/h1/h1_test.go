@@ -252,3 +252,14 @@ func BenchmarkHeadScan(b *testing.B) {
 		}
 	}
 }
+
+// A bare CR is refused as soon as its line is whole, not once the head
+// ends: a head that never ends would otherwise wait for client_header
+// where fasthttp's parser refuses it at once.
+func TestBareCRRefusedBeforeTheHeadEnds(t *testing.T) {
+	var s HeadScanner
+	in := []byte("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\x01\r\nabc")
+	if head, err := s.Scan(in, 4096, true); err != ErrBareCR || head != nil {
+		t.Fatalf("Scan: %q, %v; want ErrBareCR", head, err)
+	}
+}
