@@ -215,26 +215,39 @@ func streamList(s *stream, fn func(*router.KVEntry) error) error {
 }
 
 func (s *stream) list(fn func(*router.KVEntry) error) error {
-	if err := s.expect('['); err != nil {
-		return err
-	}
-	if s.space() == ']' {
-		s.off++
-		return s.end()
-	}
 	var e router.KVEntry // one for all: fn's argument escapes
-	for {
-		sc, err := s.element()
-		if err != nil {
-			return err
-		}
+	err := s.array(func(sc scanner) error {
+		var err error
 		if e, err = sc.entry(); err == nil {
 			err = sc.done()
 		}
 		if err != nil {
 			return s.fail(err)
 		}
-		if err := fn(&e); err != nil {
+		return fn(&e)
+	})
+	if err != nil {
+		return err
+	}
+	return s.end()
+}
+
+// array reads a JSON array, after white space, handing each element to
+// each as soon as it is whole, and moves past its closing bracket.
+func (s *stream) array(each func(sc scanner) error) error {
+	if err := s.expect('['); err != nil {
+		return err
+	}
+	if s.space() == ']' {
+		s.off++
+		return nil
+	}
+	for {
+		sc, err := s.element()
+		if err != nil {
+			return err
+		}
+		if err := each(sc); err != nil {
 			return err
 		}
 		switch c := s.space(); c {
@@ -242,7 +255,7 @@ func (s *stream) list(fn func(*router.KVEntry) error) error {
 			s.off++
 		case ']':
 			s.off++
-			return s.end()
+			return nil
 		default:
 			return s.fail(fmt.Errorf("want , or ] after an entry, found %s", show(c)))
 		}
@@ -326,33 +339,11 @@ func (s *stream) results(fn func(*router.KVEntry) error) error {
 		}
 		return sc.done()
 	}
-	if err := s.expect('['); err != nil {
-		return err
-	}
-	if s.space() == ']' {
-		s.off++
-		return nil
-	}
 	var e router.KVEntry // one for all: fn's argument escapes
-	for {
-		sc, err := s.element()
-		if err != nil {
-			return err
-		}
+	return s.array(func(sc scanner) error {
 		if err := sc.result(&e, fn); err != nil {
 			return err
 		}
-		if err := sc.done(); err != nil {
-			return err
-		}
-		switch c := s.space(); c {
-		case ',':
-			s.off++
-		case ']':
-			s.off++
-			return nil
-		default:
-			return fmt.Errorf("want , or ] in an array, found %s", show(c))
-		}
-	}
+		return sc.done()
+	})
 }
