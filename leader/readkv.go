@@ -26,15 +26,7 @@ func (s *Store) readEach(ctx context.Context, keys, folders []string, fn func(*r
 		s.seen = max(s.seen, e.ModifyIndex)
 		return fn(e)
 	}
-	// Without a reader that streams, through consul/api: the answer is
-	// garbage once read. A reader that parses in place keeps its buffers
-	// for the next read, and a reconciliation running beside the
-	// auditor's and the view's reads would keep one more of 64 MB for good.
-	txn := s.api
-	if _, ok := s.kv.(router.KVStreamer); ok {
-		txn = s.kv
-	}
-	_, err := router.ReadEach(txn, keys, folders, q, seen)
+	_, err := router.ReadEach(s.kv, keys, folders, q, seen)
 	if err = callErr(cctx, err); err != nil {
 		return fmt.Errorf("consul read: %w", err)
 	}

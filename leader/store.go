@@ -38,8 +38,7 @@ type Fence interface {
 // safe.
 type Store struct {
 	client *api.Client
-	kv     router.KVTxnReader // for reads of whole folders, if it streams
-	api    router.KVTxnReader // for them otherwise: consul/api
+	kv     router.KVTxnReader // reads whole folders (readEach)
 	keys   keys
 	fence  Fence
 	view   func() *router.Snapshot
@@ -77,8 +76,11 @@ type Store struct {
 type StoreConfig struct {
 	Client *api.Client
 	// KV reads whole folders (the reconciliation's) if it streams them
-	// (a StreamKV method, readEach); otherwise, and when nil, they are
-	// read through consul/api.
+	// (router.KVStreamer); otherwise, and when nil, they are read through
+	// consul/api, whose answer is garbage once read: a reader that parses
+	// in place keeps its buffers for the next read, and a reconciliation
+	// beside the auditor's and the view's reads would keep one more of
+	// 64 MB for good.
 	KV     router.KVTxnReader
 	Prefix string // with the trailing slash
 	Zone   string // with or without the trailing dot
@@ -108,12 +110,10 @@ func newStore(c StoreConfig, m *metrics) *Store {
 	if c.LogRing == 0 {
 		c.LogRing = DefaultLogRing
 	}
-	api := router.NewAPILister(c.Client).(router.KVTxnReader)
-	if c.KV == nil {
-		c.KV = api
+	if _, streams := c.KV.(router.KVStreamer); !streams {
+		c.KV = router.NewAPILister(c.Client).(router.KVTxnReader)
 	}
 	return &Store{
-		api:        api,
 		ring:       c.LogRing,
 		client:     c.Client,
 		kv:         c.KV,
