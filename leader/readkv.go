@@ -2,7 +2,6 @@ package leader
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 
 	"github.com/hashicorp/consul/api"
@@ -39,14 +38,8 @@ type entryValues struct{ raw []byte }
 // of returns e's value, valid until the next call and only while e is;
 // ok is false when it does not decode.
 func (v *entryValues) of(e *router.KVEntry) ([]byte, bool) {
-	if !e.Base64 {
-		return e.Value, true
-	}
-	var err error
-	if v.raw, err = base64.StdEncoding.AppendDecode(v.raw[:0], e.Value); err != nil {
-		return nil, false
-	}
-	return v.raw, true
+	value, err := e.ValueIn(&v.raw)
+	return value, err == nil
 }
 
 // name returns the name of e directly under dir, or false.

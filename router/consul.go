@@ -2,7 +2,6 @@ package router
 
 import (
 	"cmp"
-	"encoding/base64"
 	"fmt"
 	"net"
 	"net/netip"
@@ -220,12 +219,7 @@ func (d *kvDecoder[T]) add(e *KVEntry) {
 		d.changed = true
 		c.modifyIndex, c.value, c.err, c.pos = e.ModifyIndex, nil, nil, -1
 		name := c.key[len(d.folder):]
-		raw := e.Value
-		var err error
-		if e.Base64 {
-			d.raw, err = base64.StdEncoding.AppendDecode(d.raw[:0], e.Value)
-			raw = d.raw
-		}
+		raw, err := e.ValueIn(&d.raw)
 		switch {
 		case err != nil:
 			c.err = fmt.Errorf("key %q: value is not base64: %w", c.key, err)

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"encoding/base64"
 	"fmt"
 
 	"github.com/hashicorp/consul/api"
@@ -15,6 +16,18 @@ type KVEntry struct {
 	// key's ModifyIndex changed.
 	Value  []byte
 	Base64 bool
+}
+
+// ValueIn returns e's value: Value itself or, when it is still in base64,
+// its decoding into *scratch, which grows as needed. It is valid while e
+// is and until scratch is used again.
+func (e *KVEntry) ValueIn(scratch *[]byte) ([]byte, error) {
+	if !e.Base64 {
+		return e.Value, nil
+	}
+	var err error
+	*scratch, err = base64.StdEncoding.AppendDecode((*scratch)[:0], e.Value)
+	return *scratch, err
 }
 
 // KVList is the answer of a KVLister. Its entries may point into the

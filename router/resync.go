@@ -3,7 +3,6 @@ package router
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"strings"
 
@@ -29,14 +28,10 @@ func (f *follower) resync(ctx context.Context, q *api.QueryOptions) (found bool,
 	)
 	headKey, podsDir, tenantsDir := []byte(f.keys.head), []byte(f.keys.pods), []byte(f.keys.tenants)
 	meta, err := ReadEach(f.txn, []string{f.keys.head}, []string{f.keys.pods, f.keys.tenants}, q.WithContext(ctx), func(e *KVEntry) error {
-		value := e.Value
-		if e.Base64 {
-			var err error
-			if raw, err = base64.StdEncoding.AppendDecode(raw[:0], e.Value); err != nil {
-				errs = append(errs, fmt.Errorf("key %q: value is not base64: %w", e.Key, err))
-				return nil
-			}
-			value = raw
+		value, err := e.ValueIn(&raw)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("key %q: value is not base64: %w", e.Key, err))
+			return nil
 		}
 		index = max(index, e.ModifyIndex)
 		switch {
