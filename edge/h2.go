@@ -119,7 +119,7 @@ func (s *h2Server) serveConn(c net.Conn) error {
 	defer s.untrack(c)
 	s.conns.Inc()
 	defer s.conns.Dec()
-	bc := newBatchConn(c, s.p.Timeouts.ClientWrite)
+	bc := newBatchConn(c, s.p.cur().Timeouts.ClientWrite)
 	s.srv.ServeConn(bc, &http2.ServeConnOpts{BaseConfig: s.base, Handler: &h2Conn{s: s, c: c}})
 	// x/net has closed bc; its last frames (a GOAWAY) may still be on the
 	// way, and fasthttp closes c as soon as this returns.

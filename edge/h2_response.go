@@ -73,7 +73,7 @@ func (st *h2Stream) writeResponse(s *h2Server, w http.ResponseWriter, r *http.Re
 		// x/net sets the length only of a body it holds whole when the
 		// handler returns.
 		hdr["Content-Length"] = f.length(len(body))
-		_ = st.conn.SetWriteDeadline(time.Now().Add(s.p.Timeouts.ClientWrite))
+		_ = st.conn.SetWriteDeadline(time.Now().Add(s.p.cur().Timeouts.ClientWrite))
 	}
 	s.fields.Put(f)
 	w.WriteHeader(status)

@@ -80,7 +80,7 @@ func (st *h2Stream) readRequest(s *h2Server, r *http.Request) error {
 			st.small = make([]byte, prefetched)
 		}
 		b := st.small[:cl]
-		_ = st.conn.SetReadDeadline(time.Now().Add(s.p.Timeouts.ClientBody))
+		_ = st.conn.SetReadDeadline(time.Now().Add(s.p.cur().Timeouts.ClientBody))
 		_, err := io.ReadFull(r.Body, b)
 		_ = st.conn.SetReadDeadline(time.Time{})
 		if err != nil {
