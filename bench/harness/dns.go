@@ -37,11 +37,6 @@ const (
 // dnsPhase measures dnsd, Knot and NSD with dnsperf on one query mix, the
 // three serving the same records.
 func (h *harness) dnsPhase(ctx context.Context) error {
-	if _, err := h.render("queries.txt.tmpl", "queries.txt", map[string]any{
-		"Pod": pod, "Zone": zone, "Tenant": tenant, "Missing": missing,
-	}); err != nil {
-		return err
-	}
 	if h.mainEdge == nil {
 		// The HTTP phase did not run (Options.Phases): its edge, the pod's
 		// thirteenth, stands in as one registered for DNS only.
@@ -49,11 +44,10 @@ func (h *harness) dnsPhase(ctx context.Context) error {
 			return err
 		}
 	}
-	dnsd, err := h.startDnsd(ctx, "dnsd", mainPrefix)
+	dnsd, err := h.mainDnsdServer(ctx)
 	if err != nil {
 		return err
 	}
-	h.mainDnsd = dnsd
 	systems := []*server{dnsd}
 	if !h.skip("knot") || !h.skip("nsd") {
 		if _, err := h.render("example.test.zone.tmpl", "example.test.zone", map[string]any{

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/podedge/podedge/bench/configs"
 	"github.com/podedge/podedge/bench/loadgen"
 	"github.com/podedge/podedge/internal/child"
 )
@@ -70,11 +69,7 @@ const wrkThreads = 2
 // httpPhase measures every HTTP system on every workload, alternating the
 // systems within each round.
 func (h *harness) httpPhase(ctx context.Context) error {
-	script, err := configs.FS.ReadFile("report.lua")
-	if err != nil {
-		return err
-	}
-	if err := writeFile(h.path("report.lua"), script); err != nil {
+	if err := h.writeWrkScript(); err != nil {
 		return err
 	}
 	systems := []*server{h.direct()}
@@ -100,11 +95,10 @@ func (h *harness) httpPhase(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	edge, err := h.startEdge(ctx, edgeSpec{name: "edge", prefix: mainPrefix, publicIP: podIPs()[0]})
+	edge, err := h.mainEdgeServer(ctx)
 	if err != nil {
 		return err
 	}
-	h.mainEdge = edge
 	systems = append(systems, fwd, loopFwd, edge)
 	h.say("http: %d systems, %d workloads, %d rounds of %s", len(systems), len(Workloads()), h.opts.Rounds, h.opts.Duration)
 

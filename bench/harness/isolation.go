@@ -42,13 +42,9 @@ func isolationNoisy() Workload {
 func zoneName() string { return zone[:len(zone)-1] }
 
 func (h *harness) isolationPhase(ctx context.Context) error {
-	edge := h.mainEdge
-	if edge == nil {
-		var err error
-		if edge, err = h.startEdge(ctx, edgeSpec{name: "edge", prefix: mainPrefix, publicIP: podIPs()[0]}); err != nil {
-			return err
-		}
-		h.mainEdge = edge
+	edge, err := h.mainEdgeServer(ctx)
+	if err != nil {
+		return err
 	}
 	// The edge admits limit/N of the pod's N passing edges (the 13 of
 	// podIPs once the bench edge passes): the limit is

@@ -193,33 +193,55 @@ func (h *harness) scalePhase(ctx context.Context) error {
 func (h *harness) startMainServers(ctx context.Context) error {
 	if h.mainEdge == nil {
 		// The throughput runs below read wrk's results through the HTTP
-		// phase's script, and dnsperf's queries from the DNS phase's file.
-		script, err := configs.FS.ReadFile("report.lua")
-		if err != nil {
+		// phase's script.
+		if err := h.writeWrkScript(); err != nil {
 			return err
 		}
-		if err := writeFile(h.path("report.lua"), script); err != nil {
-			return err
-		}
+	}
+	if _, err := h.mainEdgeServer(ctx); err != nil {
+		return err
+	}
+	_, err := h.mainDnsdServer(ctx)
+	return err
+}
+
+// mainEdgeServer returns the edge of the 10 tenants, started on first use.
+func (h *harness) mainEdgeServer(ctx context.Context) (*server, error) {
+	if h.mainEdge == nil {
 		edge, err := h.startEdge(ctx, edgeSpec{name: "edge", prefix: mainPrefix, publicIP: podIPs()[0]})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		h.mainEdge = edge
 	}
+	return h.mainEdge, nil
+}
+
+// mainDnsdServer returns the dnsd of the 10 tenants, started on first use
+// with the file of queries dnsperf reads.
+func (h *harness) mainDnsdServer(ctx context.Context) (*server, error) {
 	if h.mainDnsd == nil {
 		if _, err := h.render("queries.txt.tmpl", "queries.txt", map[string]any{
 			"Pod": pod, "Zone": zone, "Tenant": tenant, "Missing": missing,
 		}); err != nil {
-			return err
+			return nil, err
 		}
 		dnsd, err := h.startDnsd(ctx, "dnsd", mainPrefix)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		h.mainDnsd = dnsd
 	}
-	return nil
+	return h.mainDnsd, nil
+}
+
+// writeWrkScript writes the script through which wrk reports its results.
+func (h *harness) writeWrkScript() error {
+	script, err := configs.FS.ReadFile("report.lua")
+	if err != nil {
+		return err
+	}
+	return writeFile(h.path("report.lua"), script)
 }
 
 // scaleWorkload names the scale rows of the HTTP and DNS results.
