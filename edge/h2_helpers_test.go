@@ -9,10 +9,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -249,5 +251,36 @@ func (c *rawH2) closed(within time.Duration) (http2.ErrCode, error) {
 		if g, ok := f.(*http2.GoAwayFrame); ok {
 			code = g.ErrCode
 		}
+	}
+}
+
+// getAtOnce sends GET /0 to GET /<n-1> for acme.example.test through c, all
+// at once, and fails t with the first error check returns for a response:
+// its body as read, err the error reading it.
+func getAtOnce(t *testing.T, c *http.Client, addr string, n int, check func(path string, resp *http.Response, body []byte, err error) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			path := fmt.Sprintf("/%d", i)
+			req, _ := http.NewRequest("GET", "https://"+addr+path, nil)
+			req.Host = "acme.example.test"
+			resp, err := c.Do(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err := check(path, resp, b, err); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -102,39 +101,21 @@ func TestHTTP2ResponseFieldsPerStream(t *testing.T) {
 	})
 	h := newTLSHarness(t, &Proxy{}, onePod(a), defaultHTTP2())
 	c := h.h2Client(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, 400)
-	for i := range 400 {
-		wg.Go(func() {
-			path := fmt.Sprintf("/%d", i)
-			req, _ := http.NewRequest("GET", "https://"+h.addr+path, nil)
-			req.Host = "acme.example.test"
-			resp, err := c.Do(req)
-			if err != nil {
-				errs <- err
-				return
-			}
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			want := 10
-			if strings.HasSuffix(path, "7") {
-				want = 10 << 10
-			}
-			switch {
-			case err != nil || resp.StatusCode != 200 || len(b) != want:
-				errs <- fmt.Errorf("%s: %d, %d bytes, %v", path, resp.StatusCode, len(b), err)
-			case resp.Header.Get("X-Path") != path || resp.Header.Get("X-Fixed") != "same for all":
-				errs <- fmt.Errorf("%s: fields %v", path, resp.Header)
-			case strings.Join(resp.Header["Set-Cookie"], " ") != "a=1 b="+path:
-				errs <- fmt.Errorf("%s: cookies %q", path, resp.Header["Set-Cookie"])
-			case resp.ContentLength != int64(want):
-				errs <- fmt.Errorf("%s: Content-Length %d, want %d", path, resp.ContentLength, want)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	getAtOnce(t, c, h.addr, 400, func(path string, resp *http.Response, b []byte, err error) error {
+		want := 10
+		if strings.HasSuffix(path, "7") {
+			want = 10 << 10
+		}
+		switch {
+		case err != nil || resp.StatusCode != 200 || len(b) != want:
+			return fmt.Errorf("%s: %d, %d bytes, %v", path, resp.StatusCode, len(b), err)
+		case resp.Header.Get("X-Path") != path || resp.Header.Get("X-Fixed") != "same for all":
+			return fmt.Errorf("%s: fields %v", path, resp.Header)
+		case strings.Join(resp.Header["Set-Cookie"], " ") != "a=1 b="+path:
+			return fmt.Errorf("%s: cookies %q", path, resp.Header["Set-Cookie"])
+		case resp.ContentLength != int64(want):
+			return fmt.Errorf("%s: Content-Length %d, want %d", path, resp.ContentLength, want)
+		}
+		return nil
+	})
 }

@@ -229,30 +229,12 @@ func TestHTTP2ConcurrentStreamsOnOneConnection(t *testing.T) {
 	if resp, _ := h2Do(t, c, "GET", h.addr, "nobody.example.test", "/", nil, nil); resp.StatusCode != 404 {
 		t.Fatal(resp.Status)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Go(func() {
-			path := fmt.Sprintf("/%d", i)
-			req, _ := http.NewRequest("GET", "https://"+h.addr+path, nil)
-			req.Host = "acme.example.test"
-			resp, err := c.Do(req)
-			if err != nil {
-				errs <- err
-				return
-			}
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != 200 || string(b) != path {
-				errs <- fmt.Errorf("%s: %d %q %v", path, resp.StatusCode, b, err)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	getAtOnce(t, c, h.addr, n, func(path string, resp *http.Response, b []byte, err error) error {
+		if err != nil || resp.StatusCode != 200 || string(b) != path {
+			return fmt.Errorf("%s: %d %q %v", path, resp.StatusCode, b, err)
+		}
+		return nil
+	})
 	select {
 	case <-all:
 	default:
