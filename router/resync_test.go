@@ -57,6 +57,16 @@ func tenantEntries(n int) []KVEntry {
 	return out
 }
 
+// benchReader is a router reading n tenants from memory, and its watcher.
+func benchReader(b *testing.B, n int) (*entryStreamer, *Router, *watcher) {
+	s := &entryStreamer{entries: tenantEntries(n)}
+	r, err := New(Config{Logger: slog.New(slog.DiscardHandler), KV: s})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, r, &watcher{r: r, changed: make(chan struct{}, 1)}
+}
+
 // BenchmarkResync is a reader's full read of the platform, from the
 // streamed entries to the published index: its time, what it allocates,
 // and the heap it holds after, per tenant ("held-B/tenant": the tenants
@@ -64,12 +74,7 @@ func tenantEntries(n int) []KVEntry {
 func BenchmarkResync(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			s := &entryStreamer{entries: tenantEntries(n)}
-			r, err := New(Config{Logger: slog.New(slog.DiscardHandler), KV: s})
-			if err != nil {
-				b.Fatal(err)
-			}
-			w := &watcher{r: r, changed: make(chan struct{}, 1)}
+			s, r, w := benchReader(b, n)
 			var before, after runtime.MemStats
 			runtime.GC()
 			runtime.ReadMemStats(&before)
@@ -103,12 +108,7 @@ func BenchmarkResync(b *testing.B) {
 func BenchmarkApplyChange(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			s := &entryStreamer{entries: tenantEntries(n)}
-			r, err := New(Config{Logger: slog.New(slog.DiscardHandler), KV: s})
-			if err != nil {
-				b.Fatal(err)
-			}
-			w := &watcher{r: r, changed: make(chan struct{}, 1)}
+			s, r, w := benchReader(b, n)
 			f := newFollower(r, w, nil, s, s)
 			if _, err := f.resync(context.Background(), &api.QueryOptions{}); err != nil {
 				b.Fatal(err)
