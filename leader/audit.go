@@ -158,6 +158,11 @@ func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folde
 		if _, err := s.router.WaitIndex(ctx, 0); err != nil {
 			return
 		}
+		// And after the reconciliation's, which may read the tenants
+		// from KV too: one 300 MB answer at a time at a million.
+		if err := s.store.once.wait(ctx, session); err != nil {
+			return
+		}
 		// A read blocks until the folder changes, and the wait is no
 		// cost; it answers at once when the leader itself logged a
 		// change of the folder since the last read, and then its time

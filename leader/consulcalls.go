@@ -28,8 +28,13 @@ import (
 // or names another leader than at first, Consul is in trouble; once it
 // names a leader again after that, the call is ended at once
 // (errConsulBack) for its caller to try it afresh. A call that is merely
-// slow while Consul keeps its leader (a slow disk, a large read) is never
-// ended that way.
+// slow while Consul keeps its leader (a slow disk) is never ended that way.
+//
+// A read of the whole platform is the exception (boundRead): at a million
+// tenants Consul spends seconds of CPU building the 300 MB answer, and
+// answers probes late meanwhile (1.6 s measured on a 2-core machine); a
+// probe without an answer then says that Consul is busy, not that it
+// failed. Only an answer that names no leader, or another one, counts.
 const (
 	stuckAfter   = 250 * time.Millisecond
 	probeEvery   = 250 * time.Millisecond
@@ -46,8 +51,19 @@ var errConsulBack = errors.New("consul has a leader again; the call was stuck be
 // stuckAfter, and ends it when Consul has a leader again after failing.
 // The caller must call the returned stop when the call has returned.
 func boundCall(ctx context.Context, client *api.Client) (context.Context, context.CancelFunc) {
+	return watchedCall(ctx, client, false)
+}
+
+// boundRead is boundCall for a read whose answer grows with the platform:
+// a probe that Consul answers late, or not within probeTimeout, is not
+// trouble.
+func boundRead(ctx context.Context, client *api.Client) (context.Context, context.CancelFunc) {
+	return watchedCall(ctx, client, true)
+}
+
+func watchedCall(ctx context.Context, client *api.Client, patient bool) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	t := time.AfterFunc(stuckAfter, func() { watchCall(ctx, client, cancel) })
+	t := time.AfterFunc(stuckAfter, func() { watchCall(ctx, client, cancel, patient) })
 	return ctx, func() {
 		t.Stop()
 		cancel(nil)
@@ -56,16 +72,20 @@ func boundCall(ctx context.Context, client *api.Client) (context.Context, contex
 
 // watchCall probes Consul's leader until the call's ctx ends, and ends the
 // call once a leader is named after trouble.
-func watchCall(ctx context.Context, client *api.Client, end context.CancelCauseFunc) {
+func watchCall(ctx context.Context, client *api.Client, end context.CancelCauseFunc, patient bool) {
 	first, trouble := "", false
 	for {
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		leader, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
+		late := pctx.Err() != nil
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		switch {
+		case patient && late:
+			// Busy building a large answer, or stopped: the call's own
+			// bound tells.
 		case err != nil || leader == "":
 			trouble = true
 		case first == "":

@@ -46,6 +46,7 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 		s.pods = nil
 		if err == nil {
 			s.reconciled = session
+			s.once.mark(session)
 			return nil
 		}
 		if !errors.Is(err, errRetry) || try >= s.retries {
@@ -66,53 +67,22 @@ func (s *Store) reconcileLocked(ctx context.Context, session string) error {
 // A view that does not catch up within viewWait (Consul just recovered
 // and the router waits out its backoff), or that cannot be held to the
 // head, is not used: the tenants are then read from KV with the rest, in
-// one transaction, as the leader did before it had a view that follows
-// the log.
+// one transaction (platformRead), as the leader did before it had a view
+// that follows the log.
 func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	k := s.keys
 	var headIndex uint64
-	var pods, seats, index map[string]*api.KVPair
 	var values entryValues
-	// collect keeps the head's index and the small folders.
-	collect := func(e *router.KVEntry) bool {
-		if e.ModifyIndex == 0 {
-			return true // the head, absent
-		}
-		if string(e.Key) == k.logHead() {
-			headIndex = e.ModifyIndex
-			return true
-		}
-		for _, f := range []struct {
-			dir string
-			m   map[string]*api.KVPair
-		}{{k.podsDir(), pods}, {k.seatsDir(), seats}, {k.domainsDir(), index}} {
-			if name, ok := name(e, f.dir); ok {
-				f.m[name] = values.pair(e)
-				return true
-			}
-		}
-		return false
-	}
-	reset := func() {
-		pods, seats, index = map[string]*api.KVPair{}, map[string]*api.KVPair{}, map[string]*api.KVPair{}
-	}
-	reset()
+	st := newKVState()
 	if err := s.readEach(ctx, []string{k.logHead()}, []string{k.podsDir(), k.seatsDir(), k.domainsDir()}, func(e *router.KVEntry) error {
-		collect(e)
+		if e.ModifyIndex != 0 && string(e.Key) == k.logHead() {
+			headIndex = e.ModifyIndex
+			return nil
+		}
+		st.collect(k, e, &values)
 		return nil
 	}); err != nil {
 		return err
-	}
-	count := map[string]int{}
-	owner := map[string]*router.Tenant{}
-	claim := func(t *router.Tenant) {
-		count[t.Pod]++
-		for _, d := range t.Domains {
-			// As the router does: the oldest claim wins, then the name.
-			if o, taken := owner[d]; !taken || t.Created.Before(o.Created) || t.Created.Equal(o.Created) && t.Name < o.Name {
-				owner[d] = t
-			}
-		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, viewWait)
 	view, err := s.waitView(wctx, headIndex)
@@ -122,29 +92,14 @@ func (s *Store) reconcileOnce(ctx context.Context, session string) error {
 	// it to, and a view past the head saw a history KV no longer has (a
 	// restore, an emptied KV).
 	if err == nil && headIndex != 0 && view.LogIndex == headIndex {
-		view.AscendTenants("", func(t *router.Tenant) bool { claim(t); return true })
+		view.AscendTenants("", func(t *router.Tenant) bool { st.claim(t); return true })
 	} else {
 		s.log.Warn("reconcile: the view does not stand at the change log's head; reading the tenants from KV", "head", headIndex, "view", view.LogIndex)
-		reset()
-		// Decoded one at a time: only the seat counts and the domains'
-		// owners are kept.
-		if err := s.readEach(ctx, nil, []string{k.podsDir(), k.tenantsDir(), k.seatsDir(), k.domainsDir()}, func(e *router.KVEntry) error {
-			if collect(e) {
-				return nil
-			}
-			if name, ok := name(e, k.tenantsDir()); ok {
-				raw, _ := values.of(e)
-				if t, ok := s.routable(name, raw); ok && len(t.Domains) == 0 {
-					count[t.Pod]++
-				} else if ok {
-					claim(&t)
-				}
-			}
-			return nil
-		}); err != nil {
+		if st, err = s.platformFromKV(ctx); err != nil {
 			return err
 		}
 	}
+	pods, seats, index, count, owner := st.pods, st.seats, st.index, st.count, st.owner
 	registered := map[string]bool{}
 	for name := range pods {
 		registered[name] = true

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/podedge/podedge/internal/retry"
 	"github.com/podedge/podedge/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -290,15 +291,14 @@ func (s *Server) leadershipChanged(st LeaderState) {
 	s.changes = make(chan struct{})
 	s.changesMu.Unlock()
 	if st.IsLeader {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+		s.kickReconcile()
 	}
 }
 
 // reconcileLoop reconciles the internal keys when leadership is won and
-// every ReconcileInterval while leading.
+// every ReconcileInterval while leading. A reconciliation that failed is
+// tried again soon, with a backoff, rather than at the next write: the
+// auditor starts once one succeeded.
 func (s *Server) reconcileLoop(ctx context.Context) {
 	var tick <-chan time.Time
 	if s.cfg.ReconcileInterval > 0 {
@@ -306,21 +306,50 @@ func (s *Server) reconcileLoop(ctx context.Context) {
 		defer t.Stop()
 		tick = t.C
 	}
+	var again <-chan time.Time
+	failures := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kick:
 		case <-tick:
+		case <-again:
 		}
+		again = nil
 		if _, leading := s.elector.Session(); !leading {
+			failures = 0
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-		if err := s.store.Reconcile(rctx); err != nil && !errors.Is(err, errNotLeader) {
-			s.log.Warn("reconciliation failed; it runs again before the next write", "error", err.Error())
-		}
+		err := s.store.Reconcile(rctx)
 		cancel()
+		if err == nil || errors.Is(err, errNotLeader) {
+			failures = 0
+			continue
+		}
+		if reading := s.store.reading(); reading != nil {
+			// A read of the whole platform outlived the attempt: its
+			// result is for the next one, which runs once it is in.
+			s.log.Info("reconciliation waits for its read of the platform", "error", err.Error())
+			select {
+			case <-reading:
+				s.kickReconcile()
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		failures++
+		s.log.Warn("reconciliation failed; it runs again soon, or before the next write", "error", err.Error())
+		again = time.After(retry.Backoff(250*time.Millisecond, 5*time.Second, failures))
+	}
+}
+
+func (s *Server) kickReconcile() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
 }
 

@@ -66,6 +66,9 @@ type Store struct {
 	ring       uint64       // the change log's ring slots
 	podsFor    string       // the session pods and logHead were read under
 	reconciled string       // the session the internal keys were last reconciled under
+	once       reconciledOnce
+	platformMu sync.Mutex
+	platform   *platformRead // a read of the platform for a reconciliation, in flight or not yet taken
 	// seen is the highest ModifyIndex the current write attempt read or
 	// committed: the index it answers with (X-Podedge-Index). A write
 	// that changes nothing answers with the index of the state it found.

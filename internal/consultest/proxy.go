@@ -1,11 +1,14 @@
 package consultest
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,11 +28,15 @@ type Proxy struct {
 	// HTTPAddr is the proxy's address, to use in place of the agent's.
 	HTTPAddr string
 
-	mu       sync.Mutex
-	mode     proxyMode
-	delays   map[string]time.Duration // by path prefix
-	inFlight map[*http.Request]context.CancelFunc
-	hung     chan struct{} // closed when the test ends: releases hung calls
+	mu     sync.Mutex
+	mode   proxyMode
+	delays map[string]time.Duration // by path prefix
+	// txnDelays delays transactions whose body holds the key; txnSeen
+	// counts them.
+	txnDelays map[string]time.Duration
+	txnSeen   map[string]int
+	inFlight  map[*http.Request]context.CancelFunc
+	hung      chan struct{} // closed when the test ends: releases hung calls
 }
 
 type proxyMode int
@@ -53,10 +60,12 @@ func NewProxy(t testing.TB, agent *Agent) *Proxy {
 		t.Fatal(err)
 	}
 	p := &Proxy{
-		HTTPAddr: ln.Addr().String(),
-		delays:   map[string]time.Duration{},
-		inFlight: map[*http.Request]context.CancelFunc{},
-		hung:     make(chan struct{}),
+		HTTPAddr:  ln.Addr().String(),
+		delays:    map[string]time.Duration{},
+		txnDelays: map[string]time.Duration{},
+		txnSeen:   map[string]int{},
+		inFlight:  map[*http.Request]context.CancelFunc{},
+		hung:      make(chan struct{}),
 	}
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	proxy.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
@@ -76,12 +85,26 @@ func NewProxy(t testing.TB, agent *Agent) *Proxy {
 		}
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
+		var body []byte
+		if r.URL.Path == "/v1/txn" && r.Body != nil {
+			var err error
+			if body, err = io.ReadAll(r.Body); err != nil {
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		p.mu.Lock()
 		mode := p.mode
 		var delay time.Duration
 		for prefix, d := range p.delays {
 			if strings.HasPrefix(r.URL.Path, prefix) {
 				delay = d
+			}
+		}
+		for key, d := range p.txnDelays {
+			if bytes.Contains(body, []byte(strconv.Quote(key))) {
+				delay = max(delay, d)
+				p.txnSeen[key]++
 			}
 		}
 		if mode == proxyPass {
@@ -161,6 +184,26 @@ func (p *Proxy) Delay(prefix string, d time.Duration) {
 		return
 	}
 	p.delays[prefix] = d
+}
+
+// DelayTxnsOn answers the transactions that name key (a read of a folder
+// names the folder) d late, and counts them (TxnsOn); 0 removes the delay.
+func (p *Proxy) DelayTxnsOn(key string, d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d == 0 {
+		delete(p.txnDelays, key)
+		return
+	}
+	p.txnDelays[key] = d
+}
+
+// TxnsOn is how many transactions that name key, delayed by DelayTxnsOn,
+// came through.
+func (p *Proxy) TxnsOn(key string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.txnSeen[key]
 }
 
 func (p *Proxy) set(m proxyMode) {
