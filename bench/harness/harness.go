@@ -37,6 +37,11 @@ type Options struct {
 	Bin string
 	// Consul is the consul binary. Required.
 	Consul string
+	// ConsulMode is how Consul runs: ConsulDev (the default), `consul
+	// agent -dev`, or ConsulServer, a single server with its data on a
+	// tmpfs, which answers compact JSON as production Consul does
+	// (bench/README.md, "Consul").
+	ConsulMode string
 	// Rounds is how many times each system is measured; medians are
 	// reported. Default 3.
 	Rounds int
@@ -136,6 +141,13 @@ func (o *Options) setDefaults() error {
 	default:
 		return fmt.Errorf("apps: %q is neither %q nor %q", o.Apps, AppsWithServer, AppsWithClient)
 	}
+	switch o.ConsulMode {
+	case "":
+		o.ConsulMode = ConsulDev
+	case ConsulDev, ConsulServer:
+	default:
+		return fmt.Errorf("consul mode: %q is neither %q nor %q", o.ConsulMode, ConsulDev, ConsulServer)
+	}
 	for _, p := range o.Phases {
 		if !slices.Contains(Phases(), p) {
 			return fmt.Errorf("phases: unknown phase %q (known: %s)", p, strings.Join(Phases(), ", "))
@@ -153,6 +165,12 @@ func (o *Options) setDefaults() error {
 const (
 	AppsWithServer = "server"
 	AppsWithClient = "client"
+)
+
+// How Consul runs (Options.ConsulMode).
+const (
+	ConsulDev    = "dev"
+	ConsulServer = "server"
 )
 
 // program is a binary a run needs in Options.Bin, and the package (from
@@ -197,6 +215,7 @@ type harness struct {
 	consulAddr string
 	consul     *api.Client
 	consulProc *child.Process
+	consulData string // a server's data folder (Options.ConsulMode), removed at the end
 	backends   []*backendProc
 	// mainEdge and mainDnsd serve the 10 tenants from the HTTP and DNS
 	// phases to the end, for the scale comparison.
@@ -229,6 +248,11 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 			return nil, err
 		}
 	}
+	defer func() {
+		if h.consulData != "" {
+			os.RemoveAll(h.consulData) // once Consul stopped
+		}
+	}()
 	defer h.procs.stopAll(10 * time.Second)
 	defer func() {
 		if err != nil {

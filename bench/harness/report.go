@@ -17,9 +17,11 @@ type Report struct {
 	Versions []Version
 	CPUs     CPUs
 	// Apps is where the app servers ran (Options.Apps).
-	Apps     string
-	Rounds   int
-	Duration time.Duration
+	Apps string
+	// ConsulMode is Options.ConsulMode.
+	ConsulMode string
+	Rounds     int
+	Duration   time.Duration
 	// FailureDuration is the length of each failure run.
 	FailureDuration time.Duration
 	Quick           bool
@@ -77,6 +79,7 @@ func newReport(h *harness) *Report {
 		Versions:        readVersions(h.opts),
 		CPUs:            h.cpus,
 		Apps:            h.opts.Apps,
+		ConsulMode:      h.opts.ConsulMode,
 		Rounds:          h.opts.Rounds,
 		Duration:        h.opts.Duration,
 		FailureDuration: h.opts.FailureDuration,
@@ -245,6 +248,11 @@ func (r *Report) Markdown() string {
 		vs = append(vs, v.Name+" "+v.Version)
 	}
 	w("- Versions: %s.\n", strings.Join(vs, ", "))
+	if r.ConsulMode == ConsulServer {
+		w("- Consul: one server (`-server -bootstrap-expect=1`), its data on a tmpfs; compact JSON, as in production.\n")
+	} else {
+		w("- Consul: `consul agent -dev` (pretty-printed JSON answers).\n")
+	}
 	w("- %d rounds of %s per system and workload, systems alternating within each round, each round starting one system later; medians shown.", r.Rounds, r.Duration)
 	if r.Quick {
 		w(" Quick (smoke) run: the figures mean nothing.")

@@ -335,6 +335,7 @@ func TestOptionsNameTheBadKey(t *testing.T) {
 		{Options{Bin: bin, Consul: "consul", Skip: []string{"apache"}}, `skip: unknown peer "apache"`},
 		{Options{Bin: bin, Consul: "consul", Apps: "elsewhere"}, `apps: "elsewhere" is neither "server" nor "client"`},
 		{Options{Bin: bin, Consul: "consul", Phases: []string{"http", "tls"}}, `phases: unknown phase "tls"`},
+		{Options{Bin: bin, Consul: "consul", ConsulMode: "prod"}, `consul mode: "prod" is neither "dev" nor "server"`},
 	} {
 		err := c.opts.setDefaults()
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -35,6 +35,7 @@ func main() {
 	var opts harness.Options
 	fs.StringVar(&opts.Bin, "bin", "bin", "`folder` of make build's binaries (edge, dnsd, backend, forwarder, loopforwarder, loadgen)")
 	fs.StringVar(&opts.Consul, "consul-bin", "", "consul `binary` (scripts/consul.sh prints one; default: consul on PATH)")
+	fs.StringVar(&opts.ConsulMode, "consul-mode", harness.ConsulDev, "how Consul runs: `dev` (consul agent -dev) or server (one server, data on a tmpfs, compact JSON as in production)")
 	fs.IntVar(&opts.Rounds, "rounds", 3, "rounds per system; medians are reported")
 	fs.DurationVar(&opts.Duration, "duration", 10*time.Second, "length of each measured run")
 	fs.DurationVar(&opts.FailureDuration, "failure-duration", 9*time.Second, "length of each run that kills a backend")
