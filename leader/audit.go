@@ -160,7 +160,7 @@ func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folde
 		}
 		// And after the reconciliation's, which may read the tenants
 		// from KV too: one 300 MB answer at a time at a million.
-		if err := s.store.once.wait(ctx, session); err != nil {
+		if !s.waitReconciled(ctx, session) {
 			return
 		}
 		// A read blocks until the folder changes, and the wait is no
@@ -210,6 +210,29 @@ func (s *Server) auditFolder(ctx context.Context, list router.KVLister, f *folde
 			cost = min(cost, c)
 		}
 		retry.Sleep(ctx, max(s.cfg.AuditInterval-time.Since(started), (auditPace-1)*cost))
+	}
+}
+
+// waitReconciled waits until session has reconciled the internal keys,
+// and reports false when session stopped leading or ctx ended first.
+func (s *Server) waitReconciled(ctx context.Context, session string) bool {
+	for {
+		s.changesMu.Lock()
+		changes := s.changes // taken before the session is looked at
+		s.changesMu.Unlock()
+		marked, ok := s.store.once.state(session)
+		if ok {
+			return true
+		}
+		if now, leading := s.elector.Session(); !leading || now != session {
+			return false
+		}
+		select {
+		case <-marked:
+		case <-changes:
+		case <-ctx.Done():
+			return false
+		}
 	}
 }
 

@@ -176,23 +176,16 @@ func (o *reconciledOnce) mark(session string) {
 	o.changed = make(chan struct{})
 }
 
-// wait waits until session has reconciled, or ctx ends.
-func (o *reconciledOnce) wait(ctx context.Context, session string) error {
-	for {
-		o.mu.Lock()
-		if o.session == session {
-			o.mu.Unlock()
-			return nil
-		}
-		if o.changed == nil {
-			o.changed = make(chan struct{})
-		}
-		changed := o.changed
-		o.mu.Unlock()
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+// state reports whether session is the one that reconciled last, and
+// otherwise a channel closed at the next mark.
+func (o *reconciledOnce) state(session string) (<-chan struct{}, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.session == session {
+		return nil, true
 	}
+	if o.changed == nil {
+		o.changed = make(chan struct{})
+	}
+	return o.changed, false
 }

@@ -96,3 +96,53 @@ func TestBoundReadRidesOutLateProbes(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditorFollowsALeadershipLostWhileReconciling: the auditor starts
+// once its session has reconciled. A session lost before that (Consul
+// busy with the read of the platform missed the check's TTL) must not
+// hold the auditor: under the next session, a value written straight into
+// KV still reaches the view. Before, the auditor waited for the lost
+// session's reconciliation for good.
+func TestAuditorFollowsALeadershipLostWhileReconciling(t *testing.T) {
+	agent := consultest.Start(t)
+	p := consultest.NewProxy(t, agent)
+	const folder = "podedge/tenants/"
+	agent.Put(t, folder+"early", `{"name":"early","pod":"dublin","domains":[],"created":"2026-01-01T00:00:00Z"}`)
+	p.DelayTxnsOn(folder, 3*time.Second)
+	r := startReplica(t, agent, func(c *Config) {
+		c.Consul.Address = p.HTTPAddr
+		c.WriteTimeout = time.Second
+		c.AuditInterval = 100 * time.Millisecond
+	})
+	waitLeader(t, []*replica{r})
+	first, _ := r.srv.elector.Session()
+	// A write that times out behind the read: the auditor of the first
+	// session has started meanwhile, and waits for its reconciliation.
+	body := `{"region":"test","lat":53.3,"lon":-6.2,"capacity":10}`
+	if code, _, err := tryCall("PUT", r.url+"/v1/pods/dublin", body); err != nil || code != 503 {
+		t.Fatalf("a write behind the read of the platform: %d, %v; want 503", code, err)
+	}
+	if _, err := agent.Client.Session().Destroy(first, nil); err != nil {
+		t.Fatal(err)
+	}
+	consultest.WaitFor(t, 15*time.Second, "the replica to lead again under a new session", func() bool {
+		now, ok := r.srv.elector.Session()
+		return ok && now != first
+	})
+	p.DelayTxnsOn(folder, 0)
+	// A write starts the change log: the view follows it, and no longer
+	// the folder itself.
+	edges(t, agent, "dublin")
+	waitEdges(t, []*replica{r}, "dublin", 1)
+	consultest.WaitFor(t, 15*time.Second, "a write to start the change log", func() bool {
+		code, _, err := tryCall("PUT", r.url+"/v1/pods/dublin", body)
+		return err == nil && code == 201
+	})
+	consultest.WaitFor(t, 10*time.Second, "the view to follow the log", func() bool {
+		return r.srv.router.LogStatus().Following
+	})
+	agent.Put(t, folder+"oob", `{"name":"oob","pod":"dublin","domains":[],"created":"2026-01-01T00:00:00Z"}`)
+	consultest.WaitFor(t, 20*time.Second, "the value written straight into KV to reach the view", func() bool {
+		return r.srv.router.Snapshot().Tenant("oob") != nil
+	})
+}
