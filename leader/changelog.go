@@ -7,14 +7,24 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/podedge/podedge/internal/changelog"
 )
 
-// inlineEntries is how many of the newest log entries the head holds
-// inline (more when one write adds more): a reader a few entries behind
-// needs nothing but the head.
-const inlineEntries = 8
+// The head holds inline at least the newest inlineEntries entries (more
+// when one write adds more), and every entry committed in the last
+// inlineWindow, up to inlineMax entries and inlineBytes of values. A
+// reader reads the head at most every MinWait (50 ms by default): while
+// changes come faster than that, what it missed since its last read is in
+// the head, and it needs no read of the ring. At a low rate the head stays
+// small, as does what every reader reads per change.
+const (
+	inlineEntries = 8
+	inlineWindow  = 200 * time.Millisecond
+	inlineMax     = 128
+	inlineBytes   = 32 << 10
+)
 
 // logHead is the store's copy of the change log's head. The leader is the
 // log's only writer, so after one consistent read the copy stays exact by
@@ -24,6 +34,56 @@ const inlineEntries = 8
 type logHead struct {
 	head  changelog.Head
 	index uint64 // ModifyIndex of log/head; 0 while it does not exist
+	// commits are the leader's own commits of the entries inline, oldest
+	// first: the first entry each wrote and when. Entries read from
+	// Consul (another leader's) have none and count as old.
+	commits []commitMark
+}
+
+type commitMark struct {
+	first uint64
+	at    time.Time
+}
+
+// inlineKeep is how many entries a head that adds changes at now holds
+// inline: the changes and the older entries committed within inlineWindow,
+// within inlineMax and inlineBytes, and never fewer than inlineEntries.
+func (lh *logHead) inlineKeep(changes []changelog.Change, now time.Time) int {
+	recentFrom := lh.head.Seq + 1
+	for i := len(lh.commits) - 1; i >= 0 && now.Sub(lh.commits[i].at) <= inlineWindow; i-- {
+		recentFrom = lh.commits[i].first
+	}
+	keep, size := len(changes), 0
+	for _, c := range changes {
+		size += len(c.Value)
+	}
+	old := lh.head.Entries
+	for i := len(old) - 1; i >= 0 && old[i].Seq >= recentFrom && keep < inlineMax; i-- {
+		if size += len(old[i].Value); size > inlineBytes {
+			break
+		}
+		keep++
+	}
+	return max(keep, inlineEntries)
+}
+
+// committed records that next, which added changes, committed at now: the
+// new head's commits are those whose entries it still holds.
+func (lh *logHead) committed(next changelog.Head, index uint64, changes int, at time.Time) {
+	first := next.Seq - uint64(changes) + 1
+	oldest := next.Seq + 1
+	if len(next.Entries) > 0 {
+		oldest = next.Entries[0].Seq
+	}
+	kept := lh.commits[:0]
+	for _, c := range lh.commits {
+		if c.first >= oldest {
+			kept = append(kept, c)
+		}
+	}
+	lh.commits = append(kept, commitMark{first: first, at: at})
+	lh.head = next
+	lh.index = index
 }
 
 // loadLog returns the store's copy of the head, reading it when it has
@@ -75,7 +135,7 @@ func newEpoch() (string, error) {
 // by the index it was read at, and a ring slot per entry. It returns the
 // head to record once tx commits (logCommitted).
 func (s *Store) logChanges(tx *txn, lh *logHead, changes ...changelog.Change) (changelog.Head, error) {
-	next, added := lh.head.Next(changes, inlineEntries)
+	next, added := lh.head.Next(changes, lh.inlineKeep(changes, time.Now()))
 	value, err := json.Marshal(next)
 	if err != nil {
 		return changelog.Head{}, err
@@ -113,9 +173,9 @@ func (s *Store) logCommitted(next changelog.Head, res committed) {
 		return
 	}
 	index := res[s.keys.logHead()]
-	s.written.add(next.Entries[len(next.Entries)-int(next.Seq-s.logHead.head.Seq):], index)
-	s.logHead.head = next
-	s.logHead.index = index
+	added := int(next.Seq - s.logHead.head.Seq)
+	s.written.add(next.Entries[len(next.Entries)-added:], index)
+	s.logHead.committed(next, index, added, time.Now())
 }
 
 // writtenNames are the names the leader logged, by kind, with the index

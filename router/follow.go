@@ -25,7 +25,7 @@ import (
 type follower struct {
 	r     *Router
 	w     *watcher
-	kv    *api.KV
+	kv    KVGetter // reads the head
 	list  KVLister
 	txn   KVTxnReader
 	keys  logKeys
@@ -102,7 +102,7 @@ func (r *Router) LogStatus() LogStatus {
 	return st
 }
 
-func newFollower(r *Router, w *watcher, kv *api.KV, list KVLister, txn KVTxnReader) *follower {
+func newFollower(r *Router, w *watcher, kv KVGetter, list KVLister, txn KVTxnReader) *follower {
 	p := r.cfg.Prefix
 	return &follower{
 		r: r, w: w, kv: kv, list: list, txn: txn,
@@ -127,7 +127,7 @@ func (f *follower) run(ctx context.Context) {
 		q := f.resyncQuery(reason)
 		// Without a log there is nothing to resync with: the folders are
 		// watched whole, as they come.
-		pair, _, err := f.kv.Get(f.keys.head, q.WithContext(ctx))
+		pair, _, err := f.kv.GetKV(f.keys.head, q.WithContext(ctx))
 		found := false
 		if err == nil && pair != nil {
 			found, err = f.resync(ctx, q)
@@ -204,7 +204,7 @@ func (f *follower) followLog(ctx context.Context) (reason string) {
 	for ctx.Err() == nil {
 		started := time.Now()
 		q := (&api.QueryOptions{AllowStale: !cfg.Consistent, WaitIndex: waitIndex, WaitTime: min(cfg.WaitTime, headWait)}).WithContext(ctx)
-		pair, meta, err := f.kv.Get(f.keys.head, q)
+		pair, meta, err := f.kv.GetKV(f.keys.head, q)
 		if ctx.Err() != nil {
 			return ""
 		}
@@ -223,7 +223,7 @@ func (f *follower) followLog(ctx context.Context) (reason string) {
 		if pair == nil {
 			// A server behind the others, or restarted and not caught
 			// up, may not hold the head yet: the leader tells.
-			latest, _, err := f.kv.Get(f.keys.head, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+			latest, _, err := f.kv.GetKV(f.keys.head, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 			switch {
 			case err != nil:
 				continue // Consul failed: the next read tries again
@@ -265,7 +265,7 @@ func (f *follower) advance(ctx context.Context, pair *api.KVPair) (reason string
 		// Behind what was applied: a server behind the others answers
 		// this way, and so does a cluster restored from an older
 		// snapshot. The Consul leader tells them apart.
-		latest, _, err := f.kv.Get(f.keys.head, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		latest, _, err := f.kv.GetKV(f.keys.head, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 		if err != nil {
 			return "" // the next read of the head tries again
 		}

@@ -104,7 +104,7 @@ func (f *follower) followFolders(ctx context.Context) {
 	wg.Go(func() {
 		defer cancel()
 		runQuery(ctx, f.r, "kv:log", func(q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
-			return f.kv.Get(f.keys.head, q)
+			return f.kv.GetKV(f.keys.head, q)
 		}, func(pair *api.KVPair, _ uint64) {
 			if pair != nil {
 				cancel() // a log to follow

@@ -126,6 +126,20 @@ func (a apiLister) ReadKV(keys, folders []string, q *api.QueryOptions) (*KVList,
 	return list, meta, nil
 }
 
+// KVGetter reads one key as consul/api's KV().Get does, with a blocking
+// query; the pair it returns needs only Key, Value and ModifyIndex. The
+// change log's follower reads the log's head through it, at every change,
+// on every reader: a KVLister that implements it (internal/consulkv asks
+// Consul for the value as stored, without JSON or base64 around it) is
+// used; otherwise consul/api is.
+type KVGetter interface {
+	GetKV(key string, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error)
+}
+
+func (a apiLister) GetKV(key string, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+	return a.kv.Get(key, q)
+}
+
 // KVStreamer reads as KVLister and KVTxnReader do, but hands each entry to
 // fn as it reads Consul's answer, holding no more of it than one entry:
 // with 1,000,000 tenants the tenants/ folder is 300 MB of JSON, which a

@@ -17,15 +17,21 @@ import (
 // unreachable the last snapshot stays published and Status reports its age.
 func (r *Router) Run(ctx context.Context, client *api.Client) error {
 	w := &watcher{r: r, changed: make(chan struct{}, 1)}
+	// What the configured lister does not do, consul/api does.
+	fallback := apiLister{kv: client.KV(), txn: client.Txn()}
 	kv := r.cfg.KV
 	if kv == nil {
-		kv = apiLister{kv: client.KV(), txn: client.Txn()}
+		kv = fallback
 	}
 	txn, ok := kv.(KVTxnReader)
 	if !ok {
-		txn = apiLister{kv: client.KV(), txn: client.Txn()}
+		txn = fallback
 	}
-	f := newFollower(r, w, client.KV(), kv, txn)
+	get, ok := kv.(KVGetter)
+	if !ok {
+		get = fallback
+	}
+	f := newFollower(r, w, get, kv, txn)
 
 	var wg sync.WaitGroup
 	wg.Go(func() { f.run(ctx) })

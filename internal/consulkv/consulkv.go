@@ -94,7 +94,7 @@ func New(cfg *api.Config) (*Lister, error) {
 
 // ListKV lists folder recursively with the blocking query q.
 func (l *Lister) ListKV(folder string, q *api.QueryOptions) (*router.KVList, *api.QueryMeta, error) {
-	resp, meta, err := l.listRequest(folder, q)
+	resp, meta, err := l.kvRequest("list", folder, "recurse", q)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -115,7 +115,7 @@ func (l *Lister) ListKV(folder string, q *api.QueryOptions) (*router.KVList, *ap
 // holding no more of it than its largest entry. The entry is valid only
 // during the call; an error of fn ends the read and is returned.
 func (l *Lister) StreamList(folder string, q *api.QueryOptions, fn func(*router.KVEntry) error) (*api.QueryMeta, error) {
-	resp, meta, err := l.listRequest(folder, q)
+	resp, meta, err := l.kvRequest("list", folder, "recurse", q)
 	if err != nil {
 		return nil, err
 	}
@@ -129,16 +129,44 @@ func (l *Lister) StreamList(folder string, q *api.QueryOptions, fn func(*router.
 	return meta, nil
 }
 
-// listRequest sends the list's query and returns Consul's answer, whose
-// body the caller reads and closes; no answer and no error for an empty
-// folder.
-func (l *Lister) listRequest(folder string, q *api.QueryOptions) (*http.Response, *api.QueryMeta, error) {
+// maxValue bounds a value GetKV reads: Consul's own limit is 512 KiB by
+// default (kv_max_value_size).
+const maxValue = 16 << 20
+
+// GetKV reads key as consul/api's KV().Get does, with the blocking query
+// q, but asks for the value as stored (Consul's ?raw): no JSON around it
+// and no base64 in it, on Consul's side or here. The pair has Key, Value
+// and ModifyIndex only (Consul gives a key's ModifyIndex as the index of
+// its read); nil when the key does not exist.
+func (l *Lister) GetKV(key string, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+	resp, meta, err := l.kvRequest("get", key, "raw", q)
+	if err != nil || resp == nil {
+		return nil, meta, err
+	}
+	defer resp.Body.Close()
+	value, err := io.ReadAll(io.LimitReader(resp.Body, maxValue+1))
+	switch {
+	case err != nil:
+		return nil, nil, fmt.Errorf("get %s: %w", key, err)
+	case len(value) > maxValue:
+		return nil, nil, fmt.Errorf("get %s: value over %d bytes", key, maxValue)
+	case resp.ContentLength >= 0 && int64(len(value)) != resp.ContentLength:
+		return nil, nil, fmt.Errorf("get %s: %d bytes of a value of %d", key, len(value), resp.ContentLength)
+	}
+	return &api.KVPair{Key: key, Value: value, ModifyIndex: meta.LastIndex}, meta, nil
+}
+
+// kvRequest sends a query of key with the parameter mode (recurse, raw)
+// and returns Consul's answer, whose body the caller reads and closes; no
+// answer and no error when Consul has no such key or folder. what names
+// the read in errors.
+func (l *Lister) kvRequest(what, key, mode string, q *api.QueryOptions) (*http.Response, *api.QueryMeta, error) {
 	if q == nil {
 		q = &api.QueryOptions{}
 	}
 	u := l.base
-	u.Path = "/v1/kv/" + folder
-	params := url.Values{"recurse": {""}}
+	u.Path = "/v1/kv/" + key
+	params := url.Values{mode: {""}}
 	if q.AllowStale {
 		params.Set("stale", "")
 	}
@@ -157,7 +185,7 @@ func (l *Lister) listRequest(folder string, q *api.QueryOptions) (*http.Response
 	u.RawQuery = params.Encode()
 	req, err := http.NewRequestWithContext(q.Context(), http.MethodGet, u.String(), nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list %s: %w", folder, err)
+		return nil, nil, fmt.Errorf("%s %s: %w", what, key, err)
 	}
 	if token := cmp.Or(q.Token, l.token); token != "" {
 		req.Header.Set("X-Consul-Token", token)
@@ -166,7 +194,7 @@ func (l *Lister) listRequest(folder string, q *api.QueryOptions) (*http.Response
 	start := time.Now()
 	resp, err := l.client.Do(req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list %s: %w", folder, err)
+		return nil, nil, fmt.Errorf("%s %s: %w", what, key, err)
 	}
 	meta := &api.QueryMeta{RequestTime: time.Since(start)}
 	fail := func(err error) (*http.Response, *api.QueryMeta, error) {
@@ -175,20 +203,20 @@ func (l *Lister) listRequest(folder string, q *api.QueryOptions) (*http.Response
 	}
 	if s := resp.Header.Get("X-Consul-Index"); s != "" {
 		if meta.LastIndex, err = strconv.ParseUint(s, 10, 64); err != nil {
-			return fail(fmt.Errorf("list %s: X-Consul-Index %q: %w", folder, s, err))
+			return fail(fmt.Errorf("%s %s: X-Consul-Index %q: %w", what, key, s, err))
 		}
 	}
 	meta.KnownLeader = resp.Header.Get("X-Consul-KnownLeader") == "true"
 	switch resp.StatusCode {
 	case http.StatusOK:
 		return resp, meta, nil
-	case http.StatusNotFound: // an empty folder
+	case http.StatusNotFound: // no such key, or an empty folder
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
 		return nil, meta, nil
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fail(fmt.Errorf("list %s: Consul answered %s: %s", folder, resp.Status, bytes.TrimSpace(msg)))
+		return fail(fmt.Errorf("%s %s: Consul answered %s: %s", what, key, resp.Status, bytes.TrimSpace(msg)))
 	}
 }
 

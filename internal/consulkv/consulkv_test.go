@@ -192,3 +192,63 @@ func TestRouterThroughLister(t *testing.T) {
 	}
 	consultest.WaitFor(t, 10*time.Second, "acme forgotten", func() bool { return !routed("acme.example.test") })
 }
+
+// GetKV gives the value and ModifyIndex consul/api's Get gives, without
+// JSON or base64 on the way, and blocks as Get does.
+func TestGetsWhatConsulAPIDoes(t *testing.T) {
+	agent := consultest.Start(t)
+	kv := agent.Client.KV()
+	l := newLister(t, agent.HTTPAddr)
+	values := map[string]string{
+		"podedge/log/head": `{"epoch":"e","seq":1,"entries":[{"name":"a\u2028<b>"}]}`,
+		"podedge/bin":      "\x00\x01\xff\r\n",
+		"podedge/empty":    "",
+		"podedge/a&b<c> é": "x",
+	}
+	for k, v := range values {
+		if _, err := kv.Put(&api.KVPair{Key: k, Value: []byte(v)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another write after them: a key's index is its own, not the store's.
+	agent.Put(t, "podedge/later", "1")
+	for k := range values {
+		want, _, err := kv.Get(k, nil)
+		if err != nil || want == nil {
+			t.Fatalf("consul/api get %s: %v %v", k, want, err)
+		}
+		got, meta, err := l.GetKV(k, &api.QueryOptions{AllowStale: true})
+		if err != nil || got == nil {
+			t.Fatalf("get %s: %v %v", k, got, err)
+		}
+		if got.Key != k || string(got.Value) != string(want.Value) || got.ModifyIndex != want.ModifyIndex || meta.LastIndex != want.ModifyIndex {
+			t.Errorf("get %q: %q@%d (meta %d), consul/api %q@%d", k, got.Value, got.ModifyIndex, meta.LastIndex, want.Value, want.ModifyIndex)
+		}
+	}
+	missing, meta, err := l.GetKV("podedge/nothing", nil)
+	if err != nil || missing != nil || meta.LastIndex == 0 {
+		t.Fatalf("missing key: %+v %+v %v, want no pair, an index and no error", missing, meta, err)
+	}
+
+	head, _, err := l.GetKV("podedge/log/head", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		got, _, err := l.GetKV("podedge/log/head", &api.QueryOptions{WaitIndex: head.ModifyIndex, WaitTime: 30 * time.Second})
+		if err == nil && (got == nil || string(got.Value) != "next" || got.ModifyIndex <= head.ModifyIndex) {
+			err = fmt.Errorf("woke with %+v", got)
+		}
+		done <- err
+	}()
+	agent.Put(t, "podedge/log/head", "next")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the blocking get did not return after the write")
+	}
+}
