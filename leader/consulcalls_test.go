@@ -29,12 +29,7 @@ func TestBoundCall(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := consultest.NewProxy(t, agent)
-			cfg := api.DefaultConfig()
-			cfg.Address = p.HTTPAddr
-			client, err := api.NewClient(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
+			client := proxyClient(t, p)
 			c.fault(p)
 			healed := make(chan time.Time, 1)
 			if c.heal != nil {
@@ -60,4 +55,16 @@ func TestBoundCall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// proxyClient is a Consul client that talks through p.
+func proxyClient(t *testing.T, p *consultest.Proxy) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = p.HTTPAddr
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
 }

@@ -75,19 +75,14 @@ func TestBoundReadRidesOutLateProbes(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := consultest.NewProxy(t, agent)
-			cfg := api.DefaultConfig()
-			cfg.Address = p.HTTPAddr
-			client, err := api.NewClient(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
+			client := proxyClient(t, p)
 			p.DelayTxnsOn("podedge/tenants/", 3*time.Second)
 			c.fault(p)
 			time.AfterFunc(1500*time.Millisecond, func() { c.heal(p) })
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			cctx, stop := c.bound(ctx, client)
-			_, _, _, err = client.Txn().Txn(read, (&api.QueryOptions{}).WithContext(cctx))
+			_, _, _, err := client.Txn().Txn(read, (&api.QueryOptions{}).WithContext(cctx))
 			err = callErr(cctx, err)
 			stop()
 			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {

@@ -176,26 +176,21 @@ func (p *Proxy) Heal() { p.set(proxyPass) }
 
 // Delay answers calls whose path starts with prefix d late, as a slow but
 // working cluster would (a slow disk under its Raft log); 0 removes it.
-func (p *Proxy) Delay(prefix string, d time.Duration) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if d == 0 {
-		delete(p.delays, prefix)
-		return
-	}
-	p.delays[prefix] = d
-}
+func (p *Proxy) Delay(prefix string, d time.Duration) { p.setDelay(p.delays, prefix, d) }
 
 // DelayTxnsOn answers the transactions that name key (a read of a folder
 // names the folder) d late, and counts them (TxnsOn); 0 removes the delay.
-func (p *Proxy) DelayTxnsOn(key string, d time.Duration) {
+func (p *Proxy) DelayTxnsOn(key string, d time.Duration) { p.setDelay(p.txnDelays, key, d) }
+
+// setDelay sets the delay of key in m (one of the proxy's), 0 removing it.
+func (p *Proxy) setDelay(m map[string]time.Duration, key string, d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if d == 0 {
-		delete(p.txnDelays, key)
+		delete(m, key)
 		return
 	}
-	p.txnDelays[key] = d
+	m[key] = d
 }
 
 // TxnsOn is how many transactions that name key, delayed by DelayTxnsOn,
