@@ -73,6 +73,23 @@ type platformRead struct {
 	done chan struct{}
 	res  *kvState
 	err  error
+	at   time.Time // when it ended
+}
+
+// platformReadFresh is how long a read that ended is taken by the next
+// reconciliation; an older one, left by a leadership that ended before it
+// was taken, is read again. Its repairs would be refused (each is guarded
+// by the index its key was read at), but its seat counts would be old.
+const platformReadFresh = 30 * time.Second
+
+// stale reports whether r ended longer than platformReadFresh ago.
+func (r *platformRead) stale(now time.Time) bool {
+	select {
+	case <-r.done:
+		return now.Sub(r.at) > platformReadFresh
+	default:
+		return false
+	}
 }
 
 // platformReadBound bounds one read of a platform of tenants tenants: 20 µs
@@ -88,13 +105,14 @@ func platformReadBound(tenants int) time.Duration {
 func (s *Store) platformFromKV(ctx context.Context) (*kvState, error) {
 	s.platformMu.Lock()
 	r := s.platform
-	if r == nil {
+	if r == nil || r.stale(time.Now()) {
 		r = &platformRead{done: make(chan struct{})}
 		s.platform = r
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), platformReadBound(s.view().NumTenants()))
 		go func() {
 			defer cancel()
 			r.res, r.err = s.readPlatform(rctx)
+			r.at = time.Now()
 			close(r.done)
 		}()
 	}

@@ -141,3 +141,21 @@ func TestAuditorFollowsALeadershipLostWhileReconciling(t *testing.T) {
 		return r.srv.router.Snapshot().Tenant("oob") != nil
 	})
 }
+
+// A read that ended long ago is not handed to a reconciliation: its seat
+// counts would be old.
+func TestPlatformReadGoesStale(t *testing.T) {
+	now := time.Now()
+	inFlight := &platformRead{done: make(chan struct{})}
+	if inFlight.stale(now.Add(time.Hour)) {
+		t.Error("a read in flight is stale")
+	}
+	ended := &platformRead{done: make(chan struct{}), at: now}
+	close(ended.done)
+	if ended.stale(now.Add(platformReadFresh / 2)) {
+		t.Error("a read that just ended is stale")
+	}
+	if !ended.stale(now.Add(platformReadFresh + time.Second)) {
+		t.Error("a read that ended long ago is not stale")
+	}
+}
